@@ -1,0 +1,53 @@
+//! A line protocol with per-connection state. Each complete line (ending in
+//! "\n") is answered with "<n> <LINE>\n": its number on this connection and
+//! the line upper-cased. A partial line waits in rxbs (and in the host's
+//! buffer) until its end arrives. The line "quit" is answered "bye" and the
+//! connection closed.
+
+use std::collections::HashMap;
+
+use hio_guest::{Ca, Error, Remoter, Server, Service};
+
+#[derive(Default)]
+struct Lines {
+    counts: HashMap<Ca, u64>,
+}
+
+impl Service for Lines {
+    fn new(_: &mut Server) -> Self {
+        Lines::default()
+    }
+
+    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
+        let count = self.counts.entry(ix.ca.clone()).or_default();
+        let mut reply = Vec::new();
+        let mut used = 0;
+        let mut quit = false;
+        while let Some(end) = ix.rxbs[used..].iter().position(|&b| b == b'\n') {
+            let line = &ix.rxbs[used..used + end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            used += end + 1;
+            if line == b"quit" {
+                reply.extend_from_slice(b"bye\n");
+                quit = true;
+                break;
+            }
+            *count += 1;
+            reply.extend_from_slice(format!("{count} ").as_bytes());
+            reply.extend(line.iter().map(u8::to_ascii_uppercase));
+            reply.push(b'\n');
+        }
+        ix.tx(&reply)?;
+        ix.consume_rxbs(used)?;
+        if quit {
+            ix.close()?;
+        }
+        Ok(())
+    }
+
+    fn removed(&mut self, ca: &Ca) {
+        self.counts.remove(ca);
+    }
+}
+
+hio_guest::export_service!(Lines);

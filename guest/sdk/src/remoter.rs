@@ -1,0 +1,214 @@
+//! hio's Remoter: one accepted connection as the guest sees it.
+//!
+//! `rxbs` holds the bytes handed over and not yet consumed; the host keeps
+//! its own copy of them until `clear_rxbs` (or `consume_rxbs`) says the
+//! policy is done, so a guest that is replaced or crashes loses nothing.
+
+use crate::bindings::hio::tcp::remoter::Remoter as Handle;
+use crate::bindings::hio::tcp::types::ShutdownHow;
+use crate::{Ca, Error, Tymer, Tymth};
+
+pub struct Remoter {
+    handle: Handle,
+    /// The host's key for this connection.
+    pub id: u64,
+    /// Local address the peer connected to.
+    pub ha: Ca,
+    /// Peer address.
+    pub ca: Ca,
+    /// Read size for `receive` (hio's bs).
+    pub bs: u32,
+    /// Received, handed over, not yet consumed.
+    pub rxbs: Vec<u8>,
+    /// The peer closed or reset: nothing more will arrive.
+    pub cutoff: bool,
+    /// Refresh the tymer on every successful receive or send.
+    pub refreshable: bool,
+    /// Idle tymer (duration = the server's tymeout).
+    pub tymer: Tymer,
+    pub(crate) txed: bool,
+    closed: bool,
+}
+
+impl Remoter {
+    pub(crate) fn new(handle: Handle, bs: u32, tymth: Tymth, tymeout: f64) -> Remoter {
+        Remoter {
+            id: handle.id(),
+            ha: handle.ha().into(),
+            ca: handle.ca().into(),
+            handle,
+            bs,
+            rxbs: Vec::new(),
+            cutoff: false,
+            refreshable: true,
+            tymer: Tymer::new(tymth, tymeout, None),
+            txed: false,
+            closed: false,
+        }
+    }
+
+    /// Restart the idle tymer from now. (hio's `refresh` uses the lossless
+    /// `restart`, which after a long idle can leave a busy connection
+    /// expired; idle detection wants "since the last activity".)
+    pub fn refresh(&mut self) {
+        self.tymer.start(None, None);
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.closed {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// hio's `receive`: one read of up to bs bytes. `None` is nothing now,
+    /// `Some(empty)` is cutoff, otherwise the bytes (not added to rxbs).
+    pub fn receive(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        self.receive_up_to(self.bs)
+    }
+
+    fn receive_up_to(&mut self, max: u32) -> Result<Option<Vec<u8>>, Error> {
+        self.check_open()?;
+        let receipt = self.handle.receive(max)?;
+        if receipt.cutoff {
+            self.cutoff = true;
+        }
+        if !receipt.data.is_empty() {
+            if self.refreshable {
+                self.refresh();
+            }
+            return Ok(Some(receipt.data));
+        }
+        Ok(if self.cutoff { Some(Vec::new()) } else { None })
+    }
+
+    /// hio's `serviceReceives`: take everything available into rxbs in one
+    /// crossing. Returns the number of bytes added.
+    pub fn service_receives(&mut self) -> Result<usize, Error> {
+        match self.receive_up_to(u32::MAX)? {
+            Some(data) if self.rxbs.is_empty() => {
+                self.rxbs = data;
+                Ok(self.rxbs.len())
+            }
+            Some(data) => {
+                self.rxbs.extend_from_slice(&data);
+                Ok(data.len())
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// hio's `serviceReceiveOnce`: one receive of up to bs into rxbs.
+    pub fn service_receive_once(&mut self) -> Result<usize, Error> {
+        match self.receive()? {
+            Some(data) => {
+                self.rxbs.extend_from_slice(&data);
+                Ok(data.len())
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// hio's `clearRxbs`: the policy is done with every byte in rxbs.
+    pub fn clear_rxbs(&mut self) -> Result<(), Error> {
+        self.consume_rxbs(self.rxbs.len())
+    }
+
+    /// The policy is done with the first `count` bytes of rxbs (a line
+    /// protocol keeps a partial line).
+    pub fn consume_rxbs(&mut self, count: usize) -> Result<(), Error> {
+        let count = count.min(self.rxbs.len());
+        if count == 0 {
+            return Ok(());
+        }
+        if !self.closed {
+            self.handle.consume(count as u64)?;
+        }
+        self.rxbs.drain(..count);
+        Ok(())
+    }
+
+    /// hio's `send`: write now; returns bytes the socket took (0 when it
+    /// would block, or while queued bytes wait to go first).
+    pub fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
+        self.check_open()?;
+        let n = self.handle.send(data)? as usize;
+        if n > 0 && self.refreshable {
+            self.refresh();
+        }
+        Ok(n)
+    }
+
+    /// hio's `tx`: queue bytes; the host sends them as the socket allows.
+    pub fn tx(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.check_open()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.handle.tx(data)?;
+        self.txed = true;
+        if self.refreshable {
+            self.refresh();
+        }
+        Ok(())
+    }
+
+    /// hio's EchoServer step: queue rxbs back to the peer, then consume it
+    /// (in that order, so a crash in between re-echoes rather than loses).
+    pub fn echo_rxbs(&mut self) -> Result<(), Error> {
+        if self.rxbs.is_empty() {
+            return Ok(());
+        }
+        let rxbs = std::mem::take(&mut self.rxbs);
+        let sent = self.tx(&rxbs);
+        self.rxbs = rxbs;
+        sent?;
+        self.clear_rxbs()
+    }
+
+    /// hio's `serviceSends`: try to send what is queued now. The host also
+    /// sends after every cycle and whenever the socket becomes writable.
+    pub fn service_sends(&mut self) -> Result<u64, Error> {
+        self.check_open()?;
+        self.txed = false;
+        Ok(self.handle.flush()?)
+    }
+
+    /// Bytes queued in the host and not yet sent.
+    pub fn queued(&self) -> Result<u64, Error> {
+        self.check_open()?;
+        Ok(self.handle.queued()?)
+    }
+
+    pub fn shutdown(&mut self, how: ShutdownHow) -> Result<(), Error> {
+        self.check_open()?;
+        Ok(self.handle.shutdown(how)?)
+    }
+
+    pub fn shutdown_send(&mut self) -> Result<(), Error> {
+        self.shutdown(ShutdownHow::Send)
+    }
+
+    pub fn shutdown_receive(&mut self) -> Result<(), Error> {
+        self.shutdown(ShutdownHow::Receive)
+    }
+
+    /// Close: the host still sends what is queued, then FIN. Idempotent.
+    pub fn close(&mut self) -> Result<(), Error> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        Ok(self.handle.close()?)
+    }
+
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The raw host handle, for operations the SDK does not wrap.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}

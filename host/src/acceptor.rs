@@ -1,0 +1,163 @@
+//! hio's Acceptor: the listen socket, opened and kept by the host so that
+//! guests can come and go without it ever closing.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+
+use anyhow::{Context, Result, anyhow};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// hio's default port.
+pub const DEFAULT_PORT: u16 = 56000;
+/// hio's default buffer size (sic: 8096, not 8192).
+pub const DEFAULT_BS: u32 = 8096;
+/// hio's default listen backlog.
+pub const DEFAULT_BL: u32 = 128;
+
+/// Parse `HOST:PORT`, `[V6]:PORT`, `:PORT` or `HOST` (hio's ha). An empty host
+/// means all IPv4 interfaces, as in hio.
+pub fn parse_ha(text: &str) -> Result<SocketAddr> {
+    let bad = || anyhow!("malformed address {text:?}: expected HOST:PORT, [IPV6]:PORT or :PORT");
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || (h.starts_with('[') && h.ends_with(']')) => (
+            h.trim_start_matches('[').trim_end_matches(']'),
+            p.parse::<u16>().map_err(|_| bad())?,
+        ),
+        Some(_) => return Err(bad()),
+        None => (text, DEFAULT_PORT),
+    };
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| anyhow!("cannot resolve {text:?}: {e}"))?
+        .next()
+        .ok_or_else(bad)
+}
+
+/// hio's eha: the listen address as others should dial it.
+pub fn eha(ha: SocketAddr) -> SocketAddr {
+    match ha.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ha.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ha.port())
+        }
+        _ => ha,
+    }
+}
+
+/// An open listen socket and what hio's Acceptor knows about it.
+pub struct Acceptor {
+    pub listener: mio::net::TcpListener,
+    /// Resolved listen address (port 0 replaced by the real port).
+    pub ha: SocketAddr,
+    pub bs: u32,
+    pub bl: u32,
+}
+
+impl Acceptor {
+    /// hio's `open`: SO_REUSEADDR, buffers raised to at least bs, non-blocking,
+    /// bind, listen(bl).
+    pub fn open(ha: SocketAddr, bs: u32, bl: u32) -> Result<Acceptor> {
+        let socket = Socket::new(Domain::for_address(ha), Type::STREAM, Some(Protocol::TCP))
+            .context("cannot create listen socket")?;
+        socket.set_reuse_address(true)?;
+        if ha.is_ipv6() {
+            // Listening on "::" should not also grab the IPv4 port: hio binds one family.
+            socket.set_only_v6(true)?;
+        }
+        raise_buffers(&socket, bs as usize)?;
+        socket.set_nonblocking(true)?;
+        socket
+            .bind(&ha.into())
+            .with_context(|| format!("cannot listen on {ha}"))?;
+        socket
+            .listen(bl.min(i32::MAX as u32) as i32)
+            .with_context(|| format!("cannot listen on {ha}"))?;
+        let std_listener: std::net::TcpListener = socket.into();
+        let ha = std_listener.local_addr()?;
+        Ok(Acceptor {
+            listener: mio::net::TcpListener::from_std(std_listener),
+            ha,
+            bs,
+            bl,
+        })
+    }
+
+    pub fn eha(&self) -> SocketAddr {
+        eha(self.ha)
+    }
+
+    /// The kernel's (send, receive) buffer sizes (Linux reports double what was set).
+    pub fn actual_buf_sizes(&self) -> io::Result<(u32, u32)> {
+        let sock = socket2::SockRef::from(&self.listener);
+        Ok((
+            sock.send_buffer_size()? as u32,
+            sock.recv_buffer_size()? as u32,
+        ))
+    }
+}
+
+/// hio raises SO_SNDBUF/SO_RCVBUF to bs when they are smaller, never lowers them.
+pub fn raise_buffers(socket: &Socket, bs: usize) -> io::Result<()> {
+    if socket.send_buffer_size()? < bs {
+        socket.set_send_buffer_size(bs)?;
+    }
+    if socket.recv_buffer_size()? < bs {
+        socket.set_recv_buffer_size(bs)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hio_style_addresses() {
+        assert_eq!(
+            parse_ha("127.0.0.1:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
+        assert_eq!(parse_ha(":7").unwrap(), "0.0.0.0:7".parse().unwrap());
+        assert_eq!(parse_ha("[::1]:8").unwrap(), "[::1]:8".parse().unwrap());
+        assert_eq!(parse_ha("127.0.0.1").unwrap().port(), DEFAULT_PORT);
+        assert!(parse_ha("127.0.0.1:notaport").is_err());
+        assert!(parse_ha("::1:80").is_err());
+        assert!(parse_ha("1.2.3.4:70000").is_err());
+    }
+
+    #[test]
+    fn eha_normalises_unspecified_hosts() {
+        assert_eq!(
+            eha("0.0.0.0:5".parse().unwrap()),
+            "127.0.0.1:5".parse().unwrap()
+        );
+        assert_eq!(eha("[::]:5".parse().unwrap()), "[::1]:5".parse().unwrap());
+        assert_eq!(
+            eha("10.1.2.3:5".parse().unwrap()),
+            "10.1.2.3:5".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn port_zero_resolves_and_buffers_are_raised() {
+        let a = Acceptor::open("127.0.0.1:0".parse().unwrap(), 65536, 16).unwrap();
+        assert_ne!(a.ha.port(), 0);
+        let (s, r) = a.actual_buf_sizes().unwrap();
+        assert!(s >= 65536 && r >= 65536, "({s}, {r})");
+        // The same port cannot be opened twice while this one listens.
+        assert!(Acceptor::open(a.ha, DEFAULT_BS, DEFAULT_BL).is_err());
+    }
+
+    #[test]
+    fn ipv6_listens() {
+        let a = Acceptor::open("[::1]:0".parse().unwrap(), DEFAULT_BS, DEFAULT_BL).unwrap();
+        assert!(a.ha.is_ipv6());
+        assert_eq!(a.eha(), a.ha);
+    }
+}

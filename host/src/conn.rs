@@ -1,0 +1,313 @@
+//! One accepted connection (the host half of hio's Remoter).
+//!
+//! The host holds every byte in flight. `rx` keeps received bytes until the
+//! guest consumes them; `handed` marks how many of those the current guest has
+//! already been given, so a replacement guest is simply handed them again.
+//! `tx` keeps queued bytes until the socket takes them.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+
+use mio::Interest;
+use mio::net::TcpStream;
+
+use crate::wirelog::WireLog;
+
+/// Stop reading from a peer once this many received bytes wait for the
+/// guest; reading resumes as the guest consumes them.
+pub const RX_HIGH_WATER: usize = 1 << 20;
+
+/// What a read pass found worth telling the guest.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReadOutcome {
+    pub bytes: usize,
+    pub new_cutoff: bool,
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+    pub ha: SocketAddr,
+    pub ca: SocketAddr,
+    rx: Vec<u8>,
+    handed: usize,
+    tx: Vec<u8>,
+    tx_off: usize,
+    /// The peer closed or reset: nothing more will be received.
+    pub cutoff: bool,
+    /// hio's shutdownReceive: stop reading.
+    read_shut: bool,
+    /// Reading stopped at the high-water mark; resume when consumed.
+    read_paused: bool,
+    /// Send FIN once tx is empty.
+    fin_wanted: bool,
+    fin_sent: bool,
+    /// The guest closed it: finish sending, then release.
+    pub closing: bool,
+    /// Writing failed: queued bytes can never be delivered.
+    write_broken: bool,
+    pub interest: Interest,
+    /// Already listed in the host's ready / dirty lists.
+    pub in_ready: bool,
+    pub in_dirty: bool,
+    /// A guest holds a handle to it (it left the axes).
+    pub adopted: bool,
+}
+
+/// Errors that hio maps to "cutoff" instead of raising.
+pub fn is_cutoff_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::BrokenPipe
+            | ErrorKind::TimedOut
+            | ErrorKind::NetworkUnreachable
+            | ErrorKind::HostUnreachable
+            | ErrorKind::NetworkDown
+            | ErrorKind::NotConnected
+            | ErrorKind::UnexpectedEof
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc_errno::ENETRESET | libc_errno::EHOSTDOWN)
+    )
+}
+
+/// errno values std has no ErrorKind for.
+mod libc_errno {
+    pub const ENETRESET: i32 = 102;
+    pub const EHOSTDOWN: i32 = 112;
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, ha: SocketAddr, ca: SocketAddr) -> Conn {
+        Conn {
+            sock,
+            ha,
+            ca,
+            rx: Vec::new(),
+            handed: 0,
+            tx: Vec::new(),
+            tx_off: 0,
+            cutoff: false,
+            read_shut: false,
+            read_paused: false,
+            fin_wanted: false,
+            fin_sent: false,
+            closing: false,
+            write_broken: false,
+            interest: Interest::READABLE,
+            in_ready: false,
+            in_dirty: false,
+            adopted: false,
+        }
+    }
+
+    /// Read until the socket would block, the peer closes, or the guest has
+    /// too much unconsumed. `scratch` is the loop's shared read buffer: bytes
+    /// are copied into `rx` only as far as they arrived.
+    pub fn read(&mut self, scratch: &mut [u8], wl: Option<&mut WireLog>) -> ReadOutcome {
+        let mut out = ReadOutcome::default();
+        if self.cutoff || self.read_shut {
+            return out;
+        }
+        let mut wl = wl;
+        loop {
+            if self.rx.len() >= RX_HIGH_WATER {
+                self.read_paused = true;
+                break;
+            }
+            match self.sock.read(scratch) {
+                Ok(0) => {
+                    self.cutoff = true;
+                    out.new_cutoff = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.rx.extend_from_slice(&scratch[..n]);
+                    if let Some(wl) = wl.as_deref_mut() {
+                        wl.rx(self.ca, &scratch[..n]);
+                    }
+                    out.bytes += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if !is_cutoff_error(&e) {
+                        tracing::warn!(ca = %self.ca, "receive failed: {e}");
+                    } else {
+                        tracing::debug!(ca = %self.ca, "peer cut off: {e}");
+                    }
+                    self.cutoff = true;
+                    out.new_cutoff = true;
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Reading stopped at the high-water mark and the guest has since consumed.
+    pub fn wants_read_resume(&self) -> bool {
+        self.read_paused && self.rx.len() < RX_HIGH_WATER
+    }
+
+    pub fn clear_read_pause(&mut self) {
+        self.read_paused = false;
+    }
+
+    /// Hand over up to `max` bytes the guest has not been given yet.
+    /// Returns them and whether the stream has ended after them.
+    pub fn hand(&mut self, max: usize) -> (Vec<u8>, bool) {
+        let end = self.rx.len().min(self.handed.saturating_add(max));
+        let data = self.rx[self.handed..end].to_vec();
+        self.handed = end;
+        (data, self.cutoff && self.handed == self.rx.len())
+    }
+
+    /// Drop up to `count` handed bytes; only bytes a guest has seen can be consumed.
+    pub fn consume(&mut self, count: u64) -> u64 {
+        let n = self
+            .handed
+            .min(usize::try_from(count).unwrap_or(usize::MAX));
+        self.rx.drain(..n);
+        self.handed -= n;
+        n as u64
+    }
+
+    /// A new guest takes over: everything unconsumed will be handed again.
+    pub fn rewind(&mut self) {
+        self.handed = 0;
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.rx.len() as u64
+    }
+
+    /// Has received bytes not yet handed, or an end not yet seen by the guest.
+    pub fn has_news(&self) -> bool {
+        self.handed < self.rx.len() || self.cutoff
+    }
+
+    pub fn queued(&self) -> u64 {
+        (self.tx.len() - self.tx_off) as u64
+    }
+
+    /// Whether queuing is still allowed.
+    pub fn accepts_tx(&self) -> bool {
+        !self.closing && !self.fin_wanted
+    }
+
+    pub fn queue(&mut self, data: Vec<u8>) {
+        if data.is_empty() || self.write_broken {
+            return;
+        }
+        if self.tx_off == self.tx.len() {
+            // Empty queue: keep the guest's buffer as is, no copy.
+            self.tx = data;
+            self.tx_off = 0;
+        } else {
+            if self.tx_off > self.tx.len() / 2 {
+                self.tx.drain(..self.tx_off);
+                self.tx_off = 0;
+            }
+            self.tx.extend_from_slice(&data);
+        }
+    }
+
+    /// hio's `send`: write now unless queued bytes must go first.
+    pub fn send_now(&mut self, data: &[u8], wl: Option<&mut WireLog>) -> io::Result<usize> {
+        if self.queued() > 0 || self.write_broken {
+            return Ok(0);
+        }
+        let n = match write_some(&mut self.sock, data) {
+            Ok(n) => n,
+            Err(e) => return self.broken(e).map(|_| 0),
+        };
+        if let Some(wl) = wl {
+            wl.tx(self.ca, &data[..n]);
+        }
+        Ok(n)
+    }
+
+    /// Send queued bytes until done or the socket would block; then send a
+    /// FIN if one is wanted. Returns bytes sent.
+    pub fn flush(&mut self, mut wl: Option<&mut WireLog>) -> io::Result<u64> {
+        let mut sent = 0u64;
+        while self.tx_off < self.tx.len() {
+            let pending = &self.tx[self.tx_off..];
+            let n = match write_some(&mut self.sock, pending) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => return self.broken(e).map(|_| sent),
+            };
+            if let Some(wl) = wl.as_deref_mut() {
+                wl.tx(self.ca, &pending[..n]);
+            }
+            self.tx_off += n;
+            sent += n as u64;
+        }
+        if self.tx_off == self.tx.len() {
+            self.tx.clear();
+            self.tx_off = 0;
+            if self.fin_wanted && !self.fin_sent {
+                self.fin_sent = true;
+                // A peer that is already gone makes this fail; nothing is lost.
+                let _ = self.sock.shutdown(Shutdown::Write);
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Writing failed: the peer is gone (hio's cutoff) and what is queued can
+    /// never be delivered. Only errors hio would raise are returned.
+    fn broken(&mut self, e: io::Error) -> io::Result<()> {
+        tracing::debug!(ca = %self.ca, "send failed: {e}");
+        self.write_broken = true;
+        self.cutoff = true;
+        self.tx = Vec::new();
+        self.tx_off = 0;
+        if is_cutoff_error(&e) { Ok(()) } else { Err(e) }
+    }
+
+    /// hio's shutdown(how). Errors are ignored, as in hio.
+    pub fn shutdown(&mut self, read: bool, write: bool) {
+        if read {
+            self.read_shut = true;
+            let _ = self.sock.shutdown(Shutdown::Read);
+        }
+        if write {
+            self.fin_wanted = true;
+        }
+    }
+
+    pub fn close(&mut self) {
+        self.closing = true;
+        self.fin_wanted = true;
+    }
+
+    /// A closing connection is done once everything queued went out (or never can).
+    pub fn finished(&self) -> bool {
+        self.closing && (self.queued() == 0 || self.write_broken)
+    }
+
+    /// The readiness this connection needs now.
+    pub fn wanted_interest(&self) -> Interest {
+        if self.queued() > 0 && !self.write_broken {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
+    }
+}
+
+/// One write: WouldBlock is 0 bytes.
+fn write_some(sock: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match sock.write(data) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(0),
+            other => return other,
+        }
+    }
+}

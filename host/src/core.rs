@@ -1,0 +1,70 @@
+//! Everything the host holds across guest generations: the listener, the
+//! connections with their bytes, and the lists that tell the event loop and
+//! the guest what changed. Guest calls mutate it; only the event loop does
+//! readiness bookkeeping with the poller.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::acceptor::Acceptor;
+use crate::conn::Conn;
+use crate::tyme::Clock;
+use crate::wirelog::WireLog;
+
+pub struct Core {
+    pub acceptor: Acceptor,
+    pub conns: HashMap<u64, Conn>,
+    /// Accepted by the host, not yet taken by the guest (hio's axes).
+    pub axes: VecDeque<u64>,
+    /// Connections with news for the guest's next cycle.
+    pub ready: Vec<u64>,
+    /// Connections whose queue, shutdown or close the loop must act on.
+    pub dirty: Vec<u64>,
+    pub clock: Clock,
+    pub wirelog: Option<WireLog>,
+    pub next_id: u64,
+}
+
+impl Core {
+    pub fn new(acceptor: Acceptor, clock: Clock, wirelog: Option<WireLog>) -> Core {
+        Core {
+            acceptor,
+            conns: HashMap::new(),
+            axes: VecDeque::new(),
+            ready: Vec::new(),
+            dirty: Vec::new(),
+            clock,
+            wirelog,
+            // Ids are mio tokens too; 0 is the listener's.
+            next_id: crate::server::FIRST_CONN_TOKEN,
+        }
+    }
+
+    pub fn mark_ready(&mut self, id: u64) {
+        if let Some(c) = self.conns.get_mut(&id)
+            && !c.in_ready
+        {
+            c.in_ready = true;
+            self.ready.push(id);
+        }
+    }
+
+    pub fn mark_dirty(&mut self, id: u64) {
+        if let Some(c) = self.conns.get_mut(&id)
+            && !c.in_dirty
+        {
+            c.in_dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Take the ready list for a guest cycle.
+    pub fn take_ready(&mut self) -> Vec<u64> {
+        let ready = std::mem::take(&mut self.ready);
+        for id in &ready {
+            if let Some(c) = self.conns.get_mut(id) {
+                c.in_ready = false;
+            }
+        }
+        ready
+    }
+}

@@ -1,0 +1,72 @@
+//! `hio:tcp/acceptor`: the guest's view of the host's listen socket.
+
+use wasmtime::component::Resource;
+
+use super::hio::tcp::acceptor::{Host, HostListener};
+use super::hio::tcp::types::{Address, Error};
+use super::{ConnRef, ListenerRef, State, address};
+
+impl State {
+    /// Take the next accepted connection the guest has not been given.
+    fn take_axe(&mut self) -> Result<Option<Resource<ConnRef>>, Error> {
+        while let Some(id) = self.core.axes.pop_front() {
+            if self.core.conns.contains_key(&id) {
+                return self
+                    .new_remoter(id)
+                    .map(Some)
+                    .map_err(|e| Error::Io(e.to_string()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl HostListener for State {
+    fn ha(&mut self, _: Resource<ListenerRef>) -> Address {
+        address(self.core.acceptor.ha)
+    }
+
+    fn eha(&mut self, _: Resource<ListenerRef>) -> Address {
+        address(self.core.acceptor.eha())
+    }
+
+    fn bs(&mut self, _: Resource<ListenerRef>) -> u32 {
+        self.core.acceptor.bs
+    }
+
+    fn bl(&mut self, _: Resource<ListenerRef>) -> u32 {
+        self.core.acceptor.bl
+    }
+
+    fn opened(&mut self, _: Resource<ListenerRef>) -> bool {
+        // The host opens the listener before any guest runs and closes it
+        // only after the last guest is gone.
+        true
+    }
+
+    fn actual_buf_sizes(&mut self, _: Resource<ListenerRef>) -> Result<(u32, u32), Error> {
+        self.core
+            .acceptor
+            .actual_buf_sizes()
+            .map_err(|e| Error::Io(e.to_string()))
+    }
+
+    fn accept(&mut self, _: Resource<ListenerRef>) -> Result<Option<Resource<ConnRef>>, Error> {
+        self.take_axe()
+    }
+
+    fn accept_all(&mut self, _: Resource<ListenerRef>) -> Result<Vec<Resource<ConnRef>>, Error> {
+        let mut all = Vec::with_capacity(self.core.axes.len());
+        while let Some(r) = self.take_axe()? {
+            all.push(r);
+        }
+        Ok(all)
+    }
+
+    fn drop(&mut self, rep: Resource<ListenerRef>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl Host for State {}

@@ -1,0 +1,144 @@
+//! `hio:tcp/remoter`: a guest's operations on one connection. Every call
+//! checks the handle against the host's live connections; a closed one
+//! answers `error::closed`, never a trap or a panic.
+
+use wasmtime::component::Resource;
+
+use super::hio::tcp::remoter::{Host, HostRemoter, Receipt};
+use super::hio::tcp::types::{Address, Error, ShutdownHow};
+use super::{ConnRef, State, address};
+use crate::conn::Conn;
+use crate::wirelog::WireLog;
+
+impl State {
+    /// The live connection behind a handle, unless the guest closed it.
+    fn open_conn(
+        &mut self,
+        handle: &Resource<ConnRef>,
+    ) -> Result<(&mut Conn, Option<&mut WireLog>, u64), Error> {
+        let id = self.conn_ref(handle)?.id;
+        match self.core.conns.get_mut(&id) {
+            Some(c) if !c.closing => Ok((c, self.core.wirelog.as_mut(), id)),
+            _ => Err(Error::Closed),
+        }
+    }
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    Error::Io(e.to_string())
+}
+
+impl HostRemoter for State {
+    fn id(&mut self, h: Resource<ConnRef>) -> u64 {
+        self.conn_ref(&h).map(|r| r.id).unwrap_or(0)
+    }
+
+    fn ha(&mut self, h: Resource<ConnRef>) -> Address {
+        self.conn_ref(&h).map(|r| address(r.ha)).unwrap_or(Address {
+            host: String::new(),
+            port: 0,
+        })
+    }
+
+    fn ca(&mut self, h: Resource<ConnRef>) -> Address {
+        self.conn_ref(&h).map(|r| address(r.ca)).unwrap_or(Address {
+            host: String::new(),
+            port: 0,
+        })
+    }
+
+    fn receive(&mut self, h: Resource<ConnRef>, max: u32) -> Result<Receipt, Error> {
+        let (c, _, _) = self.open_conn(&h)?;
+        let (data, cutoff) = c.hand(max as usize);
+        Ok(Receipt { data, cutoff })
+    }
+
+    fn consume(&mut self, h: Resource<ConnRef>, count: u64) -> Result<u64, Error> {
+        let (c, _, id) = self.open_conn(&h)?;
+        let n = c.consume(count);
+        if c.wants_read_resume() {
+            self.core.mark_dirty(id);
+        }
+        Ok(n)
+    }
+
+    fn pending(&mut self, h: Resource<ConnRef>) -> Result<u64, Error> {
+        Ok(self.open_conn(&h)?.0.pending())
+    }
+
+    fn send(&mut self, h: Resource<ConnRef>, data: Vec<u8>) -> Result<u32, Error> {
+        let (c, wl, id) = self.open_conn(&h)?;
+        if !c.accepts_tx() {
+            return Err(Error::Closed);
+        }
+        let res = c.send_now(&data, wl);
+        if c.cutoff {
+            self.core.mark_ready(id);
+        }
+        res.map(|n| n as u32).map_err(io_error)
+    }
+
+    fn tx(&mut self, h: Resource<ConnRef>, data: Vec<u8>) -> Result<(), Error> {
+        let (c, _, id) = self.open_conn(&h)?;
+        if !c.accepts_tx() {
+            return Err(Error::Closed);
+        }
+        c.queue(data);
+        self.core.mark_dirty(id);
+        Ok(())
+    }
+
+    fn flush(&mut self, h: Resource<ConnRef>) -> Result<u64, Error> {
+        let (c, wl, id) = self.open_conn(&h)?;
+        let res = c.flush(wl);
+        // The loop fixes interest (more to send) or reports a cutoff.
+        self.core.mark_dirty(id);
+        res.map_err(io_error)
+    }
+
+    fn queued(&mut self, h: Resource<ConnRef>) -> Result<u64, Error> {
+        Ok(self.open_conn(&h)?.0.queued())
+    }
+
+    fn shutdown(&mut self, h: Resource<ConnRef>, how: ShutdownHow) -> Result<(), Error> {
+        let (read, write) = match how {
+            ShutdownHow::Receive => (true, false),
+            ShutdownHow::Send => (false, true),
+            ShutdownHow::Both => (true, true),
+        };
+        let (c, _, id) = self.open_conn(&h)?;
+        c.shutdown(read, write);
+        self.core.mark_dirty(id);
+        Ok(())
+    }
+
+    fn shutdown_receive(&mut self, h: Resource<ConnRef>) -> Result<(), Error> {
+        self.shutdown(h, ShutdownHow::Receive)
+    }
+
+    fn shutdown_send(&mut self, h: Resource<ConnRef>) -> Result<(), Error> {
+        self.shutdown(h, ShutdownHow::Send)
+    }
+
+    fn close(&mut self, h: Resource<ConnRef>) -> Result<(), Error> {
+        let (c, _, id) = self.open_conn(&h)?;
+        c.close();
+        self.core.mark_dirty(id);
+        Ok(())
+    }
+
+    /// A guest that lets go of a connection without closing it can never
+    /// reach it again, so the host closes it (after sending what is queued).
+    fn drop(&mut self, h: Resource<ConnRef>) -> wasmtime::Result<()> {
+        let r = self.table.delete(h)?;
+        if let Some(c) = self.core.conns.get_mut(&r.id)
+            && !c.closing
+        {
+            c.close();
+            self.core.mark_dirty(r.id);
+        }
+        Ok(())
+    }
+}
+
+impl Host for State {}

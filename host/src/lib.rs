@@ -1,0 +1,20 @@
+//! hio-host: hio's non-blocking TCP server (`hio.core.tcp.serving`) with the
+//! sockets in a native mio host and the Server logic in a sandboxed wasm
+//! guest component.
+//!
+//! ```no_run
+//! let mut server = hio_host::Server::open(hio_host::Config::new("target/wasm/echo.wasm"))?;
+//! server.run()?; // until a Stopper or signal stops it; closes everything
+//! # anyhow::Ok(())
+//! ```
+
+pub mod acceptor;
+mod conn;
+mod core;
+mod guest;
+mod server;
+pub mod tyme;
+mod wirelog;
+
+pub use server::{Config, DEFAULT_TOCK, DEFAULT_TYMEOUT, Server, Stopper};
+pub use tyme::VirtualTyme;

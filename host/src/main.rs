@@ -1,0 +1,84 @@
+//! `hio-host run GUEST.wasm`: serve a guest component.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hio_host::{Config, Server, acceptor};
+
+#[derive(Parser)]
+#[command(
+    name = "hio-host",
+    version,
+    about = "Serve TCP with hio's Server logic running in a sandboxed wasm guest"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Open the listen socket and serve connections with GUEST's policy.
+    Run(RunArgs),
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// The guest component (.wasm) holding the Server logic, e.g. target/wasm/echo.wasm.
+    guest: PathBuf,
+    /// Listen address HOST:PORT, [IPV6]:PORT or :PORT (all IPv4 interfaces).
+    /// Port 0 picks a free port, which is logged.
+    #[arg(long, default_value = "127.0.0.1:56000", value_name = "HOST:PORT")]
+    listen: String,
+    /// Close a connection idle (nothing received or sent) this many seconds; 0 never closes.
+    #[arg(long, default_value_t = hio_host::DEFAULT_TYMEOUT, value_name = "SECS")]
+    tymeout: f64,
+    /// Longest sleep between guest cycles when nothing happens. Readiness and
+    /// the guest's own tymers wake it sooner; idle connections cost nothing.
+    #[arg(long, default_value_t = hio_host::DEFAULT_TOCK, value_name = "SECS")]
+    tock: f64,
+    /// Socket send/receive buffer size to raise to, and the guest's read size (hio's bs).
+    #[arg(long, default_value_t = acceptor::DEFAULT_BS, value_name = "BYTES")]
+    bs: u32,
+    /// Listen backlog (hio's bl).
+    #[arg(long, default_value_t = acceptor::DEFAULT_BL, value_name = "N")]
+    bl: u32,
+    /// Write hio-format wire logs of every byte received (rx.log) and sent (tx.log) into DIR.
+    #[arg(long, value_name = "DIR")]
+    wirelog: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HIO_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let Cmd::Run(args) = cli.command;
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hio-host: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = Config::new(args.guest);
+    config.ha = acceptor::parse_ha(&args.listen)?;
+    config.tymeout = args.tymeout;
+    config.tock = args.tock;
+    config.bs = args.bs;
+    config.bl = args.bl;
+    config.wirelog = args.wirelog;
+    let mut server = Server::open(config)?;
+    server.stop_on_signals()?;
+    server.run()
+}

@@ -1,0 +1,496 @@
+//! The event loop and the embedding API: hio's `openServer` + Doer, with the
+//! sockets in the host and the Server logic in a guest.
+//!
+//! One pass: poll readiness; read what arrived into host buffers and accept
+//! new connections; call the guest once with only the connections that have
+//! news; then act on what the guest did (flush queues, FINs, closes) for only
+//! the connections it touched. Idle connections cost nothing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mio::{Events, Interest, Poll, Token, Waker};
+use wasmtime::component::Component;
+
+use crate::acceptor::{self, Acceptor};
+use crate::conn::Conn;
+use crate::core::Core;
+use crate::guest::{Cycle, Generation, GuestConfig, Runtime};
+use crate::tyme::{Clock, VirtualTyme};
+use crate::wirelog::WireLog;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+/// Connection ids double as mio tokens and start above the fixed tokens.
+pub const FIRST_CONN_TOKEN: u64 = 16;
+/// Size of the one read buffer shared by every connection.
+const SCRATCH: usize = 64 * 1024;
+/// How many times in a row a crashed guest is restarted before the host gives up.
+const MAX_RESTARTS: u32 = 5;
+
+/// Everything needed to open a server; `Config::new(guest)` gives hio's defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The guest component (`.wasm`).
+    pub guest: PathBuf,
+    /// Listen address (hio's ha). Default `127.0.0.1:56000`.
+    pub ha: SocketAddr,
+    /// Socket buffer size and per-read size (hio's bs). Default 8096.
+    pub bs: u32,
+    /// Listen backlog (hio's bl). Default 128.
+    pub bl: u32,
+    /// Idle timeout per connection in seconds, enforced by the guest; 0 disables it.
+    pub tymeout: f64,
+    /// Longest the host sleeps between guest cycles when nothing happens.
+    pub tock: f64,
+    /// Write hio-format rx/tx wire logs into this directory.
+    pub wirelog: Option<PathBuf>,
+    /// Drive tyme by hand instead of by the real clock (tests).
+    pub virtual_tyme: Option<VirtualTyme>,
+}
+
+/// Default idle timeout. hio's Server means 1.0 s (and by a bug really runs
+/// with 0, i.e. never); a production server closes idle peers, but 1 s would
+/// cut off any client that pauses, so the default is 30 s.
+pub const DEFAULT_TYMEOUT: f64 = 30.0;
+pub const DEFAULT_TOCK: f64 = 1.0;
+
+impl Config {
+    pub fn new(guest: impl Into<PathBuf>) -> Config {
+        Config {
+            guest: guest.into(),
+            ha: SocketAddr::from(([127, 0, 0, 1], acceptor::DEFAULT_PORT)),
+            bs: acceptor::DEFAULT_BS,
+            bl: acceptor::DEFAULT_BL,
+            tymeout: DEFAULT_TYMEOUT,
+            tock: DEFAULT_TOCK,
+            wirelog: None,
+            virtual_tyme: None,
+        }
+    }
+}
+
+/// Stops a running [`Server`] from any thread.
+#[derive(Clone)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::Release);
+        if let Err(e) = self.waker.wake() {
+            tracing::error!("cannot wake the event loop to stop it: {e}");
+        }
+    }
+}
+
+/// A running server: the host's sockets plus the current guest generation.
+pub struct Server {
+    poll: Poll,
+    events: Events,
+    scratch: Vec<u8>,
+    runtime: Runtime,
+    component: Component,
+    guest_config: GuestConfig,
+    /// `None` only transiently while a generation is being replaced.
+    generation: Option<Generation>,
+    next_wake: Option<f64>,
+    tock: f64,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    restarts: u32,
+    last_cycle: Instant,
+}
+
+impl Server {
+    /// Load the guest, open the listen socket and start the guest
+    /// (hio's `openServer` + `reopen`).
+    pub fn open(config: Config) -> Result<Server> {
+        if !(config.tymeout >= 0.0 && config.tymeout.is_finite()) {
+            bail!(
+                "tymeout must be a finite number of seconds >= 0, not {}",
+                config.tymeout
+            );
+        }
+        if !(config.tock > 0.0 && config.tock.is_finite()) {
+            bail!(
+                "tock must be a finite number of seconds > 0, not {}",
+                config.tock
+            );
+        }
+        let runtime = Runtime::new()?;
+        let component = runtime.load(&config.guest)?;
+        let acceptor = Acceptor::open(config.ha, config.bs, config.bl)?;
+        let poll = Poll::new().context("cannot create poller")?;
+        let mut acceptor = acceptor;
+        poll.registry()
+            .register(&mut acceptor.listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let wirelog = match &config.wirelog {
+            Some(dir) => Some(
+                WireLog::open(dir)
+                    .with_context(|| format!("cannot open wirelog in {}", dir.display()))?,
+            ),
+            None => None,
+        };
+        let clock = match &config.virtual_tyme {
+            Some(v) => Clock::Virtual(v.clone()),
+            None => Clock::real(),
+        };
+        let core = Core::new(acceptor, clock, wirelog);
+        let guest_config = GuestConfig {
+            tymeout: config.tymeout,
+            bs: config.bs,
+        };
+        let mut generation = runtime.instantiate(&component, core).map_err(|(e, _)| e)?;
+        generation.start(&guest_config)?;
+        let ha = generation.core().acceptor.ha;
+        tracing::info!(%ha, eha = %generation.core().acceptor.eha(), guest = %config.guest.display(), "serving");
+        Ok(Server {
+            poll,
+            events: Events::with_capacity(1024),
+            scratch: vec![0; SCRATCH],
+            runtime,
+            component,
+            guest_config,
+            generation: Some(generation),
+            // The first cycle runs at once so the guest can set its tymers.
+            next_wake: Some(f64::NEG_INFINITY),
+            tock: config.tock,
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            signals: None,
+            restarts: 0,
+            last_cycle: Instant::now(),
+        })
+    }
+
+    /// The resolved listen address (port 0 replaced by the real one).
+    pub fn local_addr(&mut self) -> SocketAddr {
+        self.core().acceptor.ha
+    }
+
+    /// Connections the host holds (taken by the guest or not).
+    pub fn connection_count(&mut self) -> usize {
+        self.core().conns.len()
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            flag: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Stop `run` on SIGINT or SIGTERM.
+    pub fn stop_on_signals(&mut self) -> Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    fn generation(&mut self) -> &mut Generation {
+        self.generation
+            .as_mut()
+            .expect("a guest generation is always installed between passes")
+    }
+
+    fn core(&mut self) -> &mut Core {
+        self.generation().core()
+    }
+
+    /// Serve until stopped, then close everything.
+    pub fn run(&mut self) -> Result<()> {
+        while !self.stop.load(Ordering::Acquire) {
+            self.step(None)?;
+        }
+        self.close();
+        Ok(())
+    }
+
+    /// One pass of the loop. Waits at most `wait` (or until the guest's next
+    /// tymer, or tock) for readiness.
+    pub fn step(&mut self, wait: Option<Duration>) -> Result<()> {
+        let timeout = self.poll_timeout(wait);
+        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout))
+            && e.kind() != std::io::ErrorKind::Interrupted
+        {
+            return Err(e).context("poll failed");
+        }
+        let mut accept = false;
+        let mut touched = Vec::new();
+        for ev in self.events.iter() {
+            match ev.token() {
+                LISTENER => accept = true,
+                WAKER => {}
+                SIGNALS => {
+                    if let Some(signals) = &mut self.signals {
+                        for sig in signals.pending() {
+                            tracing::info!("signal {sig}: closing");
+                            self.stop.store(true, Ordering::Release);
+                        }
+                    }
+                }
+                Token(t) => touched.push((
+                    t as u64,
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_writable(),
+                )),
+            }
+        }
+        let new_accepts = accept && self.accept_all() > 0;
+        for (id, readable, writable) in touched {
+            self.serve_io(id, readable, writable);
+        }
+        self.cycle(new_accepts)?;
+        self.settle();
+        if let Some(wl) = &mut self.core().wirelog {
+            wl.flush();
+        }
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self, wait: Option<Duration>) -> Duration {
+        if !self.core().ready.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut t = wait.unwrap_or(Duration::from_secs_f64(self.tock));
+        if let Some(wake) = self.next_wake {
+            let core = self.core();
+            let until = if core.clock.is_virtual() {
+                // Virtual tyme moves by hand: just look again soon.
+                if wake <= core.clock.tyme() {
+                    0.0
+                } else {
+                    t.as_secs_f64()
+                }
+            } else {
+                (wake - core.clock.tyme()).max(0.0)
+            };
+            t = t.min(Duration::from_secs_f64(until));
+        }
+        t
+    }
+
+    /// Accept every pending connection into host-held axes; the kernel
+    /// reports bytes that arrived before registration, so reading starts at
+    /// once and they wait in the host until the guest takes the connection.
+    fn accept_all(&mut self) -> usize {
+        let registry = self.poll.registry();
+        let core = self
+            .generation
+            .as_mut()
+            .expect("generation installed")
+            .core();
+        let mut accepted = 0;
+        loop {
+            match core.acceptor.listener.accept() {
+                Ok((mut sock, ca)) => {
+                    let id = core.next_id;
+                    core.next_id += 1;
+                    let ha = sock.local_addr().unwrap_or(core.acceptor.ha);
+                    if let Err(e) = sock.set_nodelay(true) {
+                        tracing::debug!(%ca, "cannot set TCP_NODELAY: {e}");
+                    }
+                    if let Err(e) =
+                        registry.register(&mut sock, Token(id as usize), Interest::READABLE)
+                    {
+                        tracing::warn!(%ca, "cannot register connection, dropping it: {e}");
+                        continue;
+                    }
+                    tracing::debug!(%ca, id, "accepted");
+                    core.conns.insert(id, Conn::new(sock, ha, ca));
+                    core.axes.push_back(id);
+                    accepted += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // A peer that reset before we got to it: nothing to serve.
+                Err(e) if crate::conn::is_cutoff_error(&e) => continue,
+                Err(e) => {
+                    tracing::error!("accept failed: {e}");
+                    break;
+                }
+            }
+        }
+        accepted
+    }
+
+    /// Readiness on one connection: read into its host buffer, send what is queued.
+    fn serve_io(&mut self, id: u64, readable: bool, writable: bool) {
+        let generation = self.generation.as_mut().expect("generation installed");
+        let core = generation.core();
+        let Some(c) = core.conns.get_mut(&id) else {
+            return;
+        };
+        let was_cutoff = c.cutoff;
+        if writable && (c.queued() > 0 || c.closing) {
+            if let Err(e) = c.flush(core.wirelog.as_mut()) {
+                tracing::warn!(ca = %c.ca, "send failed: {e}");
+            }
+            core.mark_dirty(id);
+        }
+        let c = core.conns.get_mut(&id).expect("present above");
+        if readable {
+            let got = c.read(&mut self.scratch, core.wirelog.as_mut());
+            if got.bytes == 0 && !got.new_cutoff {
+                return;
+            }
+        } else if c.cutoff == was_cutoff {
+            return;
+        }
+        if c.adopted {
+            core.mark_ready(id);
+        }
+    }
+
+    /// Call the guest if anything is new for it, its tymer is due, or tock passed.
+    fn cycle(&mut self, new_accepts: bool) -> Result<()> {
+        let core = self.core();
+        let tyme = core.clock.tyme();
+        let due = self.next_wake.is_some_and(|w| w <= tyme);
+        let heartbeat = self.last_cycle.elapsed().as_secs_f64() >= self.tock;
+        let core = self.core();
+        if !(due || heartbeat || new_accepts || !core.ready.is_empty()) {
+            return Ok(());
+        }
+        let ready = core.take_ready();
+        let cycle = Cycle {
+            tyme,
+            accepts: !core.axes.is_empty(),
+            ready,
+        };
+        self.last_cycle = Instant::now();
+        match self.generation().service(&cycle) {
+            Ok(wake) => {
+                self.next_wake = wake;
+                self.restarts = 0;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                self.restart()
+            }
+        }
+    }
+
+    /// Replace a crashed guest with a fresh instance of the same component and
+    /// hand it every connection; nothing the host holds is lost.
+    fn restart(&mut self) -> Result<()> {
+        loop {
+            self.restarts += 1;
+            if self.restarts > MAX_RESTARTS {
+                bail!("guest failed {MAX_RESTARTS} times in a row; giving up");
+            }
+            let core = self
+                .generation
+                .take()
+                .expect("generation installed")
+                .into_core();
+            let mut generation = match self.runtime.instantiate(&self.component, core) {
+                Ok(g) => g,
+                Err((e, core)) => {
+                    // Keep the core: without a generation the host has nowhere to put it.
+                    bail!(
+                        "cannot restart guest: {e} ({} connections dropped)",
+                        core.conns.len()
+                    );
+                }
+            };
+            let started = generation.start(&self.guest_config);
+            self.generation = Some(generation);
+            match started {
+                Ok(()) => {
+                    tracing::warn!(
+                        restarts = self.restarts,
+                        "guest restarted; connections handed over"
+                    );
+                    self.next_wake = Some(f64::NEG_INFINITY);
+                    return Ok(());
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+    }
+
+    /// Act on what the guest (or a write) changed: send queues and FINs,
+    /// resume paused reads, release finished connections, fix interest.
+    fn settle(&mut self) {
+        let registry = self.poll.registry();
+        let generation = self.generation.as_mut().expect("generation installed");
+        let core = generation.core();
+        let dirty = std::mem::take(&mut core.dirty);
+        for id in dirty {
+            let Some(c) = core.conns.get_mut(&id) else {
+                continue;
+            };
+            c.in_dirty = false;
+            let was_cutoff = c.cutoff;
+            if let Err(e) = c.flush(core.wirelog.as_mut()) {
+                tracing::warn!(ca = %c.ca, "send failed: {e}");
+            }
+            if c.wants_read_resume() {
+                c.clear_read_pause();
+                c.read(&mut self.scratch, core.wirelog.as_mut());
+                if c.has_news() && c.adopted {
+                    core.mark_ready(id);
+                }
+            }
+            let c = core.conns.get_mut(&id).expect("present above");
+            if c.finished() {
+                let mut c = core.conns.remove(&id).expect("present above");
+                let _ = registry.deregister(&mut c.sock);
+                tracing::debug!(ca = %c.ca, id, "closed");
+                continue;
+            }
+            let want = c.wanted_interest();
+            if want != c.interest {
+                match registry.reregister(&mut c.sock, Token(id as usize), want) {
+                    Ok(()) => c.interest = want,
+                    Err(e) => tracing::warn!(ca = %c.ca, "cannot change interest: {e}"),
+                }
+            }
+            if c.cutoff && !was_cutoff && c.adopted {
+                core.mark_ready(id);
+            }
+        }
+    }
+
+    /// Close every connection (sending what the socket takes now) and the
+    /// listen socket. Called by `run` on stop and by `Drop`.
+    pub fn close(&mut self) {
+        let Some(generation) = self.generation.take() else {
+            return;
+        };
+        let mut core = generation.into_core();
+        let registry = self.poll.registry();
+        for (_, mut c) in core.conns.drain() {
+            c.close();
+            if let Err(e) = c.flush(core.wirelog.as_mut()) {
+                tracing::debug!(ca = %c.ca, "final send failed: {e}");
+            }
+            let _ = c.sock.shutdown(std::net::Shutdown::Both);
+            let _ = registry.deregister(&mut c.sock);
+        }
+        let _ = registry.deregister(&mut core.acceptor.listener);
+        tracing::info!(ha = %core.acceptor.ha, "closed");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

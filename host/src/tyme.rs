@@ -1,0 +1,88 @@
+//! The host's tyme: what guests read as hio's `tymist.tyme`.
+//!
+//! Production runs on a monotonic real clock; tests run on a virtual tyme
+//! advanced by hand, so idle timeouts are tested without sleeping.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Where tyme comes from.
+#[derive(Clone, Debug)]
+pub enum Clock {
+    /// Seconds since the host started.
+    Real(Instant),
+    /// Seconds set by hand through a [`VirtualTyme`].
+    Virtual(VirtualTyme),
+}
+
+impl Clock {
+    pub fn real() -> Self {
+        Clock::Real(Instant::now())
+    }
+
+    pub fn tyme(&self) -> f64 {
+        match self {
+            Clock::Real(start) => start.elapsed().as_secs_f64(),
+            Clock::Virtual(v) => v.tyme(),
+        }
+    }
+
+    pub fn is_virtual(&self) -> bool {
+        matches!(self, Clock::Virtual(_))
+    }
+}
+
+/// A virtual tyme shared between the host and whoever drives it (hio's
+/// Tymist). Cloning shares the same tyme.
+#[derive(Clone, Debug, Default)]
+pub struct VirtualTyme(Arc<AtomicU64>);
+
+impl VirtualTyme {
+    pub fn new(tyme: f64) -> Self {
+        VirtualTyme(Arc::new(AtomicU64::new(tyme.to_bits())))
+    }
+
+    pub fn tyme(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Acquire))
+    }
+
+    /// Advance tyme by `tock` seconds (hio's `Tymist.tick`).
+    pub fn tick(&self, tock: f64) {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let next = (f64::from_bits(cur) + tock).to_bits();
+            match self
+                .0
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_tyme_advances_only_when_ticked() {
+        let v = VirtualTyme::new(0.0);
+        let clock = Clock::Virtual(v.clone());
+        assert_eq!(clock.tyme(), 0.0);
+        v.tick(0.5);
+        v.tick(0.25);
+        assert_eq!(clock.tyme(), 0.75);
+        assert!(clock.is_virtual());
+    }
+
+    #[test]
+    fn real_clock_is_monotonic() {
+        let clock = Clock::real();
+        let a = clock.tyme();
+        let b = clock.tyme();
+        assert!(b >= a && a >= 0.0);
+    }
+}

@@ -1,0 +1,257 @@
+//! Project tasks, runnable before anything else is installed:
+//!
+//!   cargo xtask run [ARGS]   build, then serve the echo guest on 127.0.0.1:56000
+//!   cargo xtask test         build, set up test peers, run the whole suite
+//!   cargo xtask build        host binary + every guest component
+//!   cargo xtask guests       guest components only (target/wasm/NAME.wasm)
+//!
+//! Guests build with rustup's wasm32 target when it is installed, and
+//! otherwise with Debian's rustc-web (see ../shared/notes/wasm-toolchain.md),
+//! whose packages are installed here when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+const DEBIAN_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "lld-22"];
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+const DEBIAN_WASM_LD: &str = "/usr/lib/llvm-22/bin/wasm-ld";
+/// The real hio, as a peer for interop tests.
+const HIO_PIP: &str = "hio==0.6.10";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let root = root();
+    let (task, rest) = args
+        .split_first()
+        .map(|(t, r)| (t.as_str(), r))
+        .unwrap_or(("help", &[]));
+    match task {
+        "guests" => build_guests(&root),
+        "build" => build_all(&root),
+        "run" => {
+            build_all(&root)?;
+            let mut cmd = Command::new(root.join("target/release/hio-host"));
+            cmd.arg("run").arg(root.join("target/wasm/echo.wasm"));
+            if !rest.iter().any(|a| a == "--listen") {
+                cmd.args(["--listen", "127.0.0.1:56000"]);
+            }
+            status(cmd.args(rest))
+        }
+        "test" => {
+            build_all(&root)?;
+            let python = python_env(&root)?;
+            // The SDK's bookkeeping is plain Rust: its unit tests run natively.
+            status(
+                Command::new("cargo")
+                    .current_dir(root.join("guest"))
+                    .args(["test", "--release", "-p", "hio-guest"])
+                    .env("CARGO_TARGET_DIR", root.join("target/guest-native")),
+            )?;
+            status(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .args(["test", "--release", "--workspace"])
+                    .args(rest)
+                    .env("HIO_PYTHON", python),
+            )
+        }
+        _ => {
+            eprintln!("usage: cargo xtask run|test|build|guests [ARGS]");
+            Ok(())
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn build_all(root: &Path) -> Result<()> {
+    status(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "--release", "-p", "hio-host"]),
+    )?;
+    build_guests(root)
+}
+
+/// Every cdylib in the guest workspace becomes target/wasm/NAME.wasm.
+fn build_guests(root: &Path) -> Result<()> {
+    let target_dir = root.join("target/wasm-build");
+    let mut cmd = if rustup_has_wasm_target() {
+        let mut c = Command::new("cargo");
+        c.args(["build", "--release", "--target", WASM_TARGET]);
+        c
+    } else {
+        ensure_debian_toolchain()?;
+        let mut c = Command::new(DEBIAN_CARGO);
+        c.args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "-Z",
+            "build-std=std,panic_abort",
+        ])
+        .env("RUSTC", DEBIAN_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", DEBIAN_WASM_LD)
+        // rustup's wrappers must not redirect Debian's cargo to rustup's toolchain.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC_WRAPPER");
+        c
+    };
+    status(
+        cmd.current_dir(root.join("guest"))
+            .args(["--workspace"])
+            .env("CARGO_TARGET_DIR", &target_dir),
+    )?;
+
+    let out = root.join("target/wasm");
+    std::fs::create_dir_all(&out)?;
+    let built = target_dir.join(WASM_TARGET).join("release");
+    for name in guest_names(root)? {
+        let core = built.join(format!("{name}.wasm"));
+        let module = std::fs::read(&core)
+            .with_context(|| format!("guest {name} was not built at {}", core.display()))?;
+        let component = wit_component::ComponentEncoder::default()
+            .module(&module)
+            .with_context(|| format!("{name}: not a guest module"))?
+            .validate(true)
+            .encode()
+            .with_context(|| format!("{name}: cannot make a component"))?;
+        let dest = out.join(format!("{name}.wasm"));
+        std::fs::write(&dest, component)?;
+        eprintln!("xtask: guest component {}", dest.display());
+    }
+    Ok(())
+}
+
+/// Guest crates: cdylib packages under guest/ and tests/guests/.
+fn guest_names(root: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for dir in [root.join("guest"), root.join("tests/guests")] {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+        {
+            let manifest = entry?.path().join("Cargo.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest) else {
+                continue;
+            };
+            if !text.contains("cdylib") {
+                continue;
+            }
+            let name = text
+                .lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix("name = \"")
+                        .and_then(|r| r.strip_suffix('"'))
+                })
+                .with_context(|| format!("no package name in {}", manifest.display()))?;
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn rustup_has_wasm_target() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET)
+        })
+        .unwrap_or(false)
+}
+
+/// Install Debian's second Rust (with std sources) and LLVM's wasm linker.
+fn ensure_debian_toolchain() -> Result<()> {
+    let have = [DEBIAN_RUSTC, DEBIAN_CARGO, DEBIAN_WASM_LD]
+        .iter()
+        .all(|p| Path::new(p).exists())
+        && Path::new("/usr/lib/rustlib/src/rust/library").exists();
+    if have {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: no rustup wasm target; installing Debian's {}",
+        DEBIAN_PACKAGES.join(" ")
+    );
+    let sudo = !is_root();
+    let apt = |args: &[&str]| {
+        let mut c = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
+        if sudo {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        status(&mut c)
+    };
+    apt(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend_from_slice(DEBIAN_PACKAGES);
+    apt(&install)
+        .context("cannot install the wasm toolchain; see ../shared/notes/wasm-toolchain.md")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
+/// A venv with the real hio client for interop tests (target/pyenv).
+fn python_env(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target/pyenv");
+    let python = venv.join("bin/python");
+    let ready = venv.join(".hio-installed");
+    if !ready.exists() {
+        status(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        status(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            HIO_PIP,
+        ]))?;
+        std::fs::write(&ready, HIO_PIP)?;
+    }
+    Ok(python)
+}
