@@ -33,11 +33,11 @@ struct RunArgs {
     #[arg(long, default_value = "127.0.0.1:56000", value_name = "HOST:PORT")]
     listen: String,
     /// Close a connection idle (nothing received or sent) this many seconds; 0 never closes.
-    #[arg(long, default_value_t = hio_host::DEFAULT_TYMEOUT, value_name = "SECS")]
+    #[arg(long, default_value_t = hio_host::DEFAULT_TYMEOUT, value_name = "SECS", allow_negative_numbers = true)]
     tymeout: f64,
     /// Longest sleep between guest cycles when nothing happens. Readiness and
     /// the guest's own tymers wake it sooner; idle connections cost nothing.
-    #[arg(long, default_value_t = hio_host::DEFAULT_TOCK, value_name = "SECS")]
+    #[arg(long, default_value_t = hio_host::DEFAULT_TOCK, value_name = "SECS", allow_negative_numbers = true)]
     tock: f64,
     /// Socket send/receive buffer size to raise to, and the guest's read size (hio's bs).
     #[arg(long, default_value_t = acceptor::DEFAULT_BS, value_name = "BYTES")]

@@ -1,1 +1,227 @@
+//! Helpers for component-level tests: a real host on its own thread serving
+//! a real guest component, and real TCP clients.
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+pub use hio_host::{Config, Server, Stopper, VirtualTyme};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// A built guest component, `target/wasm/NAME.wasm`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = root().join("target/wasm").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build guests with `cargo xtask guests` (or run the suite with `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// The hio-host binary, built by `cargo xtask build`.
+pub fn host_binary() -> PathBuf {
+    let path = root().join("target/release/hio-host");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build`",
+        path.display()
+    );
+    path
+}
+
+/// A host serving one guest on 127.0.0.1 (a free port) on its own thread.
+/// Dropping it stops the host and checks it closed without error.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stopper: Stopper,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl TestServer {
+    pub fn start(guest_name: &str) -> TestServer {
+        Self::start_with(guest_name, |_| {})
+    }
+
+    /// Start with a config adjusted by `tweak` (listen address, tymeout, virtual tyme...).
+    pub fn start_with(guest_name: &str, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::new(guest(guest_name));
+        config.ha = "127.0.0.1:0".parse().expect("literal address");
+        tweak(&mut config);
+        Self::try_start(config).expect("server starts")
+    }
+
+    pub fn try_start(config: Config) -> Result<TestServer> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || -> Result<()> {
+            let mut server = match Server::open(config) {
+                Ok(s) => s,
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    let _ = tx.send(Err(e));
+                    bail!(msg);
+                }
+            };
+            let _ = tx.send(Ok((server.local_addr(), server.stopper())));
+            server.run()
+        });
+        let (addr, stopper) = rx.recv().context("server thread died")??;
+        Ok(TestServer {
+            addr,
+            stopper,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Stop the host and return how its run ended.
+    pub fn stop(mut self) -> Result<()> {
+        self.stopper.stop();
+        self.thread
+            .take()
+            .expect("joined once")
+            .join()
+            .expect("server thread panicked")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stopper.stop();
+            let res = t.join();
+            if !std::thread::panicking() {
+                res.expect("server thread panicked")
+                    .expect("server ran without error");
+            }
+        }
+    }
+}
+
+/// How long a test waits for bytes before calling it a failure.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A plain blocking TCP client with a read deadline.
+pub struct Client {
+    pub stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("set timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client { stream }
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.stream.write_all(data).expect("send");
+    }
+
+    /// Read exactly `n` bytes or fail the test.
+    pub fn recv_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.stream
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+        buf
+    }
+
+    /// Send and expect the same bytes back.
+    pub fn echo(&mut self, data: &[u8]) {
+        self.send(data);
+        let got = self.recv_exact(data.len());
+        assert_eq!(got, data, "echo mismatch");
+    }
+
+    /// Read until a newline.
+    pub fn recv_line(&mut self) -> String {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            match self.stream.read(&mut b) {
+                Ok(0) => panic!(
+                    "connection closed mid-line after {:?}",
+                    String::from_utf8_lossy(&line)
+                ),
+                Ok(_) => line.push(b[0]),
+                Err(e) => panic!("reading a line: {e}"),
+            }
+        }
+        String::from_utf8(line).expect("utf-8 line")
+    }
+
+    /// Read everything until the server closes; fails on a reset or timeout.
+    pub fn recv_to_end(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        self.stream
+            .read_to_end(&mut all)
+            .expect("read to a clean end");
+        all
+    }
+
+    /// Whether the server closed this connection (clean EOF) within `within`.
+    pub fn closed_by_server(&mut self, within: Duration) -> bool {
+        self.stream
+            .set_read_timeout(Some(within))
+            .expect("set timeout");
+        let mut b = [0u8; 1];
+        let res = self.stream.read(&mut b);
+        self.stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("set timeout");
+        match res {
+            Ok(0) => true,
+            Ok(_) => panic!("unexpected byte while waiting for close"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
+            Err(e) => panic!("waiting for close: {e}"),
+        }
+    }
+
+    /// Close abruptly: RST instead of FIN.
+    pub fn reset(self) {
+        socket2::SockRef::from(&self.stream)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(self.stream);
+    }
+}
+
+/// Poll `cond` until it holds or `PATIENCE` runs out.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The Python with the real hio installed (set up by `cargo xtask test`).
+pub fn hio_python() -> PathBuf {
+    let path = std::env::var_os("HIO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/pyenv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo xtask test` creates a venv with hio==0.6.10",
+        path.display()
+    );
+    path
+}
