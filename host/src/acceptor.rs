@@ -19,10 +19,9 @@ pub const DEFAULT_BL: u32 = 128;
 pub fn parse_ha(text: &str) -> Result<SocketAddr> {
     let bad = || anyhow!("malformed address {text:?}: expected HOST:PORT, [IPV6]:PORT or :PORT");
     let (host, port) = match text.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') || (h.starts_with('[') && h.ends_with(']')) => (
-            h.trim_start_matches('[').trim_end_matches(']'),
-            p.parse::<u16>().map_err(|_| bad())?,
-        ),
+        Some((h, p)) if !h.contains(':') || (h.starts_with('[') && h.ends_with(']')) => {
+            (h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().map_err(|_| bad())?)
+        }
         Some(_) => return Err(bad()),
         None => (text, DEFAULT_PORT),
     };
@@ -30,22 +29,14 @@ pub fn parse_ha(text: &str) -> Result<SocketAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| anyhow!("cannot resolve {text:?}: {e}"))?
-        .next()
-        .ok_or_else(bad)
+    (host, port).to_socket_addrs().map_err(|e| anyhow!("cannot resolve {text:?}: {e}"))?.next().ok_or_else(bad)
 }
 
 /// hio's eha: the listen address as others should dial it.
 pub fn eha(ha: SocketAddr) -> SocketAddr {
     match ha.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ha.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ha.port())
-        }
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ha.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ha.port()),
         _ => ha,
     }
 }
@@ -72,20 +63,11 @@ impl Acceptor {
         }
         raise_buffers(&socket, bs as usize)?;
         socket.set_nonblocking(true)?;
-        socket
-            .bind(&ha.into())
-            .with_context(|| format!("cannot listen on {ha}"))?;
-        socket
-            .listen(bl.min(i32::MAX as u32) as i32)
-            .with_context(|| format!("cannot listen on {ha}"))?;
+        socket.bind(&ha.into()).with_context(|| format!("cannot listen on {ha}"))?;
+        socket.listen(bl.min(i32::MAX as u32) as i32).with_context(|| format!("cannot listen on {ha}"))?;
         let std_listener: std::net::TcpListener = socket.into();
         let ha = std_listener.local_addr()?;
-        Ok(Acceptor {
-            listener: mio::net::TcpListener::from_std(std_listener),
-            ha,
-            bs,
-            bl,
-        })
+        Ok(Acceptor { listener: mio::net::TcpListener::from_std(std_listener), ha, bs, bl })
     }
 
     pub fn eha(&self) -> SocketAddr {
@@ -95,10 +77,7 @@ impl Acceptor {
     /// The kernel's (send, receive) buffer sizes (Linux reports double what was set).
     pub fn actual_buf_sizes(&self) -> io::Result<(u32, u32)> {
         let sock = socket2::SockRef::from(&self.listener);
-        Ok((
-            sock.send_buffer_size()? as u32,
-            sock.recv_buffer_size()? as u32,
-        ))
+        Ok((sock.send_buffer_size()? as u32, sock.recv_buffer_size()? as u32))
     }
 }
 
@@ -119,10 +98,7 @@ mod tests {
 
     #[test]
     fn parses_hio_style_addresses() {
-        assert_eq!(
-            parse_ha("127.0.0.1:9").unwrap(),
-            "127.0.0.1:9".parse().unwrap()
-        );
+        assert_eq!(parse_ha("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse().unwrap());
         assert_eq!(parse_ha(":7").unwrap(), "0.0.0.0:7".parse().unwrap());
         assert_eq!(parse_ha("[::1]:8").unwrap(), "[::1]:8".parse().unwrap());
         assert_eq!(parse_ha("127.0.0.1").unwrap().port(), DEFAULT_PORT);
@@ -133,15 +109,9 @@ mod tests {
 
     #[test]
     fn eha_normalises_unspecified_hosts() {
-        assert_eq!(
-            eha("0.0.0.0:5".parse().unwrap()),
-            "127.0.0.1:5".parse().unwrap()
-        );
+        assert_eq!(eha("0.0.0.0:5".parse().unwrap()), "127.0.0.1:5".parse().unwrap());
         assert_eq!(eha("[::]:5".parse().unwrap()), "[::1]:5".parse().unwrap());
-        assert_eq!(
-            eha("10.1.2.3:5".parse().unwrap()),
-            "10.1.2.3:5".parse().unwrap()
-        );
+        assert_eq!(eha("10.1.2.3:5".parse().unwrap()), "10.1.2.3:5".parse().unwrap());
     }
 
     #[test]

@@ -67,10 +67,7 @@ pub fn is_cutoff_error(e: &io::Error) -> bool {
             | ErrorKind::NetworkDown
             | ErrorKind::NotConnected
             | ErrorKind::UnexpectedEof
-    ) || matches!(
-        e.raw_os_error(),
-        Some(libc_errno::ENETRESET | libc_errno::EHOSTDOWN)
-    )
+    ) || matches!(e.raw_os_error(), Some(libc_errno::ENETRESET | libc_errno::EHOSTDOWN))
 }
 
 /// errno values std has no ErrorKind for.
@@ -167,9 +164,7 @@ impl Conn {
 
     /// Drop up to `count` handed bytes; only bytes a guest has seen can be consumed.
     pub fn consume(&mut self, count: u64) -> u64 {
-        let n = self
-            .handed
-            .min(usize::try_from(count).unwrap_or(usize::MAX));
+        let n = self.handed.min(usize::try_from(count).unwrap_or(usize::MAX));
         self.rx.drain(..n);
         self.handed -= n;
         n as u64

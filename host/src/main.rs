@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use hio_host::{Config, Server, acceptor};
 
 #[derive(Parser)]
-#[command(
-    name = "hio-host",
-    version,
-    about = "Serve TCP with hio's Server logic running in a sandboxed wasm guest"
-)]
+#[command(name = "hio-host", version, about = "Serve TCP with hio's Server logic running in a sandboxed wasm guest")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -52,10 +48,7 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HIO_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HIO_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

@@ -19,7 +19,7 @@ use wasmtime::component::Component;
 use crate::acceptor::{self, Acceptor};
 use crate::conn::Conn;
 use crate::core::Core;
-use crate::guest::{Cycle, Generation, GuestConfig, Runtime};
+use crate::guest::{Cycle, Failed, Generation, GuestConfig, Runtime};
 use crate::tyme::{Clock, VirtualTyme};
 use crate::wirelog::WireLog;
 
@@ -107,6 +107,8 @@ pub struct Server {
     waker: Arc<Waker>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     restarts: u32,
+    /// Connections with news in the last cycle that crashed the guest.
+    suspects: Vec<u64>,
     last_cycle: Instant,
 }
 
@@ -115,30 +117,20 @@ impl Server {
     /// (hio's `openServer` + `reopen`).
     pub fn open(config: Config) -> Result<Server> {
         if !(config.tymeout >= 0.0 && config.tymeout.is_finite()) {
-            bail!(
-                "tymeout must be a finite number of seconds >= 0, not {}",
-                config.tymeout
-            );
+            bail!("tymeout must be a finite number of seconds >= 0, not {}", config.tymeout);
         }
         if !(config.tock > 0.0 && config.tock.is_finite()) {
-            bail!(
-                "tock must be a finite number of seconds > 0, not {}",
-                config.tock
-            );
+            bail!("tock must be a finite number of seconds > 0, not {}", config.tock);
         }
         let runtime = Runtime::new()?;
         let component = runtime.load(&config.guest)?;
         let acceptor = Acceptor::open(config.ha, config.bs, config.bl)?;
         let poll = Poll::new().context("cannot create poller")?;
         let mut acceptor = acceptor;
-        poll.registry()
-            .register(&mut acceptor.listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut acceptor.listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let wirelog = match &config.wirelog {
-            Some(dir) => Some(
-                WireLog::open(dir)
-                    .with_context(|| format!("cannot open wirelog in {}", dir.display()))?,
-            ),
+            Some(dir) => Some(WireLog::open(dir).with_context(|| format!("cannot open wirelog in {}", dir.display()))?),
             None => None,
         };
         let clock = match &config.virtual_tyme {
@@ -146,11 +138,8 @@ impl Server {
             None => Clock::real(),
         };
         let core = Core::new(acceptor, clock, wirelog);
-        let guest_config = GuestConfig {
-            tymeout: config.tymeout,
-            bs: config.bs,
-        };
-        let mut generation = runtime.instantiate(&component, core).map_err(|(e, _)| e)?;
+        let guest_config = GuestConfig { tymeout: config.tymeout, bs: config.bs };
+        let mut generation = runtime.instantiate(&component, core).map_err(|f| f.error)?;
         generation.start(&guest_config)?;
         let ha = generation.core().acceptor.ha;
         tracing::info!(%ha, eha = %generation.core().acceptor.eha(), guest = %config.guest.display(), "serving");
@@ -169,6 +158,7 @@ impl Server {
             waker,
             signals: None,
             restarts: 0,
+            suspects: Vec::new(),
             last_cycle: Instant::now(),
         })
     }
@@ -184,27 +174,20 @@ impl Server {
     }
 
     pub fn stopper(&self) -> Stopper {
-        Stopper {
-            flag: self.stop.clone(),
-            waker: self.waker.clone(),
-        }
+        Stopper { flag: self.stop.clone(), waker: self.waker.clone() }
     }
 
     /// Stop `run` on SIGINT or SIGTERM.
     pub fn stop_on_signals(&mut self) -> Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
-        self.poll
-            .registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         self.signals = Some(signals);
         Ok(())
     }
 
     fn generation(&mut self) -> &mut Generation {
-        self.generation
-            .as_mut()
-            .expect("a guest generation is always installed between passes")
+        self.generation.as_mut().expect("a guest generation is always installed between passes")
     }
 
     fn core(&mut self) -> &mut Core {
@@ -243,11 +226,9 @@ impl Server {
                         }
                     }
                 }
-                Token(t) => touched.push((
-                    t as u64,
-                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-                    ev.is_writable(),
-                )),
+                Token(t) => {
+                    touched.push((t as u64, ev.is_readable() || ev.is_read_closed() || ev.is_error(), ev.is_writable()))
+                }
             }
         }
         let new_accepts = accept && self.accept_all() > 0;
@@ -271,11 +252,7 @@ impl Server {
             let core = self.core();
             let until = if core.clock.is_virtual() {
                 // Virtual tyme moves by hand: just look again soon.
-                if wake <= core.clock.tyme() {
-                    0.0
-                } else {
-                    t.as_secs_f64()
-                }
+                if wake <= core.clock.tyme() { 0.0 } else { t.as_secs_f64() }
             } else {
                 (wake - core.clock.tyme()).max(0.0)
             };
@@ -289,11 +266,7 @@ impl Server {
     /// once and they wait in the host until the guest takes the connection.
     fn accept_all(&mut self) -> usize {
         let registry = self.poll.registry();
-        let core = self
-            .generation
-            .as_mut()
-            .expect("generation installed")
-            .core();
+        let core = self.generation.as_mut().expect("generation installed").core();
         let mut accepted = 0;
         loop {
             match core.acceptor.listener.accept() {
@@ -304,9 +277,7 @@ impl Server {
                     if let Err(e) = sock.set_nodelay(true) {
                         tracing::debug!(%ca, "cannot set TCP_NODELAY: {e}");
                     }
-                    if let Err(e) =
-                        registry.register(&mut sock, Token(id as usize), Interest::READABLE)
-                    {
+                    if let Err(e) = registry.register(&mut sock, Token(id as usize), Interest::READABLE) {
                         tracing::warn!(%ca, "cannot register connection, dropping it: {e}");
                         continue;
                     }
@@ -367,21 +338,34 @@ impl Server {
             return Ok(());
         }
         let ready = core.take_ready();
-        let cycle = Cycle {
-            tyme,
-            accepts: !core.axes.is_empty(),
-            ready,
-        };
+        let cycle = Cycle { tyme, accepts: !core.axes.is_empty(), ready };
         self.last_cycle = Instant::now();
         match self.generation().service(&cycle) {
             Ok(wake) => {
                 self.next_wake = wake;
                 self.restarts = 0;
+                self.suspects.clear();
                 Ok(())
             }
             Err(e) => {
                 tracing::error!("{e}");
+                self.quarantine(cycle.ready);
                 self.restart()
+            }
+        }
+    }
+
+    /// A connection whose news was in two failing cycles in a row is taken
+    /// to be what crashes the guest: the host closes it, so one peer's bytes
+    /// cannot keep the guest down for everyone.
+    fn quarantine(&mut self, ready: Vec<u64>) {
+        let previous = std::mem::replace(&mut self.suspects, ready);
+        let core = self.generation.as_mut().expect("generation installed").core();
+        for id in previous.iter().filter(|id| self.suspects.contains(id)) {
+            if let Some(c) = core.conns.get_mut(id) {
+                tracing::warn!(ca = %c.ca, "closing connection: its bytes crashed the guest twice");
+                c.close();
+                core.mark_dirty(*id);
             }
         }
     }
@@ -394,29 +378,19 @@ impl Server {
             if self.restarts > MAX_RESTARTS {
                 bail!("guest failed {MAX_RESTARTS} times in a row; giving up");
             }
-            let core = self
-                .generation
-                .take()
-                .expect("generation installed")
-                .into_core();
+            let core = self.generation.take().expect("generation installed").into_core();
             let mut generation = match self.runtime.instantiate(&self.component, core) {
                 Ok(g) => g,
-                Err((e, core)) => {
-                    // Keep the core: without a generation the host has nowhere to put it.
-                    bail!(
-                        "cannot restart guest: {e} ({} connections dropped)",
-                        core.conns.len()
-                    );
+                Err(failed) => {
+                    let Failed { error, core } = *failed;
+                    bail!("cannot restart guest: {error:#} ({} connections closed)", core.conns.len());
                 }
             };
             let started = generation.start(&self.guest_config);
             self.generation = Some(generation);
             match started {
                 Ok(()) => {
-                    tracing::warn!(
-                        restarts = self.restarts,
-                        "guest restarted; connections handed over"
-                    );
+                    tracing::warn!(restarts = self.restarts, "guest restarted; connections handed over");
                     self.next_wake = Some(f64::NEG_INFINITY);
                     return Ok(());
                 }

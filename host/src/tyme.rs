@@ -52,10 +52,7 @@ impl VirtualTyme {
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
             let next = (f64::from_bits(cur) + tock).to_bits();
-            match self
-                .0
-                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.0.compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(seen) => cur = seen,
             }

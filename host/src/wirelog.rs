@@ -15,16 +15,8 @@ impl WireLog {
     /// Open (appending) `rx.log` and `tx.log` in `dir`, creating it if needed.
     pub fn open(dir: &Path) -> io::Result<WireLog> {
         fs::create_dir_all(dir)?;
-        let open = |name| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(name))
-        };
-        Ok(WireLog {
-            rx: BufWriter::new(open("rx.log")?),
-            tx: BufWriter::new(open("tx.log")?),
-        })
+        let open = |name| OpenOptions::new().create(true).append(true).open(dir.join(name));
+        Ok(WireLog { rx: BufWriter::new(open("rx.log")?), tx: BufWriter::new(open("tx.log")?) })
     }
 
     pub fn rx(&mut self, who: SocketAddr, data: &[u8]) {
@@ -48,9 +40,7 @@ impl WireLog {
 
 fn record(w: &mut BufWriter<File>, dir: &str, who: SocketAddr, data: &[u8]) {
     let who = format!("('{}', {})", who.ip(), who.port());
-    let res = write!(w, "\n{dir} {who}:\n")
-        .and_then(|_| w.write_all(data))
-        .and_then(|_| w.write_all(b"\n"));
+    let res = write!(w, "\n{dir} {who}:\n").and_then(|_| w.write_all(data)).and_then(|_| w.write_all(b"\n"));
     if let Err(e) = res {
         tracing::warn!("wirelog write failed: {e}");
     }

@@ -13,10 +13,7 @@ pub use hio_host::{Config, Server, Stopper, VirtualTyme};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the workspace")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
 }
 
 /// A built guest component, `target/wasm/NAME.wasm`.
@@ -33,11 +30,7 @@ pub fn guest(name: &str) -> PathBuf {
 /// The hio-host binary, built by `cargo xtask build`.
 pub fn host_binary() -> PathBuf {
     let path = root().join("target/release/hio-host");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask build`",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `cargo xtask build`", path.display());
     path
 }
 
@@ -77,11 +70,7 @@ impl TestServer {
             server.run()
         });
         let (addr, stopper) = rx.recv().context("server thread died")??;
-        Ok(TestServer {
-            addr,
-            stopper,
-            thread: Some(thread),
-        })
+        Ok(TestServer { addr, stopper, thread: Some(thread) })
     }
 
     pub fn connect(&self) -> Client {
@@ -91,11 +80,7 @@ impl TestServer {
     /// Stop the host and return how its run ended.
     pub fn stop(mut self) -> Result<()> {
         self.stopper.stop();
-        self.thread
-            .take()
-            .expect("joined once")
-            .join()
-            .expect("server thread panicked")
+        self.thread.take().expect("joined once").join().expect("server thread panicked")
     }
 }
 
@@ -105,8 +90,7 @@ impl Drop for TestServer {
             self.stopper.stop();
             let res = t.join();
             if !std::thread::panicking() {
-                res.expect("server thread panicked")
-                    .expect("server ran without error");
+                res.expect("server thread panicked").expect("server ran without error");
             }
         }
     }
@@ -123,9 +107,7 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(PATIENCE))
-            .expect("set timeout");
+        stream.set_read_timeout(Some(PATIENCE)).expect("set timeout");
         stream.set_nodelay(true).expect("nodelay");
         Client { stream }
     }
@@ -137,9 +119,7 @@ impl Client {
     /// Read exactly `n` bytes or fail the test.
     pub fn recv_exact(&mut self, n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
-        self.stream
-            .read_exact(&mut buf)
-            .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+        self.stream.read_exact(&mut buf).unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
         buf
     }
 
@@ -156,10 +136,7 @@ impl Client {
         let mut b = [0u8; 1];
         while line.last() != Some(&b'\n') {
             match self.stream.read(&mut b) {
-                Ok(0) => panic!(
-                    "connection closed mid-line after {:?}",
-                    String::from_utf8_lossy(&line)
-                ),
+                Ok(0) => panic!("connection closed mid-line after {:?}", String::from_utf8_lossy(&line)),
                 Ok(_) => line.push(b[0]),
                 Err(e) => panic!("reading a line: {e}"),
             }
@@ -170,22 +147,16 @@ impl Client {
     /// Read everything until the server closes; fails on a reset or timeout.
     pub fn recv_to_end(&mut self) -> Vec<u8> {
         let mut all = Vec::new();
-        self.stream
-            .read_to_end(&mut all)
-            .expect("read to a clean end");
+        self.stream.read_to_end(&mut all).expect("read to a clean end");
         all
     }
 
     /// Whether the server closed this connection (clean EOF) within `within`.
     pub fn closed_by_server(&mut self, within: Duration) -> bool {
-        self.stream
-            .set_read_timeout(Some(within))
-            .expect("set timeout");
+        self.stream.set_read_timeout(Some(within)).expect("set timeout");
         let mut b = [0u8; 1];
         let res = self.stream.read(&mut b);
-        self.stream
-            .set_read_timeout(Some(PATIENCE))
-            .expect("set timeout");
+        self.stream.set_read_timeout(Some(PATIENCE)).expect("set timeout");
         match res {
             Ok(0) => true,
             Ok(_) => panic!("unexpected byte while waiting for close"),
@@ -197,9 +168,7 @@ impl Client {
 
     /// Close abruptly: RST instead of FIN.
     pub fn reset(self) {
-        socket2::SockRef::from(&self.stream)
-            .set_linger(Some(Duration::ZERO))
-            .expect("linger");
+        socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO)).expect("linger");
         drop(self.stream);
     }
 }
@@ -215,13 +184,8 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// The Python with the real hio installed (set up by `cargo xtask test`).
 pub fn hio_python() -> PathBuf {
-    let path = std::env::var_os("HIO_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/pyenv/bin/python"));
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo xtask test` creates a venv with hio==0.6.10",
-        path.display()
-    );
+    let path =
+        std::env::var_os("HIO_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join("target/pyenv/bin/python"));
+    assert!(path.exists(), "{} is missing: `cargo xtask test` creates a venv with hio==0.6.10", path.display());
     path
 }

@@ -9,47 +9,28 @@ use std::time::{Duration, Instant};
 use hio_tests::{Client, guest, host_binary};
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(host_binary())
-        .args(args)
-        .output()
-        .expect("run hio-host");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Command::new(host_binary()).args(args).output().expect("run hio-host");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn fails_with(args: &[&str], needle: &str) {
     let (ok, stderr) = run(args);
     assert!(!ok, "expected failure for {args:?}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("hio-host:"))
-        .collect();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("hio-host:")).collect();
     assert_eq!(errors.len(), 1, "want one error line, got: {stderr}");
-    assert!(
-        errors[0].contains(needle),
-        "error {:?} lacks {needle:?}",
-        errors[0]
-    );
+    assert!(errors[0].contains(needle), "error {:?} lacks {needle:?}", errors[0]);
 }
 
 #[test]
 fn missing_guest_file() {
-    fails_with(
-        &["run", "/nonexistent/guest.wasm", "--listen", "127.0.0.1:0"],
-        "cannot read guest",
-    );
+    fails_with(&["run", "/nonexistent/guest.wasm", "--listen", "127.0.0.1:0"], "cannot read guest");
 }
 
 #[test]
 fn file_that_is_not_a_component() {
     let path = std::env::temp_dir().join(format!("not-wasm-{}.wasm", std::process::id()));
     std::fs::write(&path, b"this is not wasm").unwrap();
-    fails_with(
-        &["run", path.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        "not a valid wasm component",
-    );
+    fails_with(&["run", path.to_str().unwrap(), "--listen", "127.0.0.1:0"], "not a valid wasm component");
     std::fs::remove_file(path).unwrap();
 }
 
@@ -58,10 +39,7 @@ fn component_without_the_guest_exports() {
     // The smallest valid component: a header and nothing in it.
     let path = std::env::temp_dir().join(format!("empty-{}.wasm", std::process::id()));
     std::fs::write(&path, b"\0asm\x0d\x00\x01\x00").unwrap();
-    fails_with(
-        &["run", path.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        "does not fit",
-    );
+    fails_with(&["run", path.to_str().unwrap(), "--listen", "127.0.0.1:0"], "does not fit");
     std::fs::remove_file(path).unwrap();
 }
 
@@ -69,75 +47,26 @@ fn component_without_the_guest_exports() {
 fn port_in_use() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    fails_with(
-        &["run", guest("echo").to_str().unwrap(), "--listen", &addr],
-        "cannot listen on",
-    );
+    fails_with(&["run", guest("echo").to_str().unwrap(), "--listen", &addr], "cannot listen on");
 }
 
 #[test]
 fn malformed_address() {
-    fails_with(
-        &[
-            "run",
-            guest("echo").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:http",
-        ],
-        "malformed address",
-    );
-    fails_with(
-        &[
-            "run",
-            guest("echo").to_str().unwrap(),
-            "--listen",
-            "1.2.3.4:99999",
-        ],
-        "malformed address",
-    );
+    fails_with(&["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:http"], "malformed address");
+    fails_with(&["run", guest("echo").to_str().unwrap(), "--listen", "1.2.3.4:99999"], "malformed address");
 }
 
 #[test]
 fn bad_numbers() {
-    fails_with(
-        &[
-            "run",
-            guest("echo").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--tymeout",
-            "-1",
-        ],
-        "tymeout",
-    );
-    fails_with(
-        &[
-            "run",
-            guest("echo").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--tock",
-            "0",
-        ],
-        "tock",
-    );
+    fails_with(&["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0", "--tymeout", "-1"], "tymeout");
+    fails_with(&["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0", "--tock", "0"], "tock");
 }
 
 #[test]
 fn help_explains_every_flag() {
-    let out = Command::new(host_binary())
-        .args(["run", "--help"])
-        .output()
-        .unwrap();
+    let out = Command::new(host_binary()).args(["run", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in [
-        "--listen",
-        "--tymeout",
-        "--tock",
-        "--bs",
-        "--bl",
-        "--wirelog",
-    ] {
+    for flag in ["--listen", "--tymeout", "--tock", "--bs", "--bl", "--wirelog"] {
         assert!(help.contains(flag), "--help lacks {flag}: {help}");
     }
 }
@@ -145,12 +74,7 @@ fn help_explains_every_flag() {
 #[test]
 fn sigterm_closes_cleanly_and_exits_zero() {
     let mut child = Command::new(host_binary())
-        .args([
-            "run",
-            guest("echo").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -158,35 +82,21 @@ fn sigterm_closes_cleanly_and_exits_zero() {
     let mut line = String::new();
     let port = loop {
         line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "host exited before serving"
-        );
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "host exited before serving");
         if let Some(rest) = line.split("ha=127.0.0.1:").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<u16>()
-                .unwrap();
+            break rest.split_whitespace().next().unwrap().parse::<u16>().unwrap();
         }
     };
     let mut c = Client::connect(([127, 0, 0, 1], port).into());
     c.echo(b"before the signal");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let start = Instant::now();
     let exit = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "host did not exit on SIGTERM"
-        );
+        assert!(start.elapsed() < Duration::from_secs(10), "host did not exit on SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "exit status {exit}");

@@ -22,9 +22,7 @@ fn several_messages_in_a_row() {
         c.echo(format!("message number {i}\n").as_bytes());
     }
     // Many messages sent before any is read come back in order, whole.
-    let burst: Vec<u8> = (0..200)
-        .flat_map(|i| format!("burst {i};").into_bytes())
-        .collect();
+    let burst: Vec<u8> = (0..200).flat_map(|i| format!("burst {i};").into_bytes()).collect();
     for chunk in burst.chunks(37) {
         c.send(chunk);
     }
@@ -35,9 +33,7 @@ fn several_messages_in_a_row() {
 fn one_mebibyte_intact() {
     let server = TestServer::start("echo");
     let mut c = server.connect();
-    let data: Vec<u8> = (0..1 << 20)
-        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let mut writer = c.stream.try_clone().unwrap();
     let sent = data.clone();
     // Write from another thread: the server echoes while we are still sending.
@@ -177,10 +173,7 @@ fn stop_closes_every_connection_cleanly() {
     let addr = server.addr;
     server.stop().expect("clean stop");
     for c in &mut clients {
-        assert!(
-            c.closed_by_server(Duration::from_secs(5)),
-            "connection left open at stop"
-        );
+        assert!(c.closed_by_server(Duration::from_secs(5)), "connection left open at stop");
     }
     // The listen socket is closed too.
     assert!(TcpStream::connect(addr).is_err());

@@ -46,8 +46,28 @@ fn unknown_ca_is_hios_invalid_connection_address() {
     let server = TestServer::start("zombie");
     let mut c = server.connect();
     c.send(b"ghost\n");
-    assert_eq!(
-        c.recv_line(),
-        "Invalid connection address '203.0.113.9:9'\n"
-    );
+    assert_eq!(c.recv_line(), "Invalid connection address '203.0.113.9:9'\n");
+}
+
+#[test]
+fn a_guest_that_panics_is_restarted_and_the_poison_connection_closed() {
+    let server = TestServer::start("crashy");
+    let mut a = server.connect();
+    let mut b = server.connect();
+    a.echo(b"a before");
+    b.echo(b"b before");
+    let mut poison = server.connect();
+    poison.echo(b"harmless first");
+    // b's bytes and the poison may share the cycle that crashes: b's must
+    // still come back exactly once.
+    b.send(b"b during");
+    poison.send(b"panic now");
+    assert_eq!(poison.recv_to_end(), b"", "the poison connection is closed");
+    assert_eq!(b.recv_exact(8), b"b during");
+    for i in 0..10 {
+        a.echo(format!("a after {i}").as_bytes());
+        b.echo(format!("b after {i}").as_bytes());
+    }
+    server.connect().echo(b"new connections too");
+    // Dropping the server asserts the host's run ended without error.
 }

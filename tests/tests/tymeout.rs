@@ -28,22 +28,13 @@ fn idle_connection_is_closed_after_tymeout_and_activity_refreshes_it() {
     assert!(!idle.closed_by_server(SHORT), "closed before its tymeout");
     busy.echo(b"still here"); // refreshes busy at tyme 4: its stop is now 9
     tyme.tick(2.0); // tyme 6: idle is past 5
-    assert!(
-        idle.closed_by_server(Duration::from_secs(5)),
-        "idle connection not closed after tymeout"
-    );
-    assert!(
-        !busy.closed_by_server(SHORT),
-        "refreshed connection closed early"
-    );
+    assert!(idle.closed_by_server(Duration::from_secs(5)), "idle connection not closed after tymeout");
+    assert!(!busy.closed_by_server(SHORT), "refreshed connection closed early");
     busy.echo(b"refreshed again"); // stop 11
     tyme.tick(4.5); // 10.5
     assert!(!busy.closed_by_server(SHORT));
     tyme.tick(1.0); // 11.5
-    assert!(
-        busy.closed_by_server(Duration::from_secs(5)),
-        "busy connection not closed once idle"
-    );
+    assert!(busy.closed_by_server(Duration::from_secs(5)), "busy connection not closed once idle");
 }
 
 #[test]

@@ -35,10 +35,7 @@ fn main() -> ExitCode {
 
 fn run(args: &[String]) -> Result<()> {
     let root = root();
-    let (task, rest) = args
-        .split_first()
-        .map(|(t, r)| (t.as_str(), r))
-        .unwrap_or(("help", &[]));
+    let (task, rest) = args.split_first().map(|(t, r)| (t.as_str(), r)).unwrap_or(("help", &[]));
     match task {
         "guests" => build_guests(&root),
         "build" => build_all(&root),
@@ -77,16 +74,11 @@ fn run(args: &[String]) -> Result<()> {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn status(cmd: &mut Command) -> Result<()> {
-    let st = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed: {st}");
     }
@@ -94,11 +86,7 @@ fn status(cmd: &mut Command) -> Result<()> {
 }
 
 fn build_all(root: &Path) -> Result<()> {
-    status(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["build", "--release", "-p", "hio-host"]),
-    )?;
+    status(Command::new("cargo").current_dir(root).args(["build", "--release", "-p", "hio-host"]))?;
     build_guests(root)
 }
 
@@ -112,35 +100,24 @@ fn build_guests(root: &Path) -> Result<()> {
     } else {
         ensure_debian_toolchain()?;
         let mut c = Command::new(DEBIAN_CARGO);
-        c.args([
-            "build",
-            "--release",
-            "--target",
-            WASM_TARGET,
-            "-Z",
-            "build-std=std,panic_abort",
-        ])
-        .env("RUSTC", DEBIAN_RUSTC)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", DEBIAN_WASM_LD)
-        // rustup's wrappers must not redirect Debian's cargo to rustup's toolchain.
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("RUSTC_WRAPPER");
+        c.args(["build", "--release", "--target", WASM_TARGET, "-Z", "build-std=std,panic_abort"])
+            .env("RUSTC", DEBIAN_RUSTC)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", DEBIAN_WASM_LD)
+            // rustup's wrappers must not redirect Debian's cargo to rustup's toolchain.
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC_WRAPPER");
         c
     };
-    status(
-        cmd.current_dir(root.join("guest"))
-            .args(["--workspace"])
-            .env("CARGO_TARGET_DIR", &target_dir),
-    )?;
+    status(cmd.current_dir(root.join("guest")).args(["--workspace"]).env("CARGO_TARGET_DIR", &target_dir))?;
 
     let out = root.join("target/wasm");
     std::fs::create_dir_all(&out)?;
     let built = target_dir.join(WASM_TARGET).join("release");
     for name in guest_names(root)? {
         let core = built.join(format!("{name}.wasm"));
-        let module = std::fs::read(&core)
-            .with_context(|| format!("guest {name} was not built at {}", core.display()))?;
+        let module =
+            std::fs::read(&core).with_context(|| format!("guest {name} was not built at {}", core.display()))?;
         let component = wit_component::ComponentEncoder::default()
             .module(&module)
             .with_context(|| format!("{name}: not a guest module"))?
@@ -158,9 +135,7 @@ fn build_guests(root: &Path) -> Result<()> {
 fn guest_names(root: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for dir in [root.join("guest"), root.join("tests/guests")] {
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
-        {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
             let manifest = entry?.path().join("Cargo.toml");
             let Ok(text) = std::fs::read_to_string(&manifest) else {
                 continue;
@@ -170,11 +145,7 @@ fn guest_names(root: &Path) -> Result<Vec<String>> {
             }
             let name = text
                 .lines()
-                .find_map(|l| {
-                    l.trim()
-                        .strip_prefix("name = \"")
-                        .and_then(|r| r.strip_suffix('"'))
-                })
+                .find_map(|l| l.trim().strip_prefix("name = \"").and_then(|r| r.strip_suffix('"')))
                 .with_context(|| format!("no package name in {}", manifest.display()))?;
             names.push(name.to_string());
         }
@@ -187,34 +158,21 @@ fn rustup_has_wasm_target() -> bool {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == WASM_TARGET)
-        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET))
         .unwrap_or(false)
 }
 
 /// Install Debian's second Rust (with std sources) and LLVM's wasm linker.
 fn ensure_debian_toolchain() -> Result<()> {
-    let have = [DEBIAN_RUSTC, DEBIAN_CARGO, DEBIAN_WASM_LD]
-        .iter()
-        .all(|p| Path::new(p).exists())
+    let have = [DEBIAN_RUSTC, DEBIAN_CARGO, DEBIAN_WASM_LD].iter().all(|p| Path::new(p).exists())
         && Path::new("/usr/lib/rustlib/src/rust/library").exists();
     if have {
         return Ok(());
     }
-    eprintln!(
-        "xtask: no rustup wasm target; installing Debian's {}",
-        DEBIAN_PACKAGES.join(" ")
-    );
+    eprintln!("xtask: no rustup wasm target; installing Debian's {}", DEBIAN_PACKAGES.join(" "));
     let sudo = !is_root();
     let apt = |args: &[&str]| {
-        let mut c = if sudo {
-            Command::new("sudo")
-        } else {
-            Command::new("apt-get")
-        };
+        let mut c = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
         if sudo {
             c.arg("apt-get");
         }
@@ -224,16 +182,11 @@ fn ensure_debian_toolchain() -> Result<()> {
     apt(&["update", "-qq"])?;
     let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
     install.extend_from_slice(DEBIAN_PACKAGES);
-    apt(&install)
-        .context("cannot install the wasm toolchain; see ../shared/notes/wasm-toolchain.md")
+    apt(&install).context("cannot install the wasm toolchain; see ../shared/notes/wasm-toolchain.md")
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
 }
 
 /// A venv with the real hio client for interop tests (target/pyenv).
@@ -243,14 +196,7 @@ fn python_env(root: &Path) -> Result<PathBuf> {
     let ready = venv.join(".hio-installed");
     if !ready.exists() {
         status(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        status(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            HIO_PIP,
-        ]))?;
+        status(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", HIO_PIP]))?;
         std::fs::write(&ready, HIO_PIP)?;
     }
     Ok(python)

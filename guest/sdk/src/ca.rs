@@ -11,19 +11,13 @@ pub struct Ca {
 
 impl Ca {
     pub fn new(host: impl Into<String>, port: u16) -> Ca {
-        Ca {
-            host: host.into(),
-            port,
-        }
+        Ca { host: host.into(), port }
     }
 }
 
 impl From<Address> for Ca {
     fn from(a: Address) -> Ca {
-        Ca {
-            host: a.host,
-            port: a.port,
-        }
+        Ca { host: a.host, port: a.port }
     }
 }
 

@@ -55,11 +55,7 @@ impl Remoter {
     }
 
     fn check_open(&self) -> Result<(), Error> {
-        if self.closed {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
+        if self.closed { Err(Error::Closed) } else { Ok(()) }
     }
 
     /// hio's `receive`: one read of up to bs bytes. `None` is nothing now,

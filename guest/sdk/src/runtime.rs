@@ -17,21 +17,10 @@ thread_local! {
     static APP: RefCell<Option<App>> = const { RefCell::new(None) };
 }
 
-pub fn start<S: Service>(
-    config: Config,
-    listener: Listener,
-    connections: Vec<Handle>,
-) -> Result<(), String> {
+pub fn start<S: Service>(config: Config, listener: Listener, connections: Vec<Handle>) -> Result<(), String> {
     // A panic aborts the instance; say why in the host's log first.
-    std::panic::set_hook(Box::new(|info| {
-        log::error(&format!("guest panicked: {info}"))
-    }));
-    let mut server = Server::new(
-        config.tymeout,
-        config.bs,
-        listener,
-        crate::bindings::hio::tcp::host::tyme(),
-    );
+    std::panic::set_hook(Box::new(|info| log::error(&format!("guest panicked: {info}"))));
+    let mut server = Server::new(config.tymeout, config.bs, listener, crate::bindings::hio::tcp::host::tyme());
     let adopted = connections.len();
     for handle in connections {
         server.adopt(handle);
@@ -40,12 +29,7 @@ pub fn start<S: Service>(
         log::info(&format!("took over {adopted} connections"));
     }
     let service = S::new(&mut server);
-    APP.with_borrow_mut(|app| {
-        *app = Some(App {
-            server,
-            service: Box::new(service),
-        })
-    });
+    APP.with_borrow_mut(|app| *app = Some(App { server, service: Box::new(service) }));
     Ok(())
 }
 

@@ -130,9 +130,7 @@ impl Server {
     }
 
     fn ix(&mut self, ca: &Ca) -> Result<&mut Remoter, Error> {
-        self.ixes
-            .get_mut(ca)
-            .ok_or_else(|| Error::InvalidCa(ca.clone()))
+        self.ixes.get_mut(ca).ok_or_else(|| Error::InvalidCa(ca.clone()))
     }
 
     pub fn shutdown_ix(&mut self, ca: &Ca, how: ShutdownHow) -> Result<(), Error> {
@@ -170,10 +168,7 @@ impl Server {
     /// Forget a connection, closing it first unless `close` is false (then
     /// the host closes it once the handle is dropped here).
     pub fn remove_ix(&mut self, ca: &Ca, close: bool) -> Result<(), Error> {
-        let mut ix = self
-            .ixes
-            .remove(ca)
-            .ok_or_else(|| Error::InvalidCa(ca.clone()))?;
+        let mut ix = self.ixes.remove(ca).ok_or_else(|| Error::InvalidCa(ca.clone()))?;
         self.ids.remove(&ix.id);
         self.removed.push(ca.clone());
         if close {
@@ -265,18 +260,12 @@ impl Server {
     /// came due are looked at.
     pub fn service_tymeouts(&mut self) {
         let tyme = self.tyme();
-        let Server {
-            tymers, ids, ixes, ..
-        } = self;
+        let Server { tymers, ids, ixes, .. } = self;
         let expired = tymers.expire(tyme, |id| {
             let Some(ix) = ids.get(&id).and_then(|ca| ixes.get(ca)) else {
                 return Due::Gone;
             };
-            if ix.tymer.expired() {
-                Due::Expired
-            } else {
-                Due::Later(ix.tymer.stop_tyme())
-            }
+            if ix.tymer.expired() { Due::Expired } else { Due::Later(ix.tymer.stop_tyme()) }
         });
         for id in expired {
             if let Some(ca) = self.ids.get(&id).cloned() {

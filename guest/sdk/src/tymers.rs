@@ -24,9 +24,7 @@ impl PartialOrd for Entry {
 
 impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.stop
-            .total_cmp(&other.stop)
-            .then(self.id.cmp(&other.id))
+        self.stop.total_cmp(&other.stop).then(self.id.cmp(&other.id))
     }
 }
 

@@ -12,9 +12,7 @@ pub struct Tymist {
 
 impl Tymist {
     pub fn new(tyme: f64) -> Self {
-        Tymist {
-            tyme: Rc::new(Cell::new(tyme)),
-        }
+        Tymist { tyme: Rc::new(Cell::new(tyme)) }
     }
 
     pub fn tyme(&self) -> f64 {
@@ -61,11 +59,7 @@ impl Tymer {
     /// Starts now (or at `start`) and lasts `duration`.
     pub fn new(tymth: Tymth, duration: f64, start: Option<f64>) -> Tymer {
         let start = start.unwrap_or_else(|| tymth.tyme());
-        Tymer {
-            tymth,
-            start,
-            stop: start + duration,
-        }
+        Tymer { tymth, start, stop: start + duration }
     }
 
     pub fn tyme(&self) -> f64 {
@@ -130,10 +124,7 @@ mod tests {
         assert_eq!(t.elapsed(), 0.5);
         assert!(!t.expired());
         tymist.tick(0.5);
-        assert!(
-            t.expired(),
-            "expired exactly at stop, as hio's tyme >= stop"
-        );
+        assert!(t.expired(), "expired exactly at stop, as hio's tyme >= stop");
         t.start(None, None);
         assert_eq!((t.start_tyme(), t.stop_tyme()), (1.0, 2.0));
     }

@@ -11,10 +11,7 @@ impl State {
     fn take_axe(&mut self) -> Result<Option<Resource<ConnRef>>, Error> {
         while let Some(id) = self.core.axes.pop_front() {
             if self.core.conns.contains_key(&id) {
-                return self
-                    .new_remoter(id)
-                    .map(Some)
-                    .map_err(|e| Error::Io(e.to_string()));
+                return self.new_remoter(id).map(Some).map_err(|e| Error::Io(e.to_string()));
             }
         }
         Ok(None)
@@ -45,10 +42,7 @@ impl HostListener for State {
     }
 
     fn actual_buf_sizes(&mut self, _: Resource<ListenerRef>) -> Result<(u32, u32), Error> {
-        self.core
-            .acceptor
-            .actual_buf_sizes()
-            .map_err(|e| Error::Io(e.to_string()))
+        self.core.acceptor.actual_buf_sizes().map_err(|e| Error::Io(e.to_string()))
     }
 
     fn accept(&mut self, _: Resource<ListenerRef>) -> Result<Option<Resource<ConnRef>>, Error> {

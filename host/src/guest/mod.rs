@@ -53,26 +53,15 @@ impl State {
 
     /// Hand a connection to the guest as a new remoter handle.
     pub fn new_remoter(&mut self, id: u64) -> wasmtime::Result<Resource<ConnRef>> {
-        let c = self
-            .core
-            .conns
-            .get_mut(&id)
-            .ok_or_else(|| wasmtime::format_err!("connection {id} vanished"))?;
+        let c = self.core.conns.get_mut(&id).ok_or_else(|| wasmtime::format_err!("connection {id} vanished"))?;
         c.adopted = true;
-        let r = ConnRef {
-            id,
-            ha: c.ha,
-            ca: c.ca,
-        };
+        let r = ConnRef { id, ha: c.ha, ca: c.ca };
         Ok(self.table.push(r)?)
     }
 }
 
 fn address(a: SocketAddr) -> Address {
-    Address {
-        host: a.ip().to_string(),
-        port: a.port(),
-    }
+    Address { host: a.ip().to_string(), port: a.port() }
 }
 
 /// Engine and linker, made once per host and shared by every guest generation.
@@ -93,8 +82,7 @@ impl Runtime {
 
     /// Load and check a guest component from a file.
     pub fn load(&self, path: &Path) -> Result<Component> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read guest {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read guest {}", path.display()))?;
         let component = Component::new(&self.engine, &bytes)
             .map_err(|e| anyhow!("{} is not a valid wasm component: {e:#}", path.display()))?;
         // Instantiability is checked here, against the host's imports, so a
@@ -105,27 +93,24 @@ impl Runtime {
         Ok(component)
     }
 
-    /// Instantiate a component in a fresh store holding `core`.
-    pub fn instantiate(
-        &self,
-        component: &Component,
-        core: Core,
-    ) -> Result<Generation, (anyhow::Error, Core)> {
-        let mut store = Store::new(
-            &self.engine,
-            State {
-                table: ResourceTable::new(),
-                core,
-            },
-        );
+    /// Instantiate a component in a fresh store holding `core`. On failure
+    /// the core comes back in the error, so nothing the host holds is lost.
+    pub fn instantiate(&self, component: &Component, core: Core) -> Result<Generation, Box<Failed>> {
+        let mut store = Store::new(&self.engine, State { table: ResourceTable::new(), core });
         match Server::instantiate(&mut store, component, &self.linker) {
             Ok(bindings) => Ok(Generation { store, bindings }),
-            Err(e) => {
-                let msg = anyhow!("guest does not fit the hio:tcp world: {e:#}");
-                Err((msg, store.into_data().core))
-            }
+            Err(e) => Err(Box::new(Failed {
+                error: anyhow!("guest does not fit the hio:tcp world: {e:#}"),
+                core: store.into_data().core,
+            })),
         }
     }
+}
+
+/// A failed instantiation and the core it was given.
+pub struct Failed {
+    pub error: anyhow::Error,
+    pub core: Core,
 }
 
 /// One running guest instance and its store.
@@ -148,20 +133,18 @@ impl Generation {
     /// connection (each will be handed its unconsumed bytes again).
     pub fn start(&mut self, config: &GuestConfig) -> Result<()> {
         let state = self.store.data_mut();
-        let mut ids: Vec<u64> = state
-            .core
-            .conns
-            .iter()
-            .filter(|(_, c)| c.adopted && !c.closing)
-            .map(|(id, _)| *id)
-            .collect();
+        let mut ids: Vec<u64> =
+            state.core.conns.iter().filter(|(_, c)| c.adopted && !c.closing).map(|(id, _)| *id).collect();
         ids.sort_unstable();
         let mut handles = Vec::with_capacity(ids.len());
-        for id in &ids {
-            if let Some(c) = state.core.conns.get_mut(id) {
+        for &id in &ids {
+            if let Some(c) = state.core.conns.get_mut(&id) {
                 c.rewind();
+                if c.has_news() {
+                    state.core.mark_ready(id);
+                }
             }
-            handles.push(state.new_remoter(*id)?);
+            handles.push(state.new_remoter(id)?);
         }
         let listener = state.table.push(ListenerRef)?;
         self.bindings

@@ -12,10 +12,7 @@ use crate::wirelog::WireLog;
 
 impl State {
     /// The live connection behind a handle, unless the guest closed it.
-    fn open_conn(
-        &mut self,
-        handle: &Resource<ConnRef>,
-    ) -> Result<(&mut Conn, Option<&mut WireLog>, u64), Error> {
+    fn open_conn(&mut self, handle: &Resource<ConnRef>) -> Result<(&mut Conn, Option<&mut WireLog>, u64), Error> {
         let id = self.conn_ref(handle)?.id;
         match self.core.conns.get_mut(&id) {
             Some(c) if !c.closing => Ok((c, self.core.wirelog.as_mut(), id)),
@@ -34,17 +31,11 @@ impl HostRemoter for State {
     }
 
     fn ha(&mut self, h: Resource<ConnRef>) -> Address {
-        self.conn_ref(&h).map(|r| address(r.ha)).unwrap_or(Address {
-            host: String::new(),
-            port: 0,
-        })
+        self.conn_ref(&h).map(|r| address(r.ha)).unwrap_or(Address { host: String::new(), port: 0 })
     }
 
     fn ca(&mut self, h: Resource<ConnRef>) -> Address {
-        self.conn_ref(&h).map(|r| address(r.ca)).unwrap_or(Address {
-            host: String::new(),
-            port: 0,
-        })
+        self.conn_ref(&h).map(|r| address(r.ca)).unwrap_or(Address { host: String::new(), port: 0 })
     }
 
     fn receive(&mut self, h: Resource<ConnRef>, max: u32) -> Result<Receipt, Error> {

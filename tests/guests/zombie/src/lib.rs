@@ -57,10 +57,7 @@ impl Service for Zombie {
     fn recur(&mut self, server: &mut Server) {
         if self.ghost.is_none() {
             let ghost = Ca::new("203.0.113.9", 9);
-            self.ghost = server
-                .transmit_ix(b"boo", &ghost)
-                .err()
-                .map(|e| e.to_string());
+            self.ghost = server.transmit_ix(b"boo", &ghost).err().map(|e| e.to_string());
         }
         server.service_connects();
         let ready = server.service_receives_ready();

@@ -1,0 +1,22 @@
+//! A test guest that panics on the word "panic" and echoes everything else.
+//! Bytes that crash it stay unconsumed in the host, so every new instance
+//! meets them again: the host must close that connection, not give up.
+
+use hio_guest::{Error, Remoter, Server, Service};
+
+struct Crashy;
+
+impl Service for Crashy {
+    fn new(_: &mut Server) -> Self {
+        Crashy
+    }
+
+    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
+        if ix.rxbs.windows(5).any(|w| w == b"panic") {
+            panic!("poison message from {}", ix.ca);
+        }
+        ix.echo_rxbs()
+    }
+}
+
+hio_guest::export_service!(Crashy);
