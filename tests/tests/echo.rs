@@ -178,3 +178,19 @@ fn stop_closes_every_connection_cleanly() {
     // The listen socket is closed too.
     assert!(TcpStream::connect(addr).is_err());
 }
+
+#[test]
+fn slow_reader_gets_all_eight_mebibytes() {
+    let server = TestServer::start("echo");
+    let mut c = server.connect();
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
+    let mut writer = c.stream.try_clone().unwrap();
+    let sent = data.clone();
+    let t = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    // Read nothing for a while: the host must push back, not drop or hoard.
+    std::thread::sleep(Duration::from_millis(700));
+    let got = c.recv_exact(data.len());
+    t.join().unwrap();
+    assert!(got == data, "8 MiB came back altered");
+    c.echo(b"and the connection still works");
+}
