@@ -13,8 +13,10 @@ mod conn;
 mod core;
 mod guest;
 mod server;
+mod swap;
 pub mod tyme;
 mod wirelog;
 
 pub use server::{Config, DEFAULT_TOCK, DEFAULT_TYMEOUT, Server, Stopper};
+pub use swap::{SwapOutcome, SwapReport, Swapper};
 pub use tyme::VirtualTyme;

@@ -17,6 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Open the listen socket and serve connections with GUEST's policy.
+    /// SIGHUP re-reads GUEST and hot-swaps it in; SIGINT/SIGTERM close and exit.
     Run(RunArgs),
 }
 
@@ -44,6 +45,9 @@ struct RunArgs {
     /// Write hio-format wire logs of every byte received (rx.log) and sent (tx.log) into DIR.
     #[arg(long, value_name = "DIR")]
     wirelog: Option<PathBuf>,
+    /// Hot-swap the guest whenever GUEST changes on disk (SIGHUP swaps on demand).
+    #[arg(long)]
+    watch: bool,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +75,7 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     config.bs = args.bs;
     config.bl = args.bl;
     config.wirelog = args.wirelog;
+    config.watch = args.watch;
     let mut server = Server::open(config)?;
     server.stop_on_signals()?;
     server.run()

@@ -7,9 +7,10 @@
 //! the connections it touched. Idle connections cost nothing.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -20,6 +21,7 @@ use crate::acceptor::{self, Acceptor};
 use crate::conn::Conn;
 use crate::core::Core;
 use crate::guest::{Cycle, Failed, Generation, GuestConfig, Runtime};
+use crate::swap::{Loaded, SwapOutcome, SwapReport, Swapper};
 use crate::tyme::{Clock, VirtualTyme};
 use crate::wirelog::WireLog;
 
@@ -30,6 +32,8 @@ const SIGNALS: Token = Token(2);
 pub const FIRST_CONN_TOKEN: u64 = 16;
 /// Size of the one read buffer shared by every connection.
 const SCRATCH: usize = 64 * 1024;
+/// How often `--watch` looks at the guest file.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// How many times in a row a crashed guest is restarted before the host gives up.
 const MAX_RESTARTS: u32 = 5;
 
@@ -52,6 +56,8 @@ pub struct Config {
     pub wirelog: Option<PathBuf>,
     /// Drive tyme by hand instead of by the real clock (tests).
     pub virtual_tyme: Option<VirtualTyme>,
+    /// Swap the guest whenever its file changes on disk.
+    pub watch: bool,
 }
 
 /// Default idle timeout. hio's Server means 1.0 s (and by a bug really runs
@@ -71,6 +77,7 @@ impl Config {
             tock: DEFAULT_TOCK,
             wirelog: None,
             virtual_tyme: None,
+            watch: false,
         }
     }
 }
@@ -96,9 +103,11 @@ pub struct Server {
     poll: Poll,
     events: Events,
     scratch: Vec<u8>,
-    runtime: Runtime,
+    runtime: Arc<Runtime>,
     component: Component,
     guest_config: GuestConfig,
+    swapper: Swapper,
+    loaded: Receiver<Loaded>,
     /// `None` only transiently while a generation is being replaced.
     generation: Option<Generation>,
     next_wake: Option<f64>,
@@ -122,7 +131,7 @@ impl Server {
         if !(config.tock > 0.0 && config.tock.is_finite()) {
             bail!("tock must be a finite number of seconds > 0, not {}", config.tock);
         }
-        let runtime = Runtime::new()?;
+        let runtime = Arc::new(Runtime::new()?);
         let component = runtime.load(&config.guest)?;
         let acceptor = Acceptor::open(config.ha, config.bs, config.bl)?;
         let poll = Poll::new().context("cannot create poller")?;
@@ -139,10 +148,15 @@ impl Server {
         };
         let core = Core::new(acceptor, clock, wirelog);
         let guest_config = GuestConfig { tymeout: config.tymeout, bs: config.bs };
-        let mut generation = runtime.instantiate(&component, core).map_err(|f| f.error)?;
-        generation.start(&guest_config)?;
+        let mut generation = runtime.launch(&component, core, &guest_config, None).map_err(|f| f.error)?;
         let ha = generation.core().acceptor.ha;
         tracing::info!(%ha, eha = %generation.core().acceptor.eha(), guest = %config.guest.display(), "serving");
+        let current = Arc::new(Mutex::new(config.guest.clone()));
+        let (swapper, loaded) = Swapper::new(runtime.clone(), current, waker.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        if config.watch {
+            swapper.clone().watch(WATCH_EVERY, stop.clone());
+        }
         Ok(Server {
             poll,
             events: Events::with_capacity(1024),
@@ -150,11 +164,13 @@ impl Server {
             runtime,
             component,
             guest_config,
+            swapper,
+            loaded,
             generation: Some(generation),
             // The first cycle runs at once so the guest can set its tymers.
             next_wake: Some(f64::NEG_INFINITY),
             tock: config.tock,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop,
             waker,
             signals: None,
             restarts: 0,
@@ -177,10 +193,15 @@ impl Server {
         Stopper { flag: self.stop.clone(), waker: self.waker.clone() }
     }
 
-    /// Stop `run` on SIGINT or SIGTERM.
+    /// Swaps the guest from any thread (hot swap).
+    pub fn swapper(&self) -> Swapper {
+        self.swapper.clone()
+    }
+
+    /// Stop `run` on SIGINT or SIGTERM; re-read the guest file on SIGHUP.
     pub fn stop_on_signals(&mut self) -> Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         self.signals = Some(signals);
         Ok(())
@@ -221,8 +242,13 @@ impl Server {
                 SIGNALS => {
                     if let Some(signals) = &mut self.signals {
                         for sig in signals.pending() {
-                            tracing::info!("signal {sig}: closing");
-                            self.stop.store(true, Ordering::Release);
+                            if sig == signal_hook::consts::SIGHUP {
+                                tracing::info!(guest = %self.swapper.current().display(), "SIGHUP: swapping guest");
+                                self.swapper.request(None, None);
+                            } else {
+                                tracing::info!("signal {sig}: closing");
+                                self.stop.store(true, Ordering::Release);
+                            }
                         }
                     }
                 }
@@ -236,6 +262,9 @@ impl Server {
             self.serve_io(id, readable, writable);
         }
         self.cycle(new_accepts)?;
+        while let Ok(loaded) = self.loaded.try_recv() {
+            self.install(loaded)?;
+        }
         self.settle();
         if let Some(wl) = &mut self.core().wirelog {
             wl.flush();
@@ -373,28 +402,95 @@ impl Server {
     /// Replace a crashed guest with a fresh instance of the same component and
     /// hand it every connection; nothing the host holds is lost.
     fn restart(&mut self) -> Result<()> {
+        let core = self.generation.take().expect("generation installed").into_core();
+        self.recover(core)
+    }
+
+    /// Start the current component afresh on `core`, a few times if need be.
+    fn recover(&mut self, mut core: Core) -> Result<()> {
         loop {
             self.restarts += 1;
             if self.restarts > MAX_RESTARTS {
-                bail!("guest failed {MAX_RESTARTS} times in a row; giving up");
+                bail!(
+                    "guest failed {MAX_RESTARTS} times in a row; giving up ({} connections closed)",
+                    core.conns.len()
+                );
             }
-            let core = self.generation.take().expect("generation installed").into_core();
-            let mut generation = match self.runtime.instantiate(&self.component, core) {
-                Ok(g) => g,
-                Err(failed) => {
-                    let Failed { error, core } = *failed;
-                    bail!("cannot restart guest: {error:#} ({} connections closed)", core.conns.len());
-                }
-            };
-            let started = generation.start(&self.guest_config);
-            self.generation = Some(generation);
-            match started {
-                Ok(()) => {
+            match self.runtime.launch(&self.component, core, &self.guest_config, None) {
+                Ok(generation) => {
+                    self.generation = Some(generation);
                     tracing::warn!(restarts = self.restarts, "guest restarted; connections handed over");
                     self.next_wake = Some(f64::NEG_INFINITY);
                     return Ok(());
                 }
-                Err(e) => tracing::error!("{e}"),
+                Err(failed) => {
+                    tracing::error!("{:#}", failed.error);
+                    core = failed.core;
+                }
+            }
+        }
+    }
+
+    /// Hot swap: the old guest saves its state, a new instance of the loaded
+    /// component starts with it and every connection. If the new one cannot
+    /// start, the old component starts again from the same state.
+    fn install(&mut self, loaded: Loaded) -> Result<()> {
+        let Loaded { path, component, reply } = loaded;
+        let outcome = match component {
+            Err(e) => Err(format!("{e:#}")),
+            Ok(component) => self.hand_over(&path, component),
+        };
+        match &outcome {
+            Ok(r) => tracing::info!(
+                guest = %r.guest.display(),
+                pause_us = r.pause.as_micros() as u64,
+                connections = r.connections,
+                "swapped guest"
+            ),
+            Err(e) => tracing::error!("swap to {} failed, old guest kept: {e}", path.display()),
+        }
+        if let Some(reply) = reply {
+            // Whoever asked may have stopped listening; the log has it.
+            let _ = reply.send(outcome);
+        }
+        if self.generation.is_none() {
+            bail!("no guest could be started after a failed swap");
+        }
+        Ok(())
+    }
+
+    fn hand_over(&mut self, path: &Path, component: Component) -> SwapOutcome {
+        let started = Instant::now();
+        let mut old = self.generation.take().expect("generation installed");
+        let snapshot = match old.save() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("{e:#}; the new guest starts without its state");
+                None
+            }
+        };
+        let core = old.into_core();
+        let connections = core.conns.values().filter(|c| c.adopted).count();
+        match self.runtime.launch(&component, core, &self.guest_config, snapshot.as_ref()) {
+            Ok(generation) => {
+                self.generation = Some(generation);
+                self.component = component;
+                self.swapper.set_current(path.to_path_buf());
+                self.next_wake = Some(f64::NEG_INFINITY);
+                Ok(SwapReport { guest: path.to_path_buf(), pause: started.elapsed(), connections })
+            }
+            Err(failed) => {
+                let Failed { error, core } = *failed;
+                match self.runtime.launch(&self.component, core, &self.guest_config, snapshot.as_ref()) {
+                    Ok(generation) => self.generation = Some(generation),
+                    Err(again) => {
+                        tracing::error!("the old guest could not take back its state: {:#}", again.error);
+                        if let Err(e) = self.recover(again.core) {
+                            tracing::error!("{e:#}");
+                        }
+                    }
+                }
+                Err(format!("{error:#}"))
             }
         }
     }

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-pub use hio_host::{Config, Server, Stopper, VirtualTyme};
+pub use hio_host::{Config, Server, Stopper, Swapper, VirtualTyme};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -39,6 +39,7 @@ pub fn host_binary() -> PathBuf {
 pub struct TestServer {
     pub addr: SocketAddr,
     stopper: Stopper,
+    swapper: Swapper,
     thread: Option<JoinHandle<Result<()>>>,
 }
 
@@ -66,11 +67,16 @@ impl TestServer {
                     bail!(msg);
                 }
             };
-            let _ = tx.send(Ok((server.local_addr(), server.stopper())));
+            let _ = tx.send(Ok((server.local_addr(), server.stopper(), server.swapper())));
             server.run()
         });
-        let (addr, stopper) = rx.recv().context("server thread died")??;
-        Ok(TestServer { addr, stopper, thread: Some(thread) })
+        let (addr, stopper, swapper) = rx.recv().context("server thread died")??;
+        Ok(TestServer { addr, stopper, swapper, thread: Some(thread) })
+    }
+
+    /// Hot-swaps this server's guest.
+    pub fn swapper(&self) -> &Swapper {
+        &self.swapper
     }
 
     pub fn connect(&self) -> Client {

@@ -86,7 +86,9 @@ fn status(cmd: &mut Command) -> Result<()> {
 }
 
 fn build_all(root: &Path) -> Result<()> {
-    status(Command::new("cargo").current_dir(root).args(["build", "--release", "-p", "hio-host"]))?;
+    // The whole workspace, so `cargo test --workspace` reuses these builds
+    // (building one package unifies dependency features differently).
+    status(Command::new("cargo").current_dir(root).args(["build", "--release", "--workspace"]))?;
     build_guests(root)
 }
 

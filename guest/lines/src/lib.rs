@@ -2,7 +2,7 @@
 //! "\n") is answered with "<n> <LINE>\n": its number on this connection and
 //! the line upper-cased. A partial line waits in rxbs (and in the host's
 //! buffer) until its end arrives. The line "quit" is answered "bye" and the
-//! connection closed.
+//! connection closed. Line counts survive a hot swap (kind "lines/1").
 
 use std::collections::HashMap;
 
@@ -47,6 +47,32 @@ impl Service for Lines {
 
     fn removed(&mut self, ca: &Ca) {
         self.counts.remove(ca);
+    }
+
+    fn kind(&self) -> &str {
+        "lines/1"
+    }
+
+    /// One "host port count" line per connection.
+    fn save(&self) -> Vec<u8> {
+        self.counts.iter().map(|(ca, n)| format!("{} {} {n}\n", ca.host, ca.port)).collect::<String>().into_bytes()
+    }
+
+    fn restore(&mut self, kind: &str, state: &[u8]) -> bool {
+        if kind != "lines/1" {
+            return false;
+        }
+        let Ok(text) = std::str::from_utf8(state) else { return false };
+        for line in text.lines() {
+            let mut f = line.split(' ');
+            match (f.next(), f.next().and_then(|p| p.parse().ok()), f.next().and_then(|n| n.parse().ok())) {
+                (Some(host), Some(port), Some(n)) => {
+                    self.counts.insert(Ca::new(host, port), n);
+                }
+                _ => return false,
+            }
+        }
+        true
     }
 }
 

@@ -33,6 +33,7 @@ mod remoter;
 #[doc(hidden)]
 pub mod runtime;
 mod server;
+pub mod snapshot;
 pub mod tymers;
 pub mod tyming;
 
@@ -96,6 +97,23 @@ pub trait Service: 'static {
     /// A connection left ixes (closed by the policy, cut off, or idle).
     fn removed(&mut self, _ca: &Ca) {}
 
+    /// Names the layout of what [`Service::save`] returns, e.g. "lines/1".
+    /// Change it whenever the layout changes. Empty: no state to carry.
+    fn kind(&self) -> &str {
+        ""
+    }
+
+    /// The policy's state for a successor at a hot swap.
+    fn save(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Take over a predecessor's state (called after `new`). Return false
+    /// for a `kind` this policy does not understand: it then starts fresh.
+    fn restore(&mut self, _kind: &str, _state: &[u8]) -> bool {
+        false
+    }
+
     /// One cycle (hio's Doer `recur`). Override for full control; the parts
     /// are the public `Server::service_*` methods.
     fn recur(&mut self, server: &mut Server) {
@@ -132,8 +150,13 @@ macro_rules! export_service {
                 config: $crate::bindings::exports::hio::tcp::guest::Config,
                 listener: $crate::bindings::hio::tcp::acceptor::Listener,
                 connections: ::std::vec::Vec<$crate::bindings::hio::tcp::remoter::Remoter>,
+                snapshot: ::std::option::Option<$crate::bindings::exports::hio::tcp::guest::Snapshot>,
             ) -> ::std::result::Result<(), ::std::string::String> {
-                $crate::runtime::start::<$service>(config, listener, connections)
+                $crate::runtime::start::<$service>(config, listener, connections, snapshot)
+            }
+
+            fn save() -> $crate::bindings::exports::hio::tcp::guest::Snapshot {
+                $crate::runtime::save()
             }
 
             fn service(

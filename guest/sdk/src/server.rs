@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::bindings::hio::tcp::acceptor::Listener;
 use crate::bindings::hio::tcp::remoter::Remoter as Handle;
 use crate::bindings::hio::tcp::types::ShutdownHow;
+use crate::snapshot::IxState;
 use crate::tymers::{Due, TymerQueue};
 use crate::{Ca, Error, Remoter, Tymist, log};
 
@@ -278,6 +279,33 @@ impl Server {
     /// When the next tymer comes due, for the host to wake this guest.
     pub fn next_wake(&self) -> Option<f64> {
         self.tymers.next()
+    }
+
+    /// Each connection's bookkeeping, for a successor.
+    pub(crate) fn save_ixes(&self) -> Vec<IxState> {
+        self.ixes
+            .values()
+            .map(|ix| IxState {
+                id: ix.id,
+                start: ix.tymer.start_tyme(),
+                stop: ix.tymer.stop_tyme(),
+                refreshable: ix.refreshable,
+                cutoff: ix.cutoff,
+            })
+            .collect()
+    }
+
+    /// Take over a predecessor's bookkeeping for the connections adopted.
+    pub(crate) fn restore_ixes(&mut self, saved: &[IxState]) {
+        for s in saved {
+            let Some(ix) = self.ids.get(&s.id).and_then(|ca| self.ixes.get_mut(ca)) else { continue };
+            ix.tymer.start(Some(s.stop - s.start), Some(s.start));
+            ix.refreshable = s.refreshable;
+            ix.cutoff |= s.cutoff;
+            if self.tymeout > 0.0 {
+                self.tymers.push(s.id, s.stop);
+            }
+        }
     }
 
     /// hio's `wind`: measure tyme on another Tymist from now on.

@@ -23,7 +23,7 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::hio::tcp::guest::{Config as GuestConfig, Cycle};
+pub use exports::hio::tcp::guest::{Config as GuestConfig, Cycle, Snapshot};
 use hio::tcp::types::{Address, Error as WitError};
 
 /// What a guest's remoter handle points at. The id is checked against the
@@ -107,6 +107,24 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Instantiate and start a component on `core`: a new generation, or the
+    /// core back with the reason it could not start.
+    pub fn launch(
+        &self,
+        component: &Component,
+        core: Core,
+        config: &GuestConfig,
+        snapshot: Option<&Snapshot>,
+    ) -> Result<Generation, Box<Failed>> {
+        let mut generation = self.instantiate(component, core)?;
+        match generation.start(config, snapshot) {
+            Ok(()) => Ok(generation),
+            Err(error) => Err(Box::new(Failed { error, core: generation.into_core() })),
+        }
+    }
+}
+
 /// A failed instantiation and the core it was given.
 pub struct Failed {
     pub error: anyhow::Error,
@@ -131,7 +149,7 @@ impl Generation {
 
     /// Call the guest's `start`, handing it the listener and every live
     /// connection (each will be handed its unconsumed bytes again).
-    pub fn start(&mut self, config: &GuestConfig) -> Result<()> {
+    pub fn start(&mut self, config: &GuestConfig, snapshot: Option<&Snapshot>) -> Result<()> {
         let state = self.store.data_mut();
         let mut ids: Vec<u64> =
             state.core.conns.iter().filter(|(_, c)| c.adopted && !c.closing).map(|(id, _)| *id).collect();
@@ -149,9 +167,14 @@ impl Generation {
         let listener = state.table.push(ListenerRef)?;
         self.bindings
             .hio_tcp_guest()
-            .call_start(&mut self.store, *config, listener, &handles)
+            .call_start(&mut self.store, *config, listener, &handles, snapshot)
             .map_err(|e| anyhow!("guest trapped in start: {e:#}"))?
             .map_err(|e| anyhow!("guest refused to start: {e}"))
+    }
+
+    /// The guest's state for its successor.
+    pub fn save(&mut self) -> Result<Snapshot> {
+        self.bindings.hio_tcp_guest().call_save(&mut self.store).map_err(|e| anyhow!("guest trapped in save: {e:#}"))
     }
 
     /// One guest cycle; returns the tyme the guest wants its next cycle at.

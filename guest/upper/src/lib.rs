@@ -1,0 +1,20 @@
+//! Echo, upper-cased: every byte received is sent back with ASCII letters
+//! in upper case. Visibly different from `echo`, for hot-swap demos.
+
+use hio_guest::{Error, Remoter, Server, Service};
+
+struct Upper;
+
+impl Service for Upper {
+    fn new(_: &mut Server) -> Self {
+        Upper
+    }
+
+    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
+        let upper = ix.rxbs.to_ascii_uppercase();
+        ix.tx(&upper)?;
+        ix.clear_rxbs()
+    }
+}
+
+hio_guest::export_service!(Upper);

@@ -1,0 +1,117 @@
+//! Hot swap: compile a guest off the serving path, then hand it everything.
+//!
+//! Compiling runs on a thread of its own; the loop only pauses for the
+//! hand-over (old guest's `save`, new instance, new guest's `start`). The
+//! listen socket and every connection stay open throughout, and the bytes
+//! in flight never leave the host.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+use mio::Waker;
+use wasmtime::component::Component;
+
+use crate::guest::Runtime;
+
+/// What a successful swap did.
+#[derive(Debug, Clone)]
+pub struct SwapReport {
+    pub guest: PathBuf,
+    /// How long the serving loop was stopped for the hand-over.
+    pub pause: Duration,
+    /// Connections handed to the new guest.
+    pub connections: usize,
+}
+
+/// A swap's result: the report, or why the old guest is still serving.
+pub type SwapOutcome = std::result::Result<SwapReport, String>;
+
+/// A compiled (or failed) guest waiting for the loop.
+pub(crate) struct Loaded {
+    pub path: PathBuf,
+    pub component: Result<Component>,
+    pub reply: Option<Sender<SwapOutcome>>,
+}
+
+/// Asks a running [`crate::Server`] to swap its guest, from any thread.
+#[derive(Clone)]
+pub struct Swapper {
+    runtime: Arc<Runtime>,
+    current: Arc<Mutex<PathBuf>>,
+    loaded: Sender<Loaded>,
+    waker: Arc<Waker>,
+}
+
+impl Swapper {
+    pub(crate) fn new(
+        runtime: Arc<Runtime>,
+        current: Arc<Mutex<PathBuf>>,
+        waker: Arc<Waker>,
+    ) -> (Swapper, Receiver<Loaded>) {
+        let (loaded, rx) = mpsc::channel();
+        (Swapper { runtime, current, loaded, waker }, rx)
+    }
+
+    /// The guest file now serving.
+    pub fn current(&self) -> PathBuf {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_current(&self, path: PathBuf) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = path;
+    }
+
+    /// Swap to the guest at `path`, or re-read the current guest file.
+    /// The receiver gets the outcome once the hand-over is done.
+    pub fn swap(&self, path: Option<PathBuf>) -> Receiver<SwapOutcome> {
+        let (tx, rx) = mpsc::channel();
+        self.request(path, Some(tx));
+        rx
+    }
+
+    pub(crate) fn request(&self, path: Option<PathBuf>, reply: Option<Sender<SwapOutcome>>) {
+        let path = path.unwrap_or_else(|| self.current());
+        let this = self.clone();
+        let spawned = std::thread::Builder::new().name("hio-compile".into()).spawn(move || {
+            let component = this.runtime.load(&path);
+            // The server may be gone; then nobody wants this guest.
+            if this.loaded.send(Loaded { path, component, reply }).is_ok() {
+                let _ = this.waker.wake();
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start compiling the new guest: {e}");
+        }
+    }
+
+    /// Swap whenever the current guest file changes on disk (checked every
+    /// `every`; a change must hold still for one check, so a file being
+    /// written is not loaded half-way). Ends when `stop` is set.
+    pub(crate) fn watch(self, every: Duration, stop: Arc<AtomicBool>) {
+        let stamp = |p: &PathBuf| -> Option<(SystemTime, u64)> {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        };
+        let spawned = std::thread::Builder::new().name("hio-watch".into()).spawn(move || {
+            let mut loaded = stamp(&self.current());
+            let mut seen = loaded;
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(every);
+                let now = stamp(&self.current());
+                if now.is_some() && now == seen && now != loaded {
+                    tracing::info!(guest = %self.current().display(), "guest file changed: swapping");
+                    self.request(None, None);
+                    loaded = now;
+                }
+                seen = now;
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot watch the guest file: {e}");
+        }
+    }
+}
