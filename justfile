@@ -16,6 +16,10 @@ run *ARGS:
 test:
     cargo xtask test
 
+# benchmarks (figures in BENCHMARKS.md); extra args go to hio-bench
+bench *ARGS:
+    cargo xtask bench {{ARGS}}
+
 # lints
 check:
     cargo fmt --all --check

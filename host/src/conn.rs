@@ -318,7 +318,6 @@ fn write_some(sock: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
     use std::net::{TcpListener, TcpStream as StdStream};
     use std::time::{Duration, Instant};
 

@@ -22,23 +22,38 @@ fn fifty_swaps_under_load_lose_nothing() {
     let server = TestServer::start("echo");
     let addr = server.addr;
     let done = Arc::new(AtomicBool::new(false));
-    let (echoed, uppered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // Odd while swap k is under way, 2k+2 once it is done: an exchange that
+    // starts and ends in the same even phase must come from that phase's guest.
+    let phase = Arc::new(AtomicUsize::new(0));
+    let (echoed, uppered, checked) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let clients: Vec<_> = (0..50)
         .map(|i| {
-            let (done, echoed, uppered) = (done.clone(), echoed.clone(), uppered.clone());
+            let (done, phase) = (done.clone(), phase.clone());
+            let (echoed, uppered, checked) = (echoed.clone(), uppered.clone(), checked.clone());
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr);
                 let mut n = 0u64;
                 while !done.load(Ordering::Acquire) {
                     let msg = format!("client {i} message {n} abcdefghijklmnopqrstuvwxyz|");
+                    let before = phase.load(Ordering::Acquire);
                     c.send(msg.as_bytes());
                     let got = c.recv_exact(msg.len());
-                    if got == msg.as_bytes() {
+                    let after = phase.load(Ordering::Acquire);
+                    let upper = if got == msg.as_bytes() {
                         echoed.fetch_add(1, Ordering::Relaxed);
+                        false
                     } else if got == msg.to_ascii_uppercase().as_bytes() {
                         uppered.fetch_add(1, Ordering::Relaxed);
+                        true
                     } else {
                         panic!("client {i}: sent {msg:?}, got {:?}", String::from_utf8_lossy(&got));
+                    };
+                    if before == after && before % 2 == 0 {
+                        // Phase 0 is echo; swap k (phase 2k+2) installed upper for even k.
+                        let live_is_upper = before > 0 && (before / 2 - 1) % 2 == 0;
+                        assert_eq!(upper, live_is_upper, "client {i}: answer from the wrong guest in phase {before}");
+                        checked.fetch_add(1, Ordering::Relaxed);
                     }
                     n += 1;
                 }
@@ -64,7 +79,9 @@ fn fifty_swaps_under_load_lose_nothing() {
     };
     let mut pauses = Vec::new();
     for i in 0..50 {
+        phase.store(2 * i + 1, Ordering::Release);
         let report = swap(&server, if i % 2 == 0 { "upper" } else { "echo" });
+        phase.store(2 * i + 2, Ordering::Release);
         assert!(report.connections >= 50, "only {} connections handed over", report.connections);
         pauses.push(report.pause);
         std::thread::sleep(Duration::from_millis(20));
@@ -74,6 +91,7 @@ fn fifty_swaps_under_load_lose_nothing() {
     let newcomers = connector.join().expect("a newcomer failed");
     assert!(total > 500 && newcomers > 10, "too little traffic to mean anything: {total} / {newcomers}");
     assert!(echoed.load(Ordering::Relaxed) > 0 && uppered.load(Ordering::Relaxed) > 0, "both guests served");
+    assert!(checked.load(Ordering::Relaxed) > 100, "too few exchanges inside a stable phase");
     // The last swap was to echo: that is what serves now.
     server.connect().echo(b"final guest is echo");
     pauses.sort();

@@ -4,6 +4,7 @@
 //!   cargo xtask test         build, set up test peers, run the whole suite
 //!   cargo xtask build        host binary + every guest component
 //!   cargo xtask guests       guest components only (target/wasm/NAME.wasm)
+//!   cargo xtask bench [ARGS] build, then run hio-bench (every scenario by default)
 //!
 //! Guests build with rustup's wasm32 target when it is installed, and
 //! otherwise with Debian's rustc-web (see ../shared/notes/wasm-toolchain.md),
@@ -66,8 +67,18 @@ fn run(args: &[String]) -> Result<()> {
                     .env("HIO_PYTHON", python),
             )
         }
+        "bench" => {
+            build_all(&root)?;
+            let bench = root.join("target/release/hio-bench");
+            if rest.is_empty() {
+                status(Command::new(&bench).arg("swap"))?;
+                status(Command::new(&bench).arg("swap-memory"))
+            } else {
+                status(Command::new(&bench).args(rest))
+            }
+        }
         _ => {
-            eprintln!("usage: cargo xtask run|test|build|guests [ARGS]");
+            eprintln!("usage: cargo xtask run|test|build|guests|bench [ARGS]");
             Ok(())
         }
     }

@@ -1,0 +1,228 @@
+//! hio-host benchmarks, run against the real `hio-host` binary.
+//!
+//!   hio-bench swap [--conns 100,1000,10000] [--swaps 30]
+//!
+//! swap: serve echo with N open connections, hot-swap the guest (SIGHUP
+//! after replacing the file, alternating echo and upper) K times, and report
+//! the serving loop's pause per swap as the host logs it; then check every
+//! connection still answers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    match args.first().map(String::as_str) {
+        Some("swap") => {
+            let conns: Vec<usize> = flag("--conns")
+                .unwrap_or_else(|| "100,1000,10000".into())
+                .split(',')
+                .map(|n| n.parse().context("--conns takes numbers"))
+                .collect::<Result<_>>()?;
+            let swaps: usize = flag("--swaps").unwrap_or_else(|| "30".into()).parse()?;
+            println!("| open connections | swaps | pause p50 | pause p99 | pause max |");
+            println!("| ---: | ---: | ---: | ---: | ---: |");
+            for n in conns {
+                let p = swap_pauses(n, swaps)?;
+                println!(
+                    "| {n} | {swaps} | {} | {} | {} |",
+                    us(pct(&p, 50.0)),
+                    us(pct(&p, 99.0)),
+                    us(*p.last().unwrap())
+                );
+            }
+            Ok(())
+        }
+        Some("swap-memory") => {
+            let swaps: usize = flag("--swaps").unwrap_or_else(|| "1000".into()).parse()?;
+            let conns: usize = flag("--conns").unwrap_or_else(|| "100".into()).parse()?;
+            let (before, after) = swap_memory(conns, swaps)?;
+            println!("| swaps | open connections | host RSS after 10 swaps | after {swaps} swaps | growth |");
+            println!("| ---: | ---: | ---: | ---: | ---: |");
+            println!(
+                "| {swaps} | {conns} | {:.1} MiB | {:.1} MiB | {:+.1} MiB |",
+                before as f64 / 1024.0,
+                after as f64 / 1024.0,
+                (after as f64 - before as f64) / 1024.0
+            );
+            Ok(())
+        }
+        _ => bail!(
+            "usage: hio-bench swap [--conns 100,1000,10000] [--swaps 30] | swap-memory [--swaps 1000] [--conns 100]"
+        ),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ is in the workspace").to_path_buf()
+}
+
+fn us(micros: u64) -> String {
+    if micros >= 10_000 { format!("{:.1} ms", micros as f64 / 1000.0) } else { format!("{micros} µs") }
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The host, with its log lines delivered on a channel.
+struct Host {
+    child: Child,
+    addr: SocketAddr,
+    log: Receiver<String>,
+}
+
+impl Host {
+    fn spawn(guest: &Path) -> Result<Host> {
+        let mut child = Command::new(root().join("target/release/hio-host"))
+            .args(["run", guest.to_str().context("utf-8 path")?, "--listen", "127.0.0.1:0", "--tymeout", "0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("run target/release/hio-host (cargo xtask build)")?;
+        let stderr = BufReader::new(child.stderr.take().context("stderr")?);
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = loop {
+            let line = log.recv_timeout(Duration::from_secs(30)).context("host did not start")?;
+            if let Some(rest) = line.split(" ha=").nth(1) {
+                break rest.split_whitespace().next().context("address")?.parse()?;
+            }
+        };
+        Ok(Host { child, addr, log })
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status()?.success();
+        if !ok {
+            bail!("kill {sig} failed");
+        }
+        Ok(())
+    }
+
+    /// Wait for the next log line containing `needle`.
+    fn expect(&self, needle: &str) -> Result<String> {
+        loop {
+            let line =
+                self.log.recv_timeout(Duration::from_secs(60)).with_context(|| format!("no {needle:?} in the log"))?;
+            if line.contains("failed") && line.contains("swap") {
+                bail!("{line}");
+            }
+            if line.contains(needle) {
+                return Ok(line);
+            }
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.signal("-TERM");
+        let _ = self.child.wait();
+    }
+}
+
+fn echo_once(c: &mut TcpStream, msg: &[u8]) -> Result<Vec<u8>> {
+    c.write_all(msg)?;
+    let mut got = vec![0; msg.len()];
+    c.read_exact(&mut got)?;
+    Ok(got)
+}
+
+/// The host's resident set in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmRSS")?
+        .parse()
+        .context("VmRSS number")
+}
+
+/// RSS after a warm-up of 10 swaps, and after `swaps` more.
+fn swap_memory(conns: usize, swaps: usize) -> Result<(u64, u64)> {
+    let mut before = 0;
+    let pauses = swap_run(conns, swaps + 10, |i, host| {
+        if i == 10 {
+            before = rss_kib(host.child.id())?;
+        }
+        Ok(())
+    })?;
+    Ok((before, pauses.1))
+}
+
+fn swap_pauses(conns: usize, swaps: usize) -> Result<Vec<u64>> {
+    Ok(swap_run(conns, swaps, |_, _| Ok(()))?.0)
+}
+
+/// Serve echo with `conns` connections, swap `swaps` times (calling `each`
+/// after every swap); returns the sorted pauses and the host's final RSS.
+fn swap_run(conns: usize, swaps: usize, mut each: impl FnMut(usize, &Host) -> Result<()>) -> Result<(Vec<u64>, u64)> {
+    let dir = std::env::temp_dir().join(format!("hio-bench-swap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let guests = [root().join("target/wasm/echo.wasm"), root().join("target/wasm/upper.wasm")];
+    let live = dir.join("guest.wasm");
+    std::fs::copy(&guests[0], &live)?;
+    let host = Host::spawn(&live)?;
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let mut c = TcpStream::connect(host.addr)?;
+        c.set_read_timeout(Some(Duration::from_secs(30)))?;
+        c.set_nodelay(true)?;
+        echo_once(&mut c, b"x")?;
+        clients.push(c);
+    }
+    let mut pauses = Vec::with_capacity(swaps);
+    for i in 0..swaps {
+        let tmp = dir.join("next.tmp");
+        std::fs::copy(&guests[(i + 1) % 2], &tmp)?;
+        std::fs::rename(&tmp, &live)?;
+        host.signal("-HUP")?;
+        let line = host.expect("swapped guest")?;
+        let pause: u64 = line
+            .split("pause_us=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .context("pause_us in the swap log line")?
+            .parse()?;
+        let handed: usize = line
+            .split("connections=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .context("connections in the swap log line")?
+            .parse()?;
+        if handed != conns {
+            bail!("swap {i} handed over {handed} connections, not {conns}");
+        }
+        pauses.push(pause);
+        each(i + 1, &host)?;
+    }
+    let rss = rss_kib(host.child.id())?;
+    // Every connection survived every swap and is served by the last guest.
+    let want: &[u8] = if swaps % 2 == 1 { b"Z" } else { b"z" };
+    for c in &mut clients {
+        let got = echo_once(c, b"z")?;
+        if got != want {
+            bail!("after the swaps a connection answered {got:?}, not {want:?}");
+        }
+    }
+    drop(host);
+    std::fs::remove_dir_all(dir)?;
+    pauses.sort_unstable();
+    Ok((pauses, rss))
+}
