@@ -11,6 +11,7 @@ use std::net::{Shutdown, SocketAddr};
 use mio::Interest;
 use mio::net::TcpStream;
 
+use crate::tls::{PeerInfo, peer_info};
 use crate::wirelog::WireLog;
 
 /// Stop reading from a peer once this many received bytes wait for the
@@ -26,6 +27,23 @@ pub const TX_HIGH_WATER: usize = 1 << 20;
 pub struct ReadOutcome {
     pub bytes: usize,
     pub new_cutoff: bool,
+    /// A TLS handshake finished or was aborted.
+    pub tls_changed: bool,
+}
+
+/// Where a TLS connection stands (hio's cxes -> ixes promotion).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsState {
+    Handshaking,
+    Connected(PeerInfo),
+    Aborted(String),
+}
+
+/// The TLS half of a connection (hio's RemoterTls).
+pub struct Tls {
+    session: rustls::ServerConnection,
+    pub state: TlsState,
+    close_notify_sent: bool,
 }
 
 pub struct Conn {
@@ -55,6 +73,7 @@ pub struct Conn {
     pub in_dirty: bool,
     /// A guest holds a handle to it (it left the axes).
     pub adopted: bool,
+    pub tls: Option<Box<Tls>>,
 }
 
 /// Errors that hio maps to "cutoff" instead of raising.
@@ -101,7 +120,39 @@ impl Conn {
             in_ready: false,
             in_dirty: false,
             adopted: false,
+            tls: None,
         }
+    }
+
+    /// A connection whose bytes go through a TLS session.
+    pub fn new_tls(sock: TcpStream, ha: SocketAddr, ca: SocketAddr, session: rustls::ServerConnection) -> Conn {
+        let mut c = Conn::new(sock, ha, ca);
+        c.tls = Some(Box::new(Tls { session, state: TlsState::Handshaking, close_notify_sent: false }));
+        c
+    }
+
+    pub fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.state == TlsState::Handshaking)
+    }
+
+    /// TLS gave up on this connection: say why once, send the alert rustls
+    /// queued, then close. Nothing queued for it can be delivered.
+    pub fn abort(&mut self, reason: String) {
+        let Some(tls) = &mut self.tls else { return };
+        if matches!(tls.state, TlsState::Aborted(_)) {
+            return;
+        }
+        if tls.state == TlsState::Handshaking {
+            tracing::warn!(ca = %self.ca, "TLS handshake failed: {reason}");
+        } else {
+            tracing::warn!(ca = %self.ca, "TLS connection failed: {reason}");
+        }
+        tls.state = TlsState::Aborted(reason);
+        tls.close_notify_sent = true;
+        self.cutoff = true;
+        self.tx = Vec::new();
+        self.tx_off = 0;
+        self.close();
     }
 
     /// Read until the socket would block, the peer closes, or the guest has
@@ -111,6 +162,9 @@ impl Conn {
         let mut out = ReadOutcome::default();
         if self.cutoff || self.read_shut {
             return out;
+        }
+        if self.tls.is_some() {
+            return self.read_tls(scratch, wl);
         }
         let mut wl = wl;
         loop {
@@ -150,6 +204,71 @@ impl Conn {
 
     fn over_water(&self) -> bool {
         self.rx.len() >= RX_HIGH_WATER || self.queued() >= TX_HIGH_WATER as u64
+    }
+
+    /// TLS read: ciphertext from the socket into rustls, plaintext into rx.
+    fn read_tls(&mut self, scratch: &mut [u8], mut wl: Option<&mut WireLog>) -> ReadOutcome {
+        let mut out = ReadOutcome::default();
+        loop {
+            if self.over_water() {
+                self.read_paused = true;
+                return out;
+            }
+            let tls = self.tls.as_mut().expect("a TLS connection");
+            let eof = match tls.session.read_tls(&mut self.sock) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return out,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(ca = %self.ca, "peer cut off: {e}");
+                    true
+                }
+            };
+            if let Err(e) = tls.session.process_new_packets() {
+                self.abort(e.to_string());
+                out.tls_changed = true;
+                out.new_cutoff = true;
+                return out;
+            }
+            if tls.state == TlsState::Handshaking && !tls.session.is_handshaking() {
+                tls.state = TlsState::Connected(peer_info(&tls.session));
+                out.tls_changed = true;
+            }
+            loop {
+                match tls.session.reader().read(scratch) {
+                    Ok(0) => {
+                        // close_notify: a clean end.
+                        self.cutoff = true;
+                        out.new_cutoff = true;
+                        return out;
+                    }
+                    Ok(n) => {
+                        self.rx.extend_from_slice(&scratch[..n]);
+                        if let Some(wl) = wl.as_deref_mut() {
+                            wl.rx(self.ca, &scratch[..n]);
+                        }
+                        out.bytes += n;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => break,
+                }
+            }
+            if eof {
+                if self.handshaking() {
+                    self.abort("peer closed the connection during the handshake".into());
+                    out.tls_changed = true;
+                }
+                self.cutoff = true;
+                out.new_cutoff = true;
+                return out;
+            }
+        }
+    }
+
+    /// Something for the socket that only a flush will send (TLS records).
+    pub fn needs_flush(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.session.wants_write()) || self.closing
     }
 
     /// Reading stopped at a high-water mark that has since been drained.
@@ -223,6 +342,17 @@ impl Conn {
         if self.queued() > 0 || self.write_broken {
             return Ok(0);
         }
+        if let Some(tls) = &mut self.tls {
+            if !matches!(tls.state, TlsState::Connected(_)) {
+                return Ok(0);
+            }
+            let n = tls.session.writer().write(data)?;
+            if let Some(wl) = wl {
+                wl.tx(self.ca, &data[..n]);
+            }
+            self.flush(None)?;
+            return Ok(n);
+        }
         let n = match write_some(&mut self.sock, data) {
             Ok(n) => n,
             Err(e) => return self.broken(e).map(|_| 0),
@@ -236,6 +366,9 @@ impl Conn {
     /// Send queued bytes until done or the socket would block; then send a
     /// FIN if one is wanted. Returns bytes sent.
     pub fn flush(&mut self, mut wl: Option<&mut WireLog>) -> io::Result<u64> {
+        if self.tls.is_some() {
+            return self.flush_tls(wl);
+        }
         let mut sent = 0u64;
         while self.tx_off < self.tx.len() {
             let pending = &self.tx[self.tx_off..];
@@ -258,6 +391,64 @@ impl Conn {
                 // A peer that is already gone makes this fail; nothing is lost.
                 let _ = self.sock.shutdown(Shutdown::Write);
             }
+        }
+        Ok(sent)
+    }
+
+    /// TLS flush: queued plaintext into rustls (once connected), then
+    /// records to the socket; close_notify goes before the FIN.
+    ///
+    /// Goes around until the socket would block or nothing is left: with
+    /// edge-triggered readiness, stopping while the socket still has room
+    /// would leave queued bytes waiting for an event that never comes.
+    fn flush_tls(&mut self, mut wl: Option<&mut WireLog>) -> io::Result<u64> {
+        let mut sent = 0u64;
+        let tls = self.tls.as_mut().expect("a TLS connection");
+        let connected = matches!(tls.state, TlsState::Connected(_));
+        loop {
+            let mut moved = 0;
+            while connected && self.tx_off < self.tx.len() {
+                let pending = &self.tx[self.tx_off..];
+                let n = tls.session.writer().write(pending)?;
+                if n == 0 {
+                    break;
+                }
+                if let Some(wl) = wl.as_deref_mut() {
+                    wl.tx(self.ca, &pending[..n]);
+                }
+                self.tx_off += n;
+                moved += n;
+            }
+            sent += moved as u64;
+            if connected && self.tx_off == self.tx.len() {
+                self.tx.clear();
+                self.tx_off = 0;
+                if self.fin_wanted && !tls.close_notify_sent {
+                    tls.close_notify_sent = true;
+                    tls.session.send_close_notify();
+                }
+            }
+            let mut blocked = false;
+            while tls.session.wants_write() {
+                match tls.session.write_tls(&mut self.sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return self.broken(e).map(|_| sent),
+                }
+            }
+            if blocked || moved == 0 || self.tx_off == self.tx.len() {
+                break;
+            }
+        }
+        let done = !tls.session.wants_write() && self.tx_off == self.tx.len();
+        let fin_due = tls.close_notify_sent || !connected;
+        if done && self.fin_wanted && fin_due && !self.fin_sent {
+            self.fin_sent = true;
+            let _ = self.sock.shutdown(Shutdown::Write);
         }
         Ok(sent)
     }
@@ -291,12 +482,16 @@ impl Conn {
 
     /// A closing connection is done once everything queued went out (or never can).
     pub fn finished(&self) -> bool {
-        self.closing && (self.queued() == 0 || self.write_broken)
+        self.closing && (self.write_broken || (self.queued() == 0 && !self.tls_wants_write()))
+    }
+
+    fn tls_wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.session.wants_write())
     }
 
     /// The readiness this connection needs now.
     pub fn wanted_interest(&self) -> Interest {
-        if self.queued() > 0 && !self.write_broken {
+        if (self.queued() > 0 || self.tls_wants_write()) && !self.write_broken {
             Interest::READABLE | Interest::WRITABLE
         } else {
             Interest::READABLE

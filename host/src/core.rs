@@ -4,6 +4,8 @@
 //! readiness bookkeeping with the poller.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::acceptor::Acceptor;
 use crate::conn::Conn;
@@ -22,6 +24,10 @@ pub struct Core {
     pub clock: Clock,
     pub wirelog: Option<WireLog>,
     pub next_id: u64,
+    /// TLS context (built once) and handshake time limit, for a TLS server.
+    pub tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
+    /// Handshake deadlines in accept order, which is deadline order.
+    pub handshakes: VecDeque<(Instant, u64)>,
 }
 
 impl Core {
@@ -36,6 +42,8 @@ impl Core {
             wirelog,
             // Ids are mio tokens too; 0 is the listener's.
             next_id: crate::server::FIRST_CONN_TOKEN,
+            tls: None,
+            handshakes: VecDeque::new(),
         }
     }
 

@@ -14,6 +14,7 @@ mod core;
 mod guest;
 mod server;
 mod swap;
+pub mod tls;
 pub mod tyme;
 mod wirelog;
 

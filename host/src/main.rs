@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hio_host::tls::{self, Certify, TlsConfig, TlsVersion};
 use hio_host::{Config, Server, acceptor};
 
 #[derive(Parser)]
@@ -48,6 +49,29 @@ struct RunArgs {
     /// Hot-swap the guest whenever GUEST changes on disk (SIGHUP swaps on demand).
     #[arg(long)]
     watch: bool,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to. Without it,
+    /// client certificates are checked against the system trust store (as hio).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Client certificates: none (not asked for), optional (checked if sent),
+    /// required (hio's default).
+    #[arg(long, value_name = "MODE", default_value = "required", requires = "tls_cert")]
+    certify: Certify,
+    /// Only this TLS version (1.2 or 1.3); both by default.
+    #[arg(long, value_name = "VERSION", requires = "tls_cert")]
+    tls_version: Option<TlsVersion>,
+    /// ALPN protocols to offer, comma-separated, in preference order.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "tls_cert")]
+    alpn: Vec<String>,
+    /// Abort a TLS handshake not finished within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = tls::DEFAULT_HANDSHAKE_TIMEOUT, allow_negative_numbers = true, requires = "tls_cert")]
+    handshake_timeout: f64,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +100,15 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     config.bl = args.bl;
     config.wirelog = args.wirelog;
     config.watch = args.watch;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        let mut tls = TlsConfig::new(cert, key);
+        tls.client_ca = args.client_ca;
+        tls.certify = args.certify;
+        tls.version = args.tls_version;
+        tls.alpn = args.alpn;
+        tls.handshake_timeout = args.handshake_timeout;
+        config.tls = Some(tls);
+    }
     let mut server = Server::open(config)?;
     server.stop_on_signals()?;
     server.run()

@@ -22,6 +22,7 @@ use crate::conn::Conn;
 use crate::core::Core;
 use crate::guest::{Cycle, Failed, Generation, GuestConfig, Runtime};
 use crate::swap::{Loaded, SwapOutcome, SwapReport, Swapper};
+use crate::tls::TlsConfig;
 use crate::tyme::{Clock, VirtualTyme};
 use crate::wirelog::WireLog;
 
@@ -58,6 +59,8 @@ pub struct Config {
     pub virtual_tyme: Option<VirtualTyme>,
     /// Swap the guest whenever its file changes on disk.
     pub watch: bool,
+    /// Terminate TLS (hio's ServerTls) with this context.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Default idle timeout. hio's Server means 1.0 s (and by a bug really runs
@@ -78,6 +81,7 @@ impl Config {
             wirelog: None,
             virtual_tyme: None,
             watch: false,
+            tls: None,
         }
     }
 }
@@ -131,6 +135,15 @@ impl Server {
         if !(config.tock > 0.0 && config.tock.is_finite()) {
             bail!("tock must be a finite number of seconds > 0, not {}", config.tock);
         }
+        let tls = match &config.tls {
+            Some(t) => {
+                if !(t.handshake_timeout > 0.0 && t.handshake_timeout.is_finite()) {
+                    bail!("handshake timeout must be a finite number of seconds > 0, not {}", t.handshake_timeout);
+                }
+                Some((t.context()?, Duration::from_secs_f64(t.handshake_timeout)))
+            }
+            None => None,
+        };
         let runtime = Arc::new(Runtime::new()?);
         let component = runtime.load(&config.guest)?;
         let acceptor = Acceptor::open(config.ha, config.bs, config.bl)?;
@@ -146,7 +159,8 @@ impl Server {
             Some(v) => Clock::Virtual(v.clone()),
             None => Clock::real(),
         };
-        let core = Core::new(acceptor, clock, wirelog);
+        let mut core = Core::new(acceptor, clock, wirelog);
+        core.tls = tls;
         let guest_config = GuestConfig { tymeout: config.tymeout, bs: config.bs };
         let mut generation = runtime.launch(&component, core, &guest_config, None).map_err(|f| f.error)?;
         let ha = generation.core().acceptor.ha;
@@ -258,6 +272,7 @@ impl Server {
             }
         }
         let new_accepts = accept && self.accept_all() > 0;
+        self.expire_handshakes();
         for (id, readable, writable) in touched {
             self.serve_io(id, readable, writable);
         }
@@ -277,6 +292,9 @@ impl Server {
             return Duration::ZERO;
         }
         let mut t = wait.unwrap_or(Duration::from_secs_f64(self.tock));
+        if let Some(&(deadline, _)) = self.core().handshakes.front() {
+            t = t.min(deadline.saturating_duration_since(Instant::now()));
+        }
         if let Some(wake) = self.next_wake {
             let core = self.core();
             let until = if core.clock.is_virtual() {
@@ -311,7 +329,21 @@ impl Server {
                         continue;
                     }
                     tracing::debug!(%ca, id, "accepted");
-                    core.conns.insert(id, Conn::new(sock, ha, ca));
+                    let conn = match &core.tls {
+                        None => Conn::new(sock, ha, ca),
+                        Some((context, limit)) => match rustls::ServerConnection::new(context.clone()) {
+                            Ok(session) => {
+                                core.handshakes.push_back((Instant::now() + *limit, id));
+                                Conn::new_tls(sock, ha, ca, session)
+                            }
+                            Err(e) => {
+                                tracing::error!(%ca, "cannot start a TLS session: {e}");
+                                let _ = registry.deregister(&mut sock);
+                                continue;
+                            }
+                        },
+                    };
+                    core.conns.insert(id, conn);
                     core.axes.push_back(id);
                     accepted += 1;
                 }
@@ -328,30 +360,51 @@ impl Server {
         accepted
     }
 
+    /// Abort TLS handshakes past their time limit, so stalled clients cannot
+    /// pin connections. Deadlines are in accept order: only due ones are seen.
+    fn expire_handshakes(&mut self) {
+        let core = self.generation.as_mut().expect("generation installed").core();
+        let now = Instant::now();
+        while let Some(&(deadline, id)) = core.handshakes.front() {
+            if deadline > now {
+                break;
+            }
+            core.handshakes.pop_front();
+            let Some(c) = core.conns.get_mut(&id) else { continue };
+            if c.handshaking() {
+                c.abort("handshake not finished in time".into());
+                let adopted = c.adopted;
+                core.mark_dirty(id);
+                if adopted {
+                    core.mark_ready(id);
+                }
+            }
+        }
+    }
+
     /// Readiness on one connection: read into its host buffer, send what is queued.
     fn serve_io(&mut self, id: u64, readable: bool, writable: bool) {
-        let generation = self.generation.as_mut().expect("generation installed");
-        let core = generation.core();
-        let Some(c) = core.conns.get_mut(&id) else {
-            return;
-        };
+        let core = self.generation.as_mut().expect("generation installed").core();
+        let Some(c) = core.conns.get_mut(&id) else { return };
         let was_cutoff = c.cutoff;
-        if writable && (c.queued() > 0 || c.closing) {
-            if let Err(e) = c.flush(core.wirelog.as_mut()) {
-                tracing::warn!(ca = %c.ca, "send failed: {e}");
-            }
-            core.mark_dirty(id);
+        let mut news = false;
+        if writable
+            && (c.queued() > 0 || c.needs_flush())
+            && let Err(e) = c.flush(core.wirelog.as_mut())
+        {
+            tracing::warn!(ca = %c.ca, "send failed: {e}");
         }
-        let c = core.conns.get_mut(&id).expect("present above");
         if readable {
             let got = c.read(&mut self.scratch, core.wirelog.as_mut());
-            if got.bytes == 0 && !got.new_cutoff {
-                return;
-            }
-        } else if c.cutoff == was_cutoff {
-            return;
+            news = got.bytes > 0 || got.new_cutoff || got.tls_changed;
         }
-        if c.adopted {
+        news |= c.cutoff != was_cutoff;
+        let (adopted, dirty) = (c.adopted, writable || c.needs_flush());
+        if dirty {
+            // settle sends what is left, fixes interest, releases closed ones.
+            core.mark_dirty(id);
+        }
+        if news && adopted {
             core.mark_ready(id);
         }
     }

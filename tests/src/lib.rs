@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+pub mod pki;
 pub use hio_host::{Config, Server, Stopper, Swapper, VirtualTyme};
 
 /// The workspace root.

@@ -37,6 +37,7 @@ pub mod snapshot;
 pub mod tymers;
 pub mod tyming;
 
+pub use bindings::hio::tcp::remoter::{PeerCertificate, TlsInfo};
 pub use ca::Ca;
 pub use remoter::Remoter;
 pub use server::Server;

@@ -4,7 +4,7 @@
 //! its own copy of them until `clear_rxbs` (or `consume_rxbs`) says the
 //! policy is done, so a guest that is replaced or crashes loses nothing.
 
-use crate::bindings::hio::tcp::remoter::Remoter as Handle;
+use crate::bindings::hio::tcp::remoter::{Remoter as Handle, TlsInfo};
 use crate::bindings::hio::tcp::types::ShutdownHow;
 use crate::{Ca, Error, Tymer, Tymth};
 
@@ -26,6 +26,8 @@ pub struct Remoter {
     pub refreshable: bool,
     /// Idle tymer (duration = the server's tymeout).
     pub tymer: Tymer,
+    /// For TLS: who is on the other end (version, cipher, ALPN, client certificate).
+    pub tls: Option<TlsInfo>,
     pub(crate) txed: bool,
     closed: bool,
 }
@@ -42,6 +44,7 @@ impl Remoter {
             cutoff: false,
             refreshable: true,
             tymer: Tymer::new(tymth, tymeout, None),
+            tls: None,
             txed: false,
             closed: false,
         }

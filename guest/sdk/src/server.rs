@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::bindings::hio::tcp::acceptor::Listener;
-use crate::bindings::hio::tcp::remoter::Remoter as Handle;
+use crate::bindings::hio::tcp::remoter::{Remoter as Handle, TlsState};
 use crate::bindings::hio::tcp::types::ShutdownHow;
 use crate::snapshot::IxState;
 use crate::tymers::{Due, TymerQueue};
@@ -23,6 +23,8 @@ pub struct Server {
     pub tymist: Tymist,
     /// Connections keyed by peer address.
     pub ixes: HashMap<Ca, Remoter>,
+    /// TLS connections still handshaking (hio's ServerTls cxes).
+    pub cxes: HashMap<Ca, Remoter>,
     /// Accepted connections not yet made remoters.
     pub axes: VecDeque<Handle>,
     ids: HashMap<u64, Ca>,
@@ -42,6 +44,7 @@ impl Server {
             tymeout,
             tymist: Tymist::new(tyme),
             ixes: HashMap::new(),
+            cxes: HashMap::new(),
             axes: VecDeque::new(),
             ids: HashMap::new(),
             tymers: TymerQueue::default(),
@@ -71,7 +74,7 @@ impl Server {
     /// Connections taken over from a previous guest: straight into ixes,
     /// ready, so their unconsumed bytes are received again.
     pub(crate) fn adopt(&mut self, handle: Handle) {
-        self.add_ix(handle);
+        self.add_handle(handle);
     }
 
     /// hio's `serviceAccepts`: take every connection the host accepted.
@@ -94,12 +97,57 @@ impl Server {
     /// is closed.
     pub fn service_axes(&mut self) {
         while let Some(handle) = self.axes.pop_front() {
-            self.add_ix(handle);
+            self.add_handle(handle);
         }
     }
 
-    fn add_ix(&mut self, handle: Handle) {
-        let ix = Remoter::new(handle, self.bs, self.tymist.tymen(), self.tymeout);
+    /// Plain and connected TLS connections join ixes; handshaking ones wait
+    /// in cxes; aborted ones are dropped (the host has closed them).
+    fn add_handle(&mut self, handle: Handle) {
+        let state = handle.tls();
+        let mut ix = Remoter::new(handle, self.bs, self.tymist.tymen(), self.tymeout);
+        match state {
+            TlsState::Plain => self.admit(ix),
+            TlsState::Connected(info) => {
+                ix.tls = Some(info);
+                self.admit(ix);
+            }
+            TlsState::Handshaking => {
+                self.ids.insert(ix.id, ix.ca.clone());
+                self.ready.push(ix.ca.clone());
+                self.cxes.insert(ix.ca.clone(), ix);
+            }
+            TlsState::Aborted(why) => log::debug(&format!("{}: TLS aborted before service: {why}", ix.ca)),
+        }
+    }
+
+    /// hio's `serviceCxes`: promote handshaked connections to ixes, drop
+    /// aborted ones. Only connections the host named ready (their handshake
+    /// moved) or that just arrived are looked at.
+    pub fn service_cxes(&mut self) {
+        let candidates: Vec<Ca> = self.ready.iter().filter(|ca| self.cxes.contains_key(*ca)).cloned().collect();
+        for ca in candidates {
+            let Some(cx) = self.cxes.get(&ca) else { continue };
+            match cx.handle().tls() {
+                TlsState::Handshaking => {}
+                TlsState::Connected(info) => {
+                    let mut ix = self.cxes.remove(&ca).expect("checked above");
+                    ix.tls = Some(info);
+                    ix.refresh();
+                    self.admit(ix);
+                }
+                TlsState::Aborted(why) => {
+                    if let Some(cx) = self.cxes.remove(&ca) {
+                        self.ids.remove(&cx.id);
+                    }
+                    log::debug(&format!("{ca}: TLS handshake aborted: {why}"));
+                }
+                TlsState::Plain => {}
+            }
+        }
+    }
+
+    fn admit(&mut self, ix: Remoter) {
         let ca = ix.ca.clone();
         if self.ixes.contains_key(&ca) {
             log::warn(&format!("{ca} connected again; closing its old connection"));
@@ -114,10 +162,11 @@ impl Server {
         self.connected.push(ca);
     }
 
-    /// hio's `serviceConnects`.
+    /// hio's `serviceConnects` (with ServerTls's `serviceCxes`).
     pub fn service_connects(&mut self) {
         self.service_accepts();
         self.service_axes();
+        self.service_cxes();
     }
 
     /// Connections that joined ixes since last asked.
@@ -160,6 +209,10 @@ impl Server {
     /// hio's `close`: every connection closes. The listen socket is the
     /// host's and stays open for the next guest.
     pub fn close(&mut self) {
+        for (_, mut cx) in self.cxes.drain() {
+            self.ids.remove(&cx.id);
+            let _ = cx.close();
+        }
         let all: Vec<Ca> = self.ixes.keys().cloned().collect();
         for ca in all {
             let _ = self.remove_ix(&ca, true);

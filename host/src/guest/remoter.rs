@@ -4,10 +4,10 @@
 
 use wasmtime::component::Resource;
 
-use super::hio::tcp::remoter::{Host, HostRemoter, Receipt};
+use super::hio::tcp::remoter::{Host, HostRemoter, PeerCertificate, Receipt, TlsInfo, TlsState};
 use super::hio::tcp::types::{Address, Error, ShutdownHow};
 use super::{ConnRef, State, address};
-use crate::conn::Conn;
+use crate::conn::{Conn, TlsState as ConnTls};
 use crate::wirelog::WireLog;
 
 impl State {
@@ -26,6 +26,26 @@ fn io_error(e: std::io::Error) -> Error {
 }
 
 impl HostRemoter for State {
+    fn tls(&mut self, h: Resource<ConnRef>) -> TlsState {
+        let Ok(r) = self.conn_ref(&h) else { return TlsState::Aborted("connection closed".into()) };
+        let Some(c) = self.core.conns.get(&r.id) else { return TlsState::Aborted("connection closed".into()) };
+        match c.tls.as_ref().map(|t| &t.state) {
+            None => TlsState::Plain,
+            Some(ConnTls::Handshaking) => TlsState::Handshaking,
+            Some(ConnTls::Aborted(why)) => TlsState::Aborted(why.clone()),
+            Some(ConnTls::Connected(info)) => TlsState::Connected(TlsInfo {
+                version: info.version.clone(),
+                cipher_suite: info.cipher_suite.clone(),
+                alpn: info.alpn.clone(),
+                peer_certificate: info.certificate.as_ref().map(|p| PeerCertificate {
+                    subject: p.subject.clone(),
+                    sans: p.sans.clone(),
+                    sha256: p.sha256.clone(),
+                }),
+            }),
+        }
+    }
+
     fn id(&mut self, h: Resource<ConnRef>) -> u64 {
         self.conn_ref(&h).map(|r| r.id).unwrap_or(0)
     }

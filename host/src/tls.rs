@@ -1,0 +1,224 @@
+//! TLS termination in the host (rustls): hio's `initServerContext`, built
+//! once per server (hio rebuilds its context per connection), and what a
+//! guest may learn about the peer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConfig, ServerConnection, WebPkiClientVerifier};
+use sha2::{Digest, Sha256};
+
+/// hio's `certify`: whether a client must present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Certify {
+    /// No client certificate is asked for (hio's CERT_NONE).
+    None,
+    /// Asked for; one that is presented must verify (CERT_OPTIONAL).
+    Optional,
+    /// Must be presented and verify (CERT_REQUIRED, hio's default).
+    Required,
+}
+
+impl std::str::FromStr for Certify {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Certify> {
+        match s {
+            "none" => Ok(Certify::None),
+            "optional" => Ok(Certify::Optional),
+            "required" => Ok(Certify::Required),
+            _ => bail!("certify must be none, optional or required, not {s:?}"),
+        }
+    }
+}
+
+/// hio's `version`: one protocol version, or both when unset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl std::str::FromStr for TlsVersion {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<TlsVersion> {
+        match s {
+            "1.2" => Ok(TlsVersion::Tls12),
+            "1.3" => Ok(TlsVersion::Tls13),
+            _ => bail!("TLS version must be 1.2 or 1.3, not {s:?}"),
+        }
+    }
+}
+
+/// Everything `initServerContext` takes.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM), leaf first (hio's certpath).
+    pub cert: PathBuf,
+    /// Private key (PEM) matching the leaf (hio's keypath).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to (hio's
+    /// cafilepath). Unset: the system trust store, as in hio.
+    pub client_ca: Option<PathBuf>,
+    pub certify: Certify,
+    /// Unset: TLS 1.2 and 1.3.
+    pub version: Option<TlsVersion>,
+    /// ALPN protocols offered, in preference order.
+    pub alpn: Vec<String>,
+    /// Seconds a handshake may take before the connection is aborted.
+    pub handshake_timeout: f64,
+}
+
+/// Default handshake deadline: long enough for any honest client on a slow
+/// link, short enough that stalled handshakes cannot pile up.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: f64 = 10.0;
+
+impl TlsConfig {
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsConfig {
+        TlsConfig {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: None,
+            certify: Certify::Required,
+            version: None,
+            alpn: Vec::new(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// hio's `initServerContext`: one rustls server context for every connection.
+    pub fn context(&self) -> Result<Arc<ServerConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions: &[&rustls::SupportedProtocolVersion] = match self.version {
+            None => rustls::DEFAULT_VERSIONS,
+            Some(TlsVersion::Tls12) => &[&rustls::version::TLS12],
+            Some(TlsVersion::Tls13) => &[&rustls::version::TLS13],
+        };
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .context("TLS versions")?;
+        let builder = match self.certify {
+            Certify::None => builder.with_no_client_auth(),
+            certify => {
+                let roots = Arc::new(self.client_roots()?);
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider);
+                let verifier = if certify == Certify::Optional { verifier.allow_unauthenticated() } else { verifier };
+                builder.with_client_cert_verifier(verifier.build().context("client certificate verifier")?)
+            }
+        };
+        let chain = read_certs(&self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| anyhow!("cannot read a private key from {}: {}", self.key.display(), pem_error(e)))?;
+        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+            anyhow!("TLS key {} does not fit certificate {}: {e}", self.key.display(), self.cert.display())
+        })?;
+        config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+
+    fn client_roots(&self) -> Result<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        match &self.client_ca {
+            Some(path) => {
+                for cert in read_certs(path)? {
+                    roots.add(cert).with_context(|| format!("bad CA certificate in {}", path.display()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    // The system store holds some certificates webpki cannot use; skip them.
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    bail!("no --client-ca given and no system trust store found: give --client-ca or --certify none");
+                }
+            }
+        }
+        Ok(roots)
+    }
+}
+
+fn pem_error(e: rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(e) => e.to_string(),
+        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item found".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| anyhow!("cannot read certificates from {}: {}", path.display(), pem_error(e)))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow!("malformed certificate in {}: {}", path.display(), pem_error(e)))?;
+    if certs.is_empty() {
+        bail!("no certificate in {}", path.display());
+    }
+    Ok(certs)
+}
+
+/// Who is on the other end of a finished handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// "TLSv1.3" or "TLSv1.2".
+    pub version: String,
+    /// IANA-style name, e.g. "TLS13_AES_256_GCM_SHA384".
+    pub cipher_suite: String,
+    pub alpn: Option<String>,
+    pub certificate: Option<PeerCertificate>,
+}
+
+/// The client certificate that verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// RFC 4514 subject, e.g. "CN=alice, O=Example".
+    pub subject: String,
+    /// Subject alternative names as "DNS:name", "IP:addr", "EMAIL:addr", "URI:uri".
+    pub sans: Vec<String>,
+    /// SHA-256 of the DER certificate, lower-case hex.
+    pub sha256: String,
+}
+
+pub fn peer_info(tls: &ServerConnection) -> PeerInfo {
+    let version = match tls.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => String::new(),
+    };
+    let cipher_suite = tls.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+    let alpn = tls.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+    let certificate = tls.peer_certificates().and_then(|c| c.first()).map(|der| describe_certificate(der));
+    PeerInfo { version, cipher_suite, alpn, certificate }
+}
+
+pub fn describe_certificate(der: &[u8]) -> PeerCertificate {
+    let sha256 = Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect();
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        // rustls verified it, so this does not happen; say so rather than guess.
+        return PeerCertificate { subject: "(unparsable)".into(), sans: Vec::new(), sha256 };
+    };
+    let subject = cert.subject().to_string();
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        use x509_parser::extensions::GeneralName;
+        for name in &ext.value.general_names {
+            sans.push(match name {
+                GeneralName::DNSName(d) => format!("DNS:{d}"),
+                GeneralName::RFC822Name(e) => format!("EMAIL:{e}"),
+                GeneralName::URI(u) => format!("URI:{u}"),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => format!("IP:{}", std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).expect("length 4"))),
+                    16 => format!("IP:{}", std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).expect("length 16"))),
+                    _ => continue,
+                },
+                _ => continue,
+            });
+        }
+    }
+    PeerCertificate { subject, sans, sha256 }
+}

@@ -1,0 +1,42 @@
+//! A test guest that authorizes by TLS identity: each connection is greeted
+//! with what the host told it about the peer, then echoed. A client whose
+//! certificate subject contains "CN=mallory" is refused and closed.
+
+use hio_guest::{Error, Remoter, Server, Service};
+
+struct Whoami;
+
+impl Service for Whoami {
+    fn new(_: &mut Server) -> Self {
+        Whoami
+    }
+
+    fn connected(&mut self, ix: &mut Remoter) {
+        let greeting = match &ix.tls {
+            None => "plain\n".to_string(),
+            Some(t) => {
+                let (subject, sans, sha) = match &t.peer_certificate {
+                    Some(c) => (c.subject.clone(), c.sans.join(","), c.sha256.clone()),
+                    None => ("-".into(), "-".into(), "-".into()),
+                };
+                format!(
+                    "{}|{}|{}|{subject}|{sans}|{sha}\n",
+                    t.version,
+                    t.cipher_suite,
+                    t.alpn.as_deref().unwrap_or("-")
+                )
+            }
+        };
+        let refused = greeting.contains("CN=mallory");
+        let _ = ix.tx(if refused { b"refused\n" } else { greeting.as_bytes() });
+        if refused {
+            let _ = ix.close();
+        }
+    }
+
+    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
+        ix.echo_rxbs()
+    }
+}
+
+hio_guest::export_service!(Whoami);

@@ -1,0 +1,198 @@
+//! Certificates made fresh by each test with rcgen, written as PEM files,
+//! and a blocking rustls client.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+    date_time_ymd,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::PATIENCE;
+
+/// A CA and the files of a server certificate and client certificates it
+/// signed, plus a client certificate from another CA and an expired one.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// CN=alice, SAN DNS:alice.example and URI spiffe://example/alice.
+    pub alice: (PathBuf, PathBuf),
+    /// CN=mallory, signed by the same CA (the whoami guest refuses it).
+    pub mallory: (PathBuf, PathBuf),
+    /// Signed by an unrelated CA.
+    pub stranger: (PathBuf, PathBuf),
+    /// Signed by the CA, but expired in 2001.
+    pub expired: (PathBuf, PathBuf),
+}
+
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    Ca { cert: p.self_signed(&key).unwrap(), key }
+}
+
+fn leaf(dir: &Path, name: &str, sans: &[&str], client: bool, signer: &Ca, expired: bool) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = sans
+        .iter()
+        .map(|s| {
+            if let Ok(ip) = s.parse() {
+                SanType::IpAddress(ip)
+            } else if s.contains("://") {
+                SanType::URI(s.to_string().try_into().unwrap())
+            } else {
+                SanType::DnsName(s.to_string().try_into().unwrap())
+            }
+        })
+        .collect();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.extended_key_usages =
+        vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
+    if expired {
+        p.not_before = date_time_ymd(2000, 1, 1);
+        p.not_after = date_time_ymd(2001, 1, 1);
+    }
+    let cert = p.signed_by(&key, &signer.cert, &signer.key).unwrap();
+    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+impl Pki {
+    pub fn new(tag: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("hio-pki-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = ca("hio test CA");
+        let other = ca("some other CA");
+        let ca_path = dir.join("ca.crt");
+        std::fs::write(&ca_path, root.cert.pem()).unwrap();
+        let (server_cert, server_key) = leaf(&dir, "server", &["localhost", "127.0.0.1"], false, &root, false);
+        Pki {
+            alice: leaf(&dir, "alice", &["alice.example", "spiffe://example/alice"], true, &root, false),
+            mallory: leaf(&dir, "mallory", &["mallory.example"], true, &root, false),
+            stranger: leaf(&dir, "stranger", &["stranger.example"], true, &other, false),
+            expired: leaf(&dir, "expired", &["expired.example"], true, &root, true),
+            dir,
+            ca: ca_path,
+            server_cert,
+            server_key,
+        }
+    }
+
+    /// A TLS config for the host: this PKI's server certificate, clients checked against its CA.
+    pub fn server_config(&self) -> hio_host::tls::TlsConfig {
+        let mut t = hio_host::tls::TlsConfig::new(&self.server_cert, &self.server_key);
+        t.client_ca = Some(self.ca.clone());
+        t
+    }
+
+    /// A rustls client trusting this PKI's CA, with an optional client certificate.
+    pub fn client(&self, identity: Option<&(PathBuf, PathBuf)>, versions: Option<u16>) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let versions: &[&rustls::SupportedProtocolVersion] = match versions {
+            Some(12) => &[&rustls::version::TLS12],
+            Some(13) => &[&rustls::version::TLS13],
+            _ => rustls::DEFAULT_VERSIONS,
+        };
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match identity {
+            None => b.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
+                b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap()).unwrap()
+            }
+        };
+        Arc::new(config)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A blocking TLS client over real TCP.
+pub struct TlsClient {
+    pub tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl TlsClient {
+    /// Connect and finish the handshake, or say why it failed.
+    pub fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<TlsClient, String> {
+        let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        let conn = rustls::ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).map_err(|e| e.to_string())?;
+        }
+        // In TLS 1.3 the server judges the client's certificate after the
+        // client thinks it is done: a rejection shows on the first read.
+        Ok(TlsClient { tls })
+    }
+
+    pub fn send(&mut self, data: &[u8]) -> Result<(), String> {
+        self.tls.write_all(data).and_then(|_| self.tls.flush()).map_err(|e| e.to_string())
+    }
+
+    pub fn recv_exact(&mut self, n: usize) -> Result<Vec<u8>, String> {
+        let mut buf = vec![0; n];
+        self.tls.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        Ok(buf)
+    }
+
+    pub fn recv_line(&mut self) -> Result<String, String> {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            match self.tls.read(&mut b) {
+                Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&line))),
+                Ok(_) => line.push(b[0]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(String::from_utf8_lossy(&line).into_owned())
+    }
+
+    pub fn echo(&mut self, data: &[u8]) -> Result<(), String> {
+        self.send(data)?;
+        let got = self.recv_exact(data.len())?;
+        if got != data {
+            return Err("echo mismatch".into());
+        }
+        Ok(())
+    }
+
+    /// Send close_notify and read to the server's clean end.
+    pub fn finish(mut self) -> Result<Vec<u8>, String> {
+        self.tls.conn.send_close_notify();
+        self.tls.flush().map_err(|e| e.to_string())?;
+        let mut rest = Vec::new();
+        self.tls.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+        Ok(rest)
+    }
+}

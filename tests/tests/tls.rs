@@ -1,0 +1,326 @@
+//! TLS terminated in the host (rustls), hio's ServerTls bookkeeping in the
+//! guest; real clients: rustls, openssl s_client, Python ssl, hio ClientTls.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hio_host::tls::{Certify, TlsVersion};
+use hio_tests::pki::{Pki, TlsClient};
+use hio_tests::{Client, TestServer, hio_python, host_binary, root};
+
+fn tls_server(guest: &str, pki: &Pki, tweak: impl FnOnce(&mut hio_host::tls::TlsConfig)) -> TestServer {
+    let mut t = pki.server_config();
+    tweak(&mut t);
+    TestServer::start_with(guest, move |c| c.tls = Some(t))
+}
+
+/// Whether the server ends this connection (clean end or reset) within 5 s;
+/// a TLS alert may come first.
+fn closed_by_server(c: &mut Client) -> bool {
+    c.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 512];
+    let mut seen = 0;
+    loop {
+        match c.stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                seen += n;
+                assert!(seen < 4096, "server keeps talking to a bad client");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The next client must still be served after a bad one.
+fn still_serves(server: &TestServer, pki: &Pki) {
+    let mut c = TlsClient::connect(server.addr, pki.client(Some(&pki.alice), None)).expect("good client connects");
+    c.echo(b"still serving").expect("good client served");
+}
+
+#[test]
+fn echo_over_tls_13_and_12() {
+    let pki = Pki::new("versions");
+    for (server_version, client_version, want) in
+        [(None, Some(13), "TLSv1.3"), (None, Some(12), "TLSv1.2"), (Some(TlsVersion::Tls12), None, "TLSv1.2")]
+    {
+        let server = tls_server("whoami", &pki, |t| t.version = server_version);
+        let mut c = TlsClient::connect(server.addr, pki.client(Some(&pki.alice), client_version)).unwrap();
+        let greeting = c.recv_line().unwrap();
+        assert!(greeting.starts_with(&format!("{want}|")), "{greeting}");
+        for i in 0..20 {
+            c.echo(format!("tls message {i}\n").as_bytes()).unwrap();
+        }
+        assert_eq!(c.finish().unwrap(), b"", "close_notify answered with a clean end");
+    }
+}
+
+#[test]
+fn tls_13_only_server_refuses_a_tls_12_client() {
+    let pki = Pki::new("v13only");
+    let server = tls_server("echo", &pki, |t| t.version = Some(TlsVersion::Tls13));
+    assert!(TlsClient::connect(server.addr, pki.client(Some(&pki.alice), Some(12))).is_err());
+    still_serves(&server, &pki);
+}
+
+#[test]
+fn the_guest_sees_the_client_identity_and_can_refuse_it() {
+    let pki = Pki::new("identity");
+    let server = tls_server("whoami", &pki, |t| t.alpn = vec!["hio/1".into()]);
+    let mut client = (*pki.client(Some(&pki.alice), None)).clone();
+    client.alpn_protocols = vec![b"hio/1".to_vec()];
+    let mut c = TlsClient::connect(server.addr, std::sync::Arc::new(client)).unwrap();
+    let line = c.recv_line().unwrap();
+    let f: Vec<&str> = line.trim_end().split('|').collect();
+    assert_eq!(f[0], "TLSv1.3");
+    assert!(f[1].starts_with("TLS13_"), "cipher {}", f[1]);
+    assert_eq!(f[2], "hio/1", "ALPN");
+    assert_eq!(f[3], "CN=alice");
+    assert_eq!(f[4], "DNS:alice.example,URI:spiffe://example/alice");
+    let der = std::fs::read_to_string(&pki.alice.0).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(der.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer<'static>| hio_host::tls::describe_certificate(&c).sha256);
+    assert_eq!(f[5], der.unwrap(), "SHA-256 fingerprint");
+    c.echo(b"authorized").unwrap();
+    // The policy refuses mallory by name, though the certificate is valid.
+    let mut m = TlsClient::connect(server.addr, pki.client(Some(&pki.mallory), None)).unwrap();
+    assert_eq!(m.recv_line().unwrap(), "refused\n");
+    assert!(m.recv_line().is_err(), "refused client is closed");
+}
+
+#[test]
+fn required_client_certificate() {
+    let pki = Pki::new("required");
+    let server = tls_server("echo", &pki, |_| {});
+    for who in [None, Some(&pki.stranger), Some(&pki.expired)] {
+        // TLS 1.3 clients learn of the rejection on their first read.
+        let refused = match TlsClient::connect(server.addr, pki.client(who, None)) {
+            Err(_) => true,
+            Ok(mut c) => c.echo(b"let me in").is_err(),
+        };
+        assert!(refused, "client {:?} was served", who.map(|w| &w.0));
+        still_serves(&server, &pki);
+    }
+}
+
+#[test]
+fn optional_and_no_client_certificate() {
+    let pki = Pki::new("optional");
+    let server = tls_server("whoami", &pki, |t| t.certify = Certify::Optional);
+    let mut anon = TlsClient::connect(server.addr, pki.client(None, None)).unwrap();
+    assert!(anon.recv_line().unwrap().ends_with("|-|-|-\n"), "no certificate seen");
+    anon.echo(b"anonymous").unwrap();
+    let mut alice = TlsClient::connect(server.addr, pki.client(Some(&pki.alice), None)).unwrap();
+    assert!(alice.recv_line().unwrap().contains("|CN=alice|"));
+    // Optional still rejects a certificate that does not verify.
+    let bad = match TlsClient::connect(server.addr, pki.client(Some(&pki.stranger), None)) {
+        Err(_) => true,
+        Ok(mut c) => c.recv_line().is_err(),
+    };
+    assert!(bad, "a foreign certificate was accepted under optional");
+    drop(server);
+    let server = tls_server("echo", &pki, |t| t.certify = Certify::None);
+    let mut anon = TlsClient::connect(server.addr, pki.client(None, None)).unwrap();
+    anon.echo(b"no certificates at all").unwrap();
+}
+
+#[test]
+fn garbage_and_truncated_hellos_close_only_that_connection() {
+    let pki = Pki::new("garbage");
+    let server = tls_server("echo", &pki, |_| {});
+    let mut good = TlsClient::connect(server.addr, pki.client(Some(&pki.alice), None)).unwrap();
+    good.echo(b"before").unwrap();
+    // Not TLS at all.
+    let mut g = Client::connect(server.addr);
+    g.send(b"GET / HTTP/1.0\r\n\r\nthis is not a ClientHello");
+    assert!(closed_by_server(&mut g), "garbage connection left open");
+    // The first bytes of a real ClientHello, then the client closes.
+    let mut t = Client::connect(server.addr);
+    t.send(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+    t.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed_by_server(&mut t));
+    // An alert instead of a handshake message.
+    let mut a = Client::connect(server.addr);
+    a.send(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+    assert!(closed_by_server(&mut a));
+    good.echo(b"after").unwrap();
+    still_serves(&server, &pki);
+}
+
+#[test]
+fn a_stalled_handshake_is_timed_out() {
+    let pki = Pki::new("stall");
+    let server = tls_server("echo", &pki, |t| t.handshake_timeout = 0.5);
+    let mut stalled = Client::connect(server.addr);
+    stalled.send(&[0x16, 0x03, 0x01]); // and then nothing
+    let start = Instant::now();
+    assert!(closed_by_server(&mut stalled), "stalled handshake never aborted");
+    assert!(start.elapsed() >= Duration::from_millis(300), "aborted before its time");
+    still_serves(&server, &pki);
+}
+
+#[test]
+fn one_mebibyte_over_tls() {
+    let pki = Pki::new("big");
+    let server = tls_server("echo", &pki, |_| {});
+    let c = TlsClient::connect(server.addr, pki.client(Some(&pki.alice), None)).unwrap();
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let mut tls = c.tls;
+    tls.sock.set_nonblocking(true).unwrap();
+    let (mut sent, mut got) = (0, Vec::with_capacity(data.len()));
+    let mut buf = vec![0u8; 65536];
+    let start = Instant::now();
+    while got.len() < data.len() {
+        assert!(start.elapsed() < Duration::from_secs(20), "stalled at {} bytes", got.len());
+        if sent < data.len() {
+            let n = tls.conn.writer().write(&data[sent..(sent + 16384).min(data.len())]).unwrap();
+            sent += n;
+        }
+        while tls.conn.wants_write() {
+            match tls.conn.write_tls(&mut tls.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        match tls.conn.read_tls(&mut tls.sock) {
+            Ok(0) => panic!("server closed"),
+            Ok(_) => {
+                tls.conn.process_new_packets().unwrap();
+                while let Ok(n) = tls.conn.reader().read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_micros(200)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(got == data, "1 MiB came back altered over TLS");
+}
+
+#[test]
+fn a_hundred_concurrent_tls_clients() {
+    let pki = Pki::new("hundred");
+    let server = tls_server("echo", &pki, |_| {});
+    let config = pki.client(Some(&pki.alice), None);
+    let addr = server.addr;
+    let threads: Vec<_> = (0..100)
+        .map(|i| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let mut c = TlsClient::connect(addr, config).expect("connect");
+                for j in 0..5 {
+                    c.echo(format!("client {i} message {j}\n").as_bytes()).expect("echo");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("TLS client thread");
+    }
+}
+
+#[test]
+fn openssl_s_client_interoperates() {
+    let pki = Pki::new("openssl");
+    let server = tls_server("echo", &pki, |_| {});
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-connect"])
+        .arg(server.addr.to_string())
+        .args(["-servername", "localhost", "-verify_hostname", "localhost", "-CAfile"])
+        .arg(&pki.ca)
+        .arg("-cert")
+        .arg(&pki.alice.0)
+        .arg("-key")
+        .arg(&pki.alice.1)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello from openssl\n").unwrap();
+    stdin.flush().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut got = vec![0u8; 19];
+    let reader = std::thread::spawn(move || stdout.read_exact(&mut got).map(|_| got));
+    let start = Instant::now();
+    while !reader.is_finished() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no echo from openssl s_client");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let got = reader.join().unwrap();
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got.expect("read echo"), b"hello from openssl\n");
+}
+
+fn python_peer(mode: &str) {
+    let pki = Pki::new(mode);
+    let server = tls_server("echo", &pki, |_| {});
+    let out = Command::new(hio_python())
+        .arg(root().join("tests/py/tls_client.py"))
+        .arg(mode)
+        .arg(server.addr.port().to_string())
+        .args([&pki.ca, &pki.alice.0, &pki.alice.1])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim_end().ends_with("ok"), "{mode} client failed: {text}");
+    still_serves(&server, &pki);
+}
+
+#[test]
+fn python_ssl_interoperates() {
+    python_peer("ssl");
+}
+
+#[test]
+fn hio_client_tls_interoperates() {
+    python_peer("hio");
+}
+
+#[test]
+fn bad_key_files_are_one_clear_startup_error() {
+    let pki = Pki::new("badkeys");
+    let garbage = pki.dir.join("garbage.key");
+    std::fs::write(&garbage, "-----BEGIN PRIVATE KEY-----\nnot base64 at all!\n-----END PRIVATE KEY-----\n").unwrap();
+    let unreadable = pki.dir.join("missing.key");
+    for (key, needle) in [
+        (&pki.alice.1, "does not fit certificate"),
+        (&garbage, "cannot read a private key"),
+        (&unreadable, "cannot read a private key"),
+    ] {
+        let out = Command::new(host_binary())
+            .args(["run", hio_tests::guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(&pki.server_cert)
+            .arg("--tls-key")
+            .arg(key)
+            .arg("--client-ca")
+            .arg(&pki.ca)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("hio-host:")).collect();
+        assert!(!out.status.success());
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(needle), "{}", errors[0]);
+    }
+    // Plain TCP to a TLS port is just another bad client.
+    let server = tls_server("echo", &pki, |_| {});
+    let mut plain = TcpStream::connect(server.addr).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    plain.write_all(b"hello?\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = plain.read(&mut buf).unwrap_or(0);
+    // Whatever came back (a TLS alert at most) is not our plaintext.
+    assert!(!buf[..n].starts_with(b"hello"));
+    still_serves(&server, &pki);
+}
