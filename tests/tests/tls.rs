@@ -324,3 +324,27 @@ fn bad_key_files_are_one_clear_startup_error() {
     assert!(!buf[..n].starts_with(b"hello"));
     still_serves(&server, &pki);
 }
+
+#[test]
+fn tls_connections_survive_hot_swaps_with_their_identity() {
+    let pki = Pki::new("swap");
+    let server = tls_server("whoami", &pki, |_| {});
+    let mut c = TlsClient::connect(server.addr, pki.client(Some(&pki.alice), None)).unwrap();
+    assert!(c.recv_line().unwrap().contains("|CN=alice|"));
+    c.echo(b"before\n").unwrap();
+    for guest in ["upper", "whoami"] {
+        let report = server
+            .swapper()
+            .swap(Some(hio_tests::guest(guest)))
+            .recv_timeout(hio_tests::PATIENCE)
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.connections, 1);
+    }
+    // whoami again: the same session, still echoing; upper answered in between.
+    c.echo(b"after two swaps\n").unwrap();
+    // A new client after the swaps is greeted with its identity.
+    let mut d = TlsClient::connect(server.addr, pki.client(Some(&pki.alice), None)).unwrap();
+    assert!(d.recv_line().unwrap().contains("|CN=alice|"));
+    assert_eq!(c.finish().unwrap(), b"");
+}

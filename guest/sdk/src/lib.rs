@@ -92,7 +92,9 @@ pub trait Service: 'static {
     /// rxbs stay there (and in the host) for the next call.
     fn received(&mut self, ix: &mut Remoter) -> Result<(), Error>;
 
-    /// A connection joined ixes.
+    /// A new connection joined ixes (for TLS: its handshake finished, and
+    /// `ix.tls` says who the peer is). Not called for connections handed
+    /// over from a previous guest at a swap or restart.
     fn connected(&mut self, _ix: &mut Remoter) {}
 
     /// A connection left ixes (closed by the policy, cut off, or idle).

@@ -74,7 +74,7 @@ impl Server {
     /// Connections taken over from a previous guest: straight into ixes,
     /// ready, so their unconsumed bytes are received again.
     pub(crate) fn adopt(&mut self, handle: Handle) {
-        self.add_handle(handle);
+        self.add_handle(handle, false);
     }
 
     /// hio's `serviceAccepts`: take every connection the host accepted.
@@ -97,20 +97,22 @@ impl Server {
     /// is closed.
     pub fn service_axes(&mut self) {
         while let Some(handle) = self.axes.pop_front() {
-            self.add_handle(handle);
+            self.add_handle(handle, true);
         }
     }
 
     /// Plain and connected TLS connections join ixes; handshaking ones wait
     /// in cxes; aborted ones are dropped (the host has closed them).
-    fn add_handle(&mut self, handle: Handle) {
+    /// `new` is false for connections handed over from a previous guest:
+    /// they are not announced to the policy as connected again.
+    fn add_handle(&mut self, handle: Handle, new: bool) {
         let state = handle.tls();
         let mut ix = Remoter::new(handle, self.bs, self.tymist.tymen(), self.tymeout);
         match state {
-            TlsState::Plain => self.admit(ix),
+            TlsState::Plain => self.admit(ix, new),
             TlsState::Connected(info) => {
                 ix.tls = Some(info);
-                self.admit(ix);
+                self.admit(ix, new);
             }
             TlsState::Handshaking => {
                 self.ids.insert(ix.id, ix.ca.clone());
@@ -134,7 +136,7 @@ impl Server {
                     let mut ix = self.cxes.remove(&ca).expect("checked above");
                     ix.tls = Some(info);
                     ix.refresh();
-                    self.admit(ix);
+                    self.admit(ix, true);
                 }
                 TlsState::Aborted(why) => {
                     if let Some(cx) = self.cxes.remove(&ca) {
@@ -147,7 +149,7 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, ix: Remoter) {
+    fn admit(&mut self, ix: Remoter, new: bool) {
         let ca = ix.ca.clone();
         if self.ixes.contains_key(&ca) {
             log::warn(&format!("{ca} connected again; closing its old connection"));
@@ -159,7 +161,9 @@ impl Server {
         self.ids.insert(ix.id, ca.clone());
         self.ixes.insert(ca.clone(), ix);
         self.ready.push(ca.clone());
-        self.connected.push(ca);
+        if new {
+            self.connected.push(ca);
+        }
     }
 
     /// hio's `serviceConnects` (with ServerTls's `serviceCxes`).
