@@ -333,12 +333,8 @@ fn tls_connections_survive_hot_swaps_with_their_identity() {
     assert!(c.recv_line().unwrap().contains("|CN=alice|"));
     c.echo(b"before\n").unwrap();
     for guest in ["upper", "whoami"] {
-        let report = server
-            .swapper()
-            .swap(Some(hio_tests::guest(guest)))
-            .recv_timeout(hio_tests::PATIENCE)
-            .unwrap()
-            .unwrap();
+        let report =
+            server.swapper().swap(Some(hio_tests::guest(guest))).recv_timeout(hio_tests::PATIENCE).unwrap().unwrap();
         assert_eq!(report.connections, 1);
     }
     // whoami again: the same session, still echoing; upper answered in between.
