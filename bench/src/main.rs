@@ -1,6 +1,12 @@
 //! hio-host benchmarks, run against the real `hio-host` binary.
 //!
+//!   hio-bench echo [--scenarios a,b,c,d,e] [--seconds 5]
 //!   hio-bench swap [--conns 100,1000,10000] [--swaps 30]
+//!   hio-bench swap-memory [--swaps 1000] [--conns 100]
+//!   hio-bench native-echo [--listen ADDR]     (the baseline server itself)
+//!
+//! echo: the same scenarios against a minimal native mio echo server and
+//! against `hio-host run echo.wasm`, side by side; see BENCHMARKS.md.
 //!
 //! swap: serve echo with N open connections, hot-swap the guest (SIGHUP
 //! after replacing the file, alternating echo and upper) K times, and report
@@ -16,10 +22,20 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+mod echo;
+mod load;
+mod native;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     match args.first().map(String::as_str) {
+        Some("native-echo") => native::serve(flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into()).parse()?),
+        Some("echo") => {
+            let scenarios = flag("--scenarios").unwrap_or_else(|| "a,b,c,d,e".into());
+            let seconds: f64 = flag("--seconds").unwrap_or_else(|| "5".into()).parse()?;
+            echo::run(&scenarios, seconds)
+        }
         Some("swap") => {
             let conns: Vec<usize> = flag("--conns")
                 .unwrap_or_else(|| "100,1000,10000".into())
@@ -74,19 +90,29 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// The host, with its log lines delivered on a channel.
-struct Host {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct Host {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
     log: Receiver<String>,
 }
 
 impl Host {
     fn spawn(guest: &Path) -> Result<Host> {
-        let mut child = Command::new(root().join("target/release/hio-host"))
-            .args(["run", guest.to_str().context("utf-8 path")?, "--listen", "127.0.0.1:0", "--tymeout", "0"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("run target/release/hio-host (cargo xtask build)")?;
+        let mut cmd = Command::new(root().join("target/release/hio-host"));
+        cmd.args(["run", guest.to_str().context("utf-8 path")?, "--listen", "127.0.0.1:0", "--tymeout", "0"]);
+        Host::start(cmd)
+    }
+
+    /// The native baseline server (this binary's `native-echo`).
+    fn native() -> Result<Host> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["native-echo", "--listen", "127.0.0.1:0"]);
+        Host::start(cmd)
+    }
+
+    fn start(mut cmd: Command) -> Result<Host> {
+        let mut child =
+            cmd.stderr(Stdio::piped()).spawn().with_context(|| format!("run {cmd:?} (cargo xtask build)"))?;
         let stderr = BufReader::new(child.stderr.take().context("stderr")?);
         let (tx, log) = mpsc::channel();
         std::thread::spawn(move || {
@@ -143,7 +169,7 @@ fn echo_once(c: &mut TcpStream, msg: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// The host's resident set in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

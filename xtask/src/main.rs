@@ -71,6 +71,7 @@ fn run(args: &[String]) -> Result<()> {
             build_all(&root)?;
             let bench = root.join("target/release/hio-bench");
             if rest.is_empty() {
+                status(Command::new(&bench).arg("echo"))?;
                 status(Command::new(&bench).arg("swap"))?;
                 status(Command::new(&bench).arg("swap-memory"))
             } else {

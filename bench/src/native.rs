@@ -1,0 +1,82 @@
+//! The baseline: a minimal native mio echo server, one thread, edge-triggered,
+//! written the way the host's own loop is (shared read buffer, write at once,
+//! buffer only what the socket would not take, stop reading while it waits).
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+const LISTENER: Token = Token(0);
+
+struct Conn {
+    sock: TcpStream,
+    pending: Vec<u8>,
+}
+
+pub fn serve(addr: SocketAddr) -> Result<()> {
+    let mut poll = Poll::new()?;
+    let mut listener = TcpListener::bind(addr)?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    eprintln!("native echo listening ha={}", listener.local_addr()?);
+    let mut conns: HashMap<usize, Conn> = HashMap::new();
+    let mut next = 1usize;
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        poll.poll(&mut events, None)?;
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                loop {
+                    match listener.accept() {
+                        Ok((mut sock, _)) => {
+                            sock.set_nodelay(true)?;
+                            poll.registry().register(
+                                &mut sock,
+                                Token(next),
+                                Interest::READABLE | Interest::WRITABLE,
+                            )?;
+                            conns.insert(next, Conn { sock, pending: Vec::new() });
+                            next += 1;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(_) => break,
+                    }
+                }
+                continue;
+            }
+            let id = ev.token().0;
+            let Some(c) = conns.get_mut(&id) else { continue };
+            let mut dead = false;
+            // Send what waited, then read and echo while the socket takes it.
+            if !c.pending.is_empty() {
+                match c.sock.write(&c.pending) {
+                    Ok(n) => {
+                        c.pending.drain(..n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => dead = true,
+                }
+            }
+            while !dead && c.pending.is_empty() {
+                match c.sock.read(&mut buf) {
+                    Ok(0) => dead = true,
+                    Ok(n) => match c.sock.write(&buf[..n]) {
+                        Ok(w) if w == n => {}
+                        Ok(w) => c.pending.extend_from_slice(&buf[w..n]),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => c.pending.extend_from_slice(&buf[..n]),
+                        Err(_) => dead = true,
+                    },
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => dead = true,
+                }
+            }
+            if dead {
+                conns.remove(&id);
+            }
+        }
+    }
+}
