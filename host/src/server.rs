@@ -21,7 +21,7 @@ use crate::acceptor::{self, Acceptor};
 use crate::conn::Conn;
 use crate::core::Core;
 use crate::guest::{Cycle, Failed, Generation, GuestConfig, Runtime};
-use crate::swap::{Loaded, SwapOutcome, SwapReport, Swapper};
+use crate::swap::{Loaded, SwapOutcome, SwapReport, Swapper, stamp};
 use crate::tls::TlsConfig;
 use crate::tyme::{Clock, VirtualTyme};
 use crate::wirelog::WireLog;
@@ -145,6 +145,7 @@ impl Server {
             None => None,
         };
         let runtime = Arc::new(Runtime::new()?);
+        let loaded_stamp = stamp(&config.guest);
         let component = runtime.load(&config.guest)?;
         let acceptor = Acceptor::open(config.ha, config.bs, config.bl)?;
         let poll = Poll::new().context("cannot create poller")?;
@@ -169,7 +170,7 @@ impl Server {
         let (swapper, loaded) = Swapper::new(runtime.clone(), current, waker.clone());
         let stop = Arc::new(AtomicBool::new(false));
         if config.watch {
-            swapper.clone().watch(WATCH_EVERY, stop.clone());
+            swapper.clone().watch(WATCH_EVERY, stop.clone(), loaded_stamp);
         }
         Ok(Server {
             poll,

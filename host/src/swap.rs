@@ -5,7 +5,7 @@
 //! listen socket and every connection stay open throughout, and the bytes
 //! in flight never leave the host.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,14 @@ use mio::Waker;
 use wasmtime::component::Component;
 
 use crate::guest::Runtime;
+
+/// A guest file's modification time and length.
+pub(crate) type Stamp = (SystemTime, u64);
+
+pub(crate) fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
 
 /// What a successful swap did.
 #[derive(Debug, Clone)]
@@ -90,14 +98,12 @@ impl Swapper {
 
     /// Swap whenever the current guest file changes on disk (checked every
     /// `every`; a change must hold still for one check, so a file being
-    /// written is not loaded half-way). Ends when `stop` is set.
-    pub(crate) fn watch(self, every: Duration, stop: Arc<AtomicBool>) {
-        let stamp = |p: &PathBuf| -> Option<(SystemTime, u64)> {
-            let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
-        };
+    /// written is not loaded half-way). `loaded` is the file's stamp from
+    /// before it was loaded, so a change made while the host was starting
+    /// is not missed. Ends when `stop` is set.
+    pub(crate) fn watch(self, every: Duration, stop: Arc<AtomicBool>, loaded: Option<Stamp>) {
         let spawned = std::thread::Builder::new().name("hio-watch".into()).spawn(move || {
-            let mut loaded = stamp(&self.current());
+            let mut loaded = loaded;
             let mut seen = loaded;
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(every);

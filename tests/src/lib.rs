@@ -181,6 +181,17 @@ impl Client {
     }
 }
 
+/// A child process that is killed when dropped, so a failing test never
+/// leaves a host behind (holding ports, and the test's output pipes).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Poll `cond` until it holds or `PATIENCE` runs out.
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();

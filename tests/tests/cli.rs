@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hio_tests::{Client, guest, host_binary};
+use hio_tests::{Client, KillOnDrop, guest, host_binary};
 
 fn run(args: &[&str]) -> (bool, String) {
     let out = Command::new(host_binary()).args(args).output().expect("run hio-host");
@@ -73,12 +73,15 @@ fn help_explains_every_flag() {
 
 #[test]
 fn sigterm_closes_cleanly_and_exits_zero() {
-    let mut child = Command::new(host_binary())
-        .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut child = KillOnDrop(
+        Command::new(host_binary())
+            .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
     let mut line = String::new();
     let port = loop {
         line.clear();
@@ -89,11 +92,11 @@ fn sigterm_closes_cleanly_and_exits_zero() {
     };
     let mut c = Client::connect(([127, 0, 0, 1], port).into());
     c.echo(b"before the signal");
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(status.success());
     let start = Instant::now();
     let exit = loop {
-        if let Some(st) = child.try_wait().unwrap() {
+        if let Some(st) = child.0.try_wait().unwrap() {
             break st;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "host did not exit on SIGTERM");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hio_tests::{Client, PATIENCE, TestServer, VirtualTyme, guest, host_binary};
+use hio_tests::{Client, KillOnDrop, PATIENCE, TestServer, VirtualTyme, guest, host_binary};
 
 fn swap(server: &TestServer, name: &str) -> hio_host::SwapReport {
     server
@@ -169,10 +169,12 @@ fn idle_tymers_carry_over() {
     assert!(c.closed_by_server(Duration::from_secs(5)), "tymer restarted by the swap");
 }
 
-fn spawn_host(guest_file: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16) {
+/// The host process, its port, and its log so far (for failure messages).
+fn spawn_host(guest_file: &std::path::Path, extra: &[&str]) -> (KillOnDrop, u16, Arc<std::sync::Mutex<String>>) {
     let mut child = Command::new(host_binary())
         .args(["run", guest_file.to_str().unwrap(), "--listen", "127.0.0.1:0"])
         .args(extra)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -186,18 +188,26 @@ fn spawn_host(guest_file: &std::path::Path, extra: &[&str]) -> (std::process::Ch
         }
     };
     // Keep draining the log so the host never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, port)
+    let log = Arc::new(std::sync::Mutex::new(line.clone()));
+    let keep = log.clone();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
+            keep.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    (KillOnDrop(child), port, log)
 }
 
-fn wait_upper(c: &mut Client) {
+fn wait_upper(c: &mut Client, log: &std::sync::Mutex<String>) {
     let start = Instant::now();
     loop {
         c.send(b"abc");
         if c.recv_exact(3) == b"ABC" {
             return;
         }
-        assert!(start.elapsed() < PATIENCE, "the new guest never took over");
+        assert!(start.elapsed() < PATIENCE, "the new guest never took over; host log:\n{}", log.lock().unwrap());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -209,7 +219,7 @@ fn sighup_and_watch_swap_from_the_command_line() {
     for (mode, extra) in [("sighup", &[][..]), ("watch", &["--watch"][..])] {
         let file = dir.join(format!("{mode}.wasm"));
         std::fs::copy(guest("echo"), &file).unwrap();
-        let (mut child, port) = spawn_host(&file, extra);
+        let (mut child, port, log) = spawn_host(&file, extra);
         let mut c = Client::connect(([127, 0, 0, 1], port).into());
         c.echo(b"abc");
         // Write the new guest beside it and rename over: a reader never sees half a file.
@@ -217,11 +227,11 @@ fn sighup_and_watch_swap_from_the_command_line() {
         std::fs::copy(guest("upper"), &tmp).unwrap();
         std::fs::rename(&tmp, &file).unwrap();
         if mode == "sighup" {
-            assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+            assert!(Command::new("kill").args(["-HUP", &child.0.id().to_string()]).status().unwrap().success());
         }
-        wait_upper(&mut c);
-        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-        assert!(child.wait().unwrap().success());
+        wait_upper(&mut c, &log);
+        assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap().success());
+        assert!(child.0.wait().unwrap().success());
         let mut rest = Vec::new();
         c.stream.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "clean close after the swap");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hio_host::tls::{Certify, TlsVersion};
 use hio_tests::pki::{Pki, TlsClient};
-use hio_tests::{Client, TestServer, hio_python, host_binary, root};
+use hio_tests::{Client, KillOnDrop, TestServer, hio_python, host_binary, root};
 
 fn tls_server(guest: &str, pki: &Pki, tweak: impl FnOnce(&mut hio_host::tls::TlsConfig)) -> TestServer {
     let mut t = pki.server_config();
@@ -230,24 +230,26 @@ fn a_hundred_concurrent_tls_clients() {
 fn openssl_s_client_interoperates() {
     let pki = Pki::new("openssl");
     let server = tls_server("echo", &pki, |_| {});
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-quiet", "-verify_return_error", "-connect"])
-        .arg(server.addr.to_string())
-        .args(["-servername", "localhost", "-verify_hostname", "localhost", "-CAfile"])
-        .arg(&pki.ca)
-        .arg("-cert")
-        .arg(&pki.alice.0)
-        .arg("-key")
-        .arg(&pki.alice.1)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl is installed");
-    let mut stdin = child.stdin.take().unwrap();
+    let mut child = KillOnDrop(
+        Command::new("openssl")
+            .args(["s_client", "-quiet", "-verify_return_error", "-connect"])
+            .arg(server.addr.to_string())
+            .args(["-servername", "localhost", "-verify_hostname", "localhost", "-CAfile"])
+            .arg(&pki.ca)
+            .arg("-cert")
+            .arg(&pki.alice.0)
+            .arg("-key")
+            .arg(&pki.alice.1)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl is installed"),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
     stdin.write_all(b"hello from openssl\n").unwrap();
     stdin.flush().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
+    let mut stdout = child.0.stdout.take().unwrap();
     let mut got = vec![0u8; 19];
     let reader = std::thread::spawn(move || stdout.read_exact(&mut got).map(|_| got));
     let start = Instant::now();
@@ -257,8 +259,7 @@ fn openssl_s_client_interoperates() {
     }
     let got = reader.join().unwrap();
     drop(stdin);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(got.expect("read echo"), b"hello from openssl\n");
 }
 

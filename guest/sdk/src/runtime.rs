@@ -64,7 +64,7 @@ pub fn start<S: Service>(
 pub fn service(cycle: Cycle) -> Option<f64> {
     APP.with_borrow_mut(|app| {
         let App { server, service } = app.as_mut()?;
-        server.begin_cycle(cycle.tyme, cycle.ready);
+        server.begin_cycle(cycle.tyme, cycle.accepts, cycle.ready);
         service.recur(server);
         for ca in server.take_removed() {
             service.removed(&ca);

@@ -30,6 +30,8 @@ pub struct Server {
     ids: HashMap<u64, Ca>,
     tymers: TymerQueue,
     ready: Vec<Ca>,
+    /// The host said accepted connections are waiting (cycle.accepts).
+    accepts: bool,
     connected: Vec<Ca>,
     removed: Vec<Ca>,
 }
@@ -49,6 +51,7 @@ impl Server {
             ids: HashMap::new(),
             tymers: TymerQueue::default(),
             ready: Vec::new(),
+            accepts: true,
             connected: Vec::new(),
             removed: Vec::new(),
         }
@@ -62,8 +65,9 @@ impl Server {
         self.tymist.tyme()
     }
 
-    pub(crate) fn begin_cycle(&mut self, tyme: f64, ready: Vec<u64>) {
+    pub(crate) fn begin_cycle(&mut self, tyme: f64, accepts: bool, ready: Vec<u64>) {
         self.tymist.set(tyme);
+        self.accepts = accepts;
         for id in ready {
             if let Some(ca) = self.ids.get(&id) {
                 self.ready.push(ca.clone());
@@ -78,7 +82,12 @@ impl Server {
     }
 
     /// hio's `serviceAccepts`: take every connection the host accepted.
+    /// Costs no crossing in a cycle where the host said none are waiting.
     pub fn service_accepts(&mut self) -> usize {
+        if !self.accepts {
+            return 0;
+        }
+        self.accepts = false;
         match self.listener.accept_all() {
             Ok(all) => {
                 let n = all.len();
