@@ -18,6 +18,7 @@ pub mod tls;
 pub mod tyme;
 mod wirelog;
 
+pub use guest::Limits;
 pub use server::{Config, DEFAULT_TOCK, DEFAULT_TYMEOUT, Server, Stopper};
 pub use swap::{SwapOutcome, SwapReport, Swapper};
 pub use tyme::VirtualTyme;

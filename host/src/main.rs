@@ -69,6 +69,12 @@ struct RunArgs {
     /// ALPN protocols to offer, comma-separated, in preference order.
     #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "tls_cert")]
     alpn: Vec<String>,
+    /// Longest one call into the guest may run before it is stopped (and restarted).
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    deadline_ms: u64,
+    /// Largest linear memory a guest may grow to, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    guest_memory_mib: usize,
     /// Abort a TLS handshake not finished within this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = tls::DEFAULT_HANDSHAKE_TIMEOUT, allow_negative_numbers = true, requires = "tls_cert")]
     handshake_timeout: f64,
@@ -100,6 +106,10 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     config.bl = args.bl;
     config.wirelog = args.wirelog;
     config.watch = args.watch;
+    config.limits = hio_host::Limits {
+        deadline: std::time::Duration::from_millis(args.deadline_ms),
+        memory: args.guest_memory_mib.saturating_mul(1 << 20),
+    };
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         let mut tls = TlsConfig::new(cert, key);
         tls.client_ca = args.client_ca;

@@ -20,7 +20,7 @@ use wasmtime::component::Component;
 use crate::acceptor::{self, Acceptor};
 use crate::conn::Conn;
 use crate::core::Core;
-use crate::guest::{Cycle, Failed, Generation, GuestConfig, Runtime};
+use crate::guest::{Cycle, Failed, Generation, GuestConfig, Limits, Runtime};
 use crate::swap::{Loaded, SwapOutcome, SwapReport, Swapper, stamp};
 use crate::tls::TlsConfig;
 use crate::tyme::{Clock, VirtualTyme};
@@ -61,6 +61,8 @@ pub struct Config {
     pub watch: bool,
     /// Terminate TLS (hio's ServerTls) with this context.
     pub tls: Option<TlsConfig>,
+    /// What each guest instance may use.
+    pub limits: Limits,
 }
 
 /// Default idle timeout. hio's Server means 1.0 s (and by a bug really runs
@@ -82,6 +84,7 @@ impl Config {
             virtual_tyme: None,
             watch: false,
             tls: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -132,6 +135,9 @@ impl Server {
         if !(config.tymeout >= 0.0 && config.tymeout.is_finite()) {
             bail!("tymeout must be a finite number of seconds >= 0, not {}", config.tymeout);
         }
+        if config.limits.deadline.is_zero() || config.limits.memory < (1 << 20) {
+            bail!("guest limits too small: deadline must be > 0 and memory at least 1 MiB");
+        }
         if !(config.tock > 0.0 && config.tock.is_finite()) {
             bail!("tock must be a finite number of seconds > 0, not {}", config.tock);
         }
@@ -144,7 +150,7 @@ impl Server {
             }
             None => None,
         };
-        let runtime = Arc::new(Runtime::new()?);
+        let runtime = Arc::new(Runtime::new(config.limits.clone())?);
         let loaded_stamp = stamp(&config.guest);
         let component = runtime.load(&config.guest)?;
         let acceptor = Acceptor::open(config.ha, config.bs, config.bl)?;

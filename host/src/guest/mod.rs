@@ -9,8 +9,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use crate::core::Core;
 
@@ -38,11 +42,32 @@ pub struct ConnRef {
 /// A guest's listener handle: there is one listener per host.
 pub struct ListenerRef;
 
-/// A store's data: the guest's handle table and the host's core.
+/// A store's data: the guest's handle table, its limits, and the host's core.
 pub struct State {
     pub table: ResourceTable,
     pub core: Core,
+    limits: StoreLimits,
 }
+
+/// What one guest instance may use. A guest that exceeds a limit traps; the
+/// host restarts it and hands it every connection, so no byte is lost.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Longest one call into the guest (start, service, save) may run: a
+    /// guest cannot stall the event loop for longer.
+    pub deadline: Duration,
+    /// Largest linear memory, in bytes.
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { deadline: Duration::from_millis(100), memory: 64 << 20 }
+    }
+}
+
+/// How often the engine's epoch advances; deadlines are counted in these.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 impl State {
     fn conn_ref(&self, handle: &Resource<ConnRef>) -> Result<&ConnRef, WitError> {
@@ -68,16 +93,33 @@ fn address(a: SocketAddr) -> Address {
 pub struct Runtime {
     pub engine: Engine,
     linker: Linker<State>,
+    limits: Limits,
+    ticker: Arc<AtomicBool>,
 }
 
 impl Runtime {
-    pub fn new() -> Result<Runtime> {
+    pub fn new(limits: Limits) -> Result<Runtime> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
+        config.epoch_interruption(true);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         Server::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
-        Ok(Runtime { engine, linker })
+        let ticker = Arc::new(AtomicBool::new(true));
+        let (running, ticking) = (ticker.clone(), engine.clone());
+        std::thread::Builder::new().name("hio-epoch".into()).spawn(move || {
+            while running.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                ticking.increment_epoch();
+            }
+        })?;
+        Ok(Runtime { engine, linker, limits, ticker })
+    }
+
+    /// Epoch ticks a call may run: the deadline, rounded up, plus the tick
+    /// already under way.
+    fn deadline_ticks(&self) -> u64 {
+        self.limits.deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
     }
 
     /// Load and check a guest component from a file.
@@ -96,9 +138,21 @@ impl Runtime {
     /// Instantiate a component in a fresh store holding `core`. On failure
     /// the core comes back in the error, so nothing the host holds is lost.
     pub fn instantiate(&self, component: &Component, core: Core) -> Result<Generation, Box<Failed>> {
-        let mut store = Store::new(&self.engine, State { table: ResourceTable::new(), core });
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory)
+            .memories(4)
+            .tables(16)
+            .table_elements(1 << 20)
+            .instances(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.engine, State { table: ResourceTable::new(), core, limits });
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        let deadline = self.deadline_ticks();
+        store.set_epoch_deadline(deadline);
         match Server::instantiate(&mut store, component, &self.linker) {
-            Ok(bindings) => Ok(Generation { store, bindings }),
+            Ok(bindings) => Ok(Generation { store, bindings, deadline, limits: self.limits.clone() }),
             Err(e) => Err(Box::new(Failed {
                 error: anyhow!("guest does not fit the hio:tcp world: {e:#}"),
                 core: store.into_data().core,
@@ -131,10 +185,18 @@ pub struct Failed {
     pub core: Core,
 }
 
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker.store(false, Ordering::Relaxed);
+    }
+}
+
 /// One running guest instance and its store.
 pub struct Generation {
     pub store: Store<State>,
     bindings: Server,
+    deadline: u64,
+    limits: Limits,
 }
 
 impl Generation {
@@ -165,23 +227,35 @@ impl Generation {
             handles.push(state.new_remoter(id)?);
         }
         let listener = state.table.push(ListenerRef)?;
+        self.store.set_epoch_deadline(self.deadline);
         self.bindings
             .hio_tcp_guest()
             .call_start(&mut self.store, *config, listener, &handles, snapshot)
-            .map_err(|e| anyhow!("guest trapped in start: {e:#}"))?
+            .map_err(|e| self.trapped("start", e))?
             .map_err(|e| anyhow!("guest refused to start: {e}"))
     }
 
     /// The guest's state for its successor.
     pub fn save(&mut self) -> Result<Snapshot> {
-        self.bindings.hio_tcp_guest().call_save(&mut self.store).map_err(|e| anyhow!("guest trapped in save: {e:#}"))
+        self.store.set_epoch_deadline(self.deadline);
+        self.bindings.hio_tcp_guest().call_save(&mut self.store).map_err(|e| self.trapped("save", e))
     }
 
     /// One guest cycle; returns the tyme the guest wants its next cycle at.
     pub fn service(&mut self, cycle: &Cycle) -> Result<Option<f64>> {
-        self.bindings
-            .hio_tcp_guest()
-            .call_service(&mut self.store, cycle)
-            .map_err(|e| anyhow!("guest trapped in service: {e:#}"))
+        self.store.set_epoch_deadline(self.deadline);
+        self.bindings.hio_tcp_guest().call_service(&mut self.store, cycle).map_err(|e| self.trapped("service", e))
+    }
+
+    /// Name the cause of a trap plainly; the full trace follows.
+    fn trapped(&self, call: &str, e: wasmtime::Error) -> anyhow::Error {
+        let cause = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => format!("ran past its {} ms deadline", self.limits.deadline.as_millis()),
+            _ if format!("{e:#}").contains("memory") && format!("{e:#}").contains("grow") => {
+                format!("hit its memory limit of {} MiB", self.limits.memory >> 20)
+            }
+            _ => "trapped".to_string(),
+        };
+        anyhow!("guest {cause} in {call}: {e:#}")
     }
 }

@@ -1,0 +1,42 @@
+//! Untrusted guests: one that loops forever or allocates without end is
+//! stopped by its limits and restarted; the host, the other connections and
+//! their bytes are untouched.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use hio_tests::TestServer;
+
+fn misbehaves_on(word: &[u8]) {
+    let server = TestServer::start_with("evil", |c| {
+        c.limits.deadline = Duration::from_millis(50);
+        c.limits.memory = 16 << 20;
+    });
+    let mut a = server.connect();
+    a.echo(b"before");
+    // Bytes in flight on a bystander while the guest misbehaves.
+    let mut b = server.connect();
+    b.echo(b"b before");
+    let mut bad = server.connect();
+    bad.echo(b"harmless");
+    let start = Instant::now();
+    bad.send(word);
+    b.stream.write_all(b"b during").unwrap();
+    assert_eq!(bad.recv_to_end(), b"", "the offending connection is closed");
+    assert!(start.elapsed() < Duration::from_secs(5), "the guest stalled the host for {:?}", start.elapsed());
+    assert_eq!(b.recv_exact(8), b"b during", "a bystander's bytes survived");
+    for i in 0..10 {
+        a.echo(format!("a after {i}").as_bytes());
+    }
+    server.connect().echo(b"new connections too");
+}
+
+#[test]
+fn a_guest_that_loops_forever_is_stopped_at_its_deadline() {
+    misbehaves_on(b"spin");
+}
+
+#[test]
+fn a_guest_that_allocates_without_end_is_stopped_at_its_memory_limit() {
+    misbehaves_on(b"hog");
+}
