@@ -19,6 +19,6 @@ pub mod tyme;
 mod wirelog;
 
 pub use guest::Limits;
-pub use server::{Config, DEFAULT_TOCK, DEFAULT_TYMEOUT, Server, Stopper};
+pub use server::{Config, DEFAULT_MAX_CONNS, DEFAULT_TOCK, DEFAULT_TYMEOUT, Server, Stopper};
 pub use swap::{SwapOutcome, SwapReport, Swapper};
 pub use tyme::VirtualTyme;

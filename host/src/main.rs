@@ -69,6 +69,9 @@ struct RunArgs {
     /// ALPN protocols to offer, comma-separated, in preference order.
     #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "tls_cert")]
     alpn: Vec<String>,
+    /// Most connections held at once; beyond it new ones are closed at once.
+    #[arg(long, value_name = "N", default_value_t = hio_host::DEFAULT_MAX_CONNS)]
+    max_conns: usize,
     /// Longest one call into the guest may run before it is stopped (and restarted).
     #[arg(long, value_name = "MS", default_value_t = 100)]
     deadline_ms: u64,
@@ -106,6 +109,7 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     config.bl = args.bl;
     config.wirelog = args.wirelog;
     config.watch = args.watch;
+    config.max_conns = args.max_conns;
     config.limits = hio_host::Limits {
         deadline: std::time::Duration::from_millis(args.deadline_ms),
         memory: args.guest_memory_mib.saturating_mul(1 << 20),

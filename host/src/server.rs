@@ -63,6 +63,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// What each guest instance may use.
     pub limits: Limits,
+    /// Most connections held at once; more are accepted and closed at once.
+    pub max_conns: usize,
 }
 
 /// Default idle timeout. hio's Server means 1.0 s (and by a bug really runs
@@ -70,6 +72,8 @@ pub struct Config {
 /// cut off any client that pauses, so the default is 30 s.
 pub const DEFAULT_TYMEOUT: f64 = 30.0;
 pub const DEFAULT_TOCK: f64 = 1.0;
+/// Default connection cap: well under the usual 20k-65k descriptor limits.
+pub const DEFAULT_MAX_CONNS: usize = 10_000;
 
 impl Config {
     pub fn new(guest: impl Into<PathBuf>) -> Config {
@@ -85,6 +89,7 @@ impl Config {
             watch: false,
             tls: None,
             limits: Limits::default(),
+            max_conns: DEFAULT_MAX_CONNS,
         }
     }
 }
@@ -123,6 +128,9 @@ pub struct Server {
     waker: Arc<Waker>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     restarts: u32,
+    max_conns: usize,
+    /// Connections closed at once for being over `max_conns`.
+    refused: u64,
     /// Connections with news in the last cycle that crashed the guest.
     suspects: Vec<u64>,
     last_cycle: Instant,
@@ -195,6 +203,8 @@ impl Server {
             waker,
             signals: None,
             restarts: 0,
+            max_conns: config.max_conns,
+            refused: 0,
             suspects: Vec::new(),
             last_cycle: Instant::now(),
         })
@@ -325,6 +335,16 @@ impl Server {
         loop {
             match core.acceptor.listener.accept() {
                 Ok((mut sock, ca)) => {
+                    if core.conns.len() >= self.max_conns {
+                        // Full: a clean close now, so the peer is not left
+                        // hanging in the backlog.
+                        self.refused += 1;
+                        if self.refused.is_power_of_two() {
+                            tracing::warn!(%ca, max_conns = self.max_conns, refused = self.refused, "at --max-conns: closing new connection");
+                        }
+                        let _ = sock.shutdown(std::net::Shutdown::Both);
+                        continue;
+                    }
                     let id = core.next_id;
                     core.next_id += 1;
                     let ha = sock.local_addr().unwrap_or(core.acceptor.ha);

@@ -194,3 +194,29 @@ fn slow_reader_gets_all_eight_mebibytes() {
     assert!(got == data, "8 MiB came back altered");
     c.echo(b"and the connection still works");
 }
+
+#[test]
+fn connections_beyond_max_conns_are_closed_not_left_hanging() {
+    let server = TestServer::start_with("echo", |c| c.max_conns = 5);
+    let mut held: Vec<Client> = (0..5).map(|_| server.connect()).collect();
+    for c in &mut held {
+        c.echo(b"inside the cap");
+    }
+    // 300 more: each gets a clean end (or a reset) promptly, none an echo.
+    for _ in 0..300 {
+        let mut extra = server.connect();
+        let _ = extra.stream.write_all(b"let me in");
+        assert!(extra.closed_by_server(Duration::from_secs(5)), "an extra connection was left hanging");
+    }
+    for c in &mut held {
+        c.echo(b"the five are still served");
+    }
+    // Room again once one leaves.
+    drop(held.pop());
+    hio_tests::eventually("a freed place", || {
+        let mut c = server.connect();
+        let mut b = [0u8; 1];
+        c.stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        c.stream.write_all(b"x").is_ok() && matches!(std::io::Read::read(&mut c.stream, &mut b), Ok(1))
+    });
+}
