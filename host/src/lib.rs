@@ -18,7 +18,12 @@ pub mod tls;
 pub mod tyme;
 mod wirelog;
 
-pub use guest::Limits;
+pub use guest::{Check, Limits};
+
+/// Whether the component at `path` fits this host (`hio-host check`), without serving.
+pub fn check(path: &std::path::Path) -> anyhow::Result<Check> {
+    guest::Runtime::new(Limits::default(), guest::cache::default_dir())?.check(path)
+}
 pub use server::{Config, DEFAULT_MAX_CONNS, DEFAULT_TOCK, DEFAULT_TYMEOUT, Server, Stopper};
 pub use swap::{SwapOutcome, SwapReport, Swapper};
 pub use tyme::VirtualTyme;

@@ -17,6 +17,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Say whether GUEST fits this host (its imports and exports), without serving.
+    Check {
+        /// The guest component (.wasm).
+        guest: PathBuf,
+    },
     /// Open the listen socket and serve connections with GUEST's policy.
     /// SIGHUP re-reads GUEST and hot-swaps it in; SIGINT/SIGTERM close and exit.
     Run(RunArgs),
@@ -69,6 +74,10 @@ struct RunArgs {
     /// ALPN protocols to offer, comma-separated, in preference order.
     #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "tls_cert")]
     alpn: Vec<String>,
+    /// Compile the guest every time instead of using the compiled-guest cache
+    /// ($HIO_CACHE_DIR, else $XDG_CACHE_HOME/hio-host, else ~/.cache/hio-host).
+    #[arg(long)]
+    no_cache: bool,
     /// Most connections held at once; beyond it new ones are closed at once.
     #[arg(long, value_name = "N", default_value_t = hio_host::DEFAULT_MAX_CONNS)]
     max_conns: usize,
@@ -90,14 +99,31 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
-    let Cmd::Run(args) = cli.command;
-    match serve(args) {
+    let result = match cli.command {
+        Cmd::Run(args) => serve(args),
+        Cmd::Check { guest } => check(&guest),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hio-host: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn check(guest: &std::path::Path) -> anyhow::Result<()> {
+    let c = hio_host::check(guest)?;
+    println!("imports: {}", if c.imports.is_empty() { "(none)".into() } else { c.imports.join(", ") });
+    println!("exports: {}", if c.exports.is_empty() { "(none)".into() } else { c.exports.join(", ") });
+    if c.problems.is_empty() {
+        println!("{} fits the hio:tcp/server world", guest.display());
+        return Ok(());
+    }
+    for p in &c.problems {
+        println!("problem: {p}");
+    }
+    anyhow::bail!("{} does not fit the hio:tcp/server world", guest.display())
 }
 
 fn serve(args: RunArgs) -> anyhow::Result<()> {
@@ -110,6 +136,9 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     config.wirelog = args.wirelog;
     config.watch = args.watch;
     config.max_conns = args.max_conns;
+    if args.no_cache {
+        config.cache = None;
+    }
     config.limits = hio_host::Limits {
         deadline: std::time::Duration::from_millis(args.deadline_ms),
         memory: args.guest_memory_mib.saturating_mul(1 << 20),

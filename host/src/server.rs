@@ -20,6 +20,7 @@ use wasmtime::component::Component;
 use crate::acceptor::{self, Acceptor};
 use crate::conn::Conn;
 use crate::core::Core;
+use crate::guest::cache::Origin;
 use crate::guest::{Cycle, Failed, Generation, GuestConfig, Limits, Runtime};
 use crate::swap::{Loaded, SwapOutcome, SwapReport, Swapper, stamp};
 use crate::tls::TlsConfig;
@@ -65,6 +66,8 @@ pub struct Config {
     pub limits: Limits,
     /// Most connections held at once; more are accepted and closed at once.
     pub max_conns: usize,
+    /// Directory of compiled guests (`None`: compile every time).
+    pub cache: Option<PathBuf>,
 }
 
 /// Default idle timeout. hio's Server means 1.0 s (and by a bug really runs
@@ -90,6 +93,7 @@ impl Config {
             tls: None,
             limits: Limits::default(),
             max_conns: DEFAULT_MAX_CONNS,
+            cache: crate::guest::cache::default_dir(),
         }
     }
 }
@@ -158,9 +162,9 @@ impl Server {
             }
             None => None,
         };
-        let runtime = Arc::new(Runtime::new(config.limits.clone())?);
+        let runtime = Arc::new(Runtime::new(config.limits.clone(), config.cache.clone())?);
         let loaded_stamp = stamp(&config.guest);
-        let component = runtime.load(&config.guest)?;
+        let (component, origin) = runtime.load_from(&config.guest)?;
         let acceptor = Acceptor::open(config.ha, config.bs, config.bl)?;
         let poll = Poll::new().context("cannot create poller")?;
         let mut acceptor = acceptor;
@@ -179,7 +183,8 @@ impl Server {
         let guest_config = GuestConfig { tymeout: config.tymeout, bs: config.bs };
         let mut generation = runtime.launch(&component, core, &guest_config, None).map_err(|f| f.error)?;
         let ha = generation.core().acceptor.ha;
-        tracing::info!(%ha, eha = %generation.core().acceptor.eha(), guest = %config.guest.display(), "serving");
+        let code = if origin == Origin::Cached { "cached" } else { "compiled" };
+        tracing::info!(%ha, eha = %generation.core().acceptor.eha(), guest = %config.guest.display(), code = %code, "serving");
         let current = Arc::new(Mutex::new(config.guest.clone()));
         let (swapper, loaded) = Swapper::new(runtime.clone(), current, waker.clone());
         let stop = Arc::new(AtomicBool::new(false));

@@ -105,3 +105,52 @@ fn sigterm_closes_cleanly_and_exits_zero() {
     assert!(exit.success(), "exit status {exit}");
     assert_eq!(c.recv_to_end(), b"", "connection closed with a clean end");
 }
+
+#[test]
+fn check_says_whether_a_guest_fits() {
+    let out = Command::new(host_binary()).args(["check", guest("echo").to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("exports: hio:tcp/guest@0.1.0") && text.contains("fits the hio:tcp/server world"), "{text}");
+    let empty = std::env::temp_dir().join(format!("check-empty-{}.wasm", std::process::id()));
+    std::fs::write(&empty, b"\0asm\x0d\x00\x01\x00").unwrap();
+    let out = Command::new(host_binary()).args(["check", empty.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("problem: does not export hio:tcp/guest@0.1.0"), "{text}");
+    std::fs::remove_file(empty).unwrap();
+}
+
+/// Start the host with `HIO_CACHE_DIR=dir` and return its "serving" log line.
+fn serving_line(dir: &std::path::Path) -> String {
+    let mut child = KillOnDrop(
+        Command::new(host_binary())
+            .args(["run", guest("lines").to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .env("HIO_CACHE_DIR", dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("serving") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "host exited before serving");
+    }
+    line
+}
+
+#[test]
+fn second_start_maps_the_compiled_guest_from_the_cache() {
+    let dir = std::env::temp_dir().join(format!("hio-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(serving_line(&dir).contains("code=compiled"));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "one cache entry");
+    assert!(serving_line(&dir).contains("code=cached"));
+    // A damaged entry is recompiled, not trusted.
+    let entry = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&entry, b"garbage").unwrap();
+    assert!(serving_line(&dir).contains("code=compiled"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -2,11 +2,12 @@
 //! state, and loading and starting guest components.
 
 mod acceptor;
+pub mod cache;
 mod host;
 mod remoter;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use std::sync::Arc;
@@ -95,10 +96,11 @@ pub struct Runtime {
     linker: Linker<State>,
     limits: Limits,
     ticker: Arc<AtomicBool>,
+    cache: Option<PathBuf>,
 }
 
 impl Runtime {
-    pub fn new(limits: Limits) -> Result<Runtime> {
+    pub fn new(limits: Limits, cache: Option<PathBuf>) -> Result<Runtime> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -113,7 +115,7 @@ impl Runtime {
                 ticking.increment_epoch();
             }
         })?;
-        Ok(Runtime { engine, linker, limits, ticker })
+        Ok(Runtime { engine, linker, limits, ticker, cache })
     }
 
     /// Epoch ticks a call may run: the deadline, rounded up, plus the tick
@@ -124,15 +126,52 @@ impl Runtime {
 
     /// Load and check a guest component from a file.
     pub fn load(&self, path: &Path) -> Result<Component> {
+        Ok(self.load_from(path)?.0)
+    }
+
+    /// Load a guest (compiled, or from the cache) and check it fits: the
+    /// imports it asks for against the host's, its exports against the
+    /// `hio:tcp/server` world. A guest that does not fit fails here, at load.
+    pub fn load_from(&self, path: &Path) -> Result<(Component, cache::Origin)> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read guest {}", path.display()))?;
-        let component = Component::new(&self.engine, &bytes)
+        let (component, origin) = cache::component(&self.engine, &bytes, self.cache.as_deref())
             .map_err(|e| anyhow!("{} is not a valid wasm component: {e:#}", path.display()))?;
-        // Instantiability is checked here, against the host's imports, so a
-        // guest asking for something the host does not give fails at load.
-        self.linker
+        let pre = self
+            .linker
             .instantiate_pre(&component)
             .map_err(|e| anyhow!("{} does not fit the hio:tcp host: {e:#}", path.display()))?;
-        Ok(component)
+        ServerPre::new(pre).map_err(|e| anyhow!("{} does not fit the hio:tcp host: {e:#}", path.display()))?;
+        Ok((component, origin))
+    }
+
+    /// What a component imports and exports, and why it does not fit this
+    /// host, if it does not (`hio-host check`).
+    pub fn check(&self, path: &Path) -> Result<Check> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read guest {}", path.display()))?;
+        let (component, _) = cache::component(&self.engine, &bytes, self.cache.as_deref())
+            .map_err(|e| anyhow!("{} is not a valid wasm component: {e:#}", path.display()))?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let mut problems: Vec<String> = imports
+            .iter()
+            .filter(|i| !PROVIDED.contains(&i.as_str()))
+            .map(|i| format!("imports {i}, which this host does not provide"))
+            .collect();
+        if !exports.iter().any(|e| e == GUEST_EXPORT) {
+            problems.push(format!("does not export {GUEST_EXPORT} (start, service, save)"));
+        }
+        if problems.is_empty() {
+            match self.linker.instantiate_pre(&component) {
+                Err(e) => problems.push(format!("{e:#}")),
+                Ok(pre) => {
+                    if let Err(e) = ServerPre::new(pre) {
+                        problems.push(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        Ok(Check { imports, exports, problems })
     }
 
     /// Instantiate a component in a fresh store holding `core`. On failure
@@ -177,6 +216,20 @@ impl Runtime {
             Err(error) => Err(Box::new(Failed { error, core: generation.into_core() })),
         }
     }
+}
+
+/// Interfaces this host gives guests, and the one it needs from them.
+const PROVIDED: &[&str] =
+    &["hio:tcp/types@0.1.0", "hio:tcp/host@0.1.0", "hio:tcp/acceptor@0.1.0", "hio:tcp/remoter@0.1.0"];
+const GUEST_EXPORT: &str = "hio:tcp/guest@0.1.0";
+
+/// What `hio-host check` found.
+#[derive(Debug)]
+pub struct Check {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// Empty when the component fits.
+    pub problems: Vec<String>,
 }
 
 /// A failed instantiation and the core it was given.
