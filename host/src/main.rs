@@ -24,7 +24,7 @@ enum Cmd {
     },
     /// Open the listen socket and serve connections with GUEST's policy.
     /// SIGHUP re-reads GUEST and hot-swaps it in; SIGINT/SIGTERM close and exit.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Parser)]
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Run(args) => serve(args),
+        Cmd::Run(args) => serve(*args),
         Cmd::Check { guest } => check(&guest),
     };
     match result {
