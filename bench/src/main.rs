@@ -3,6 +3,9 @@
 //!   hio-bench echo [--scenarios a,b,c,d,e] [--seconds 5]
 //!   hio-bench swap [--conns 100,1000,10000] [--swaps 30]
 //!   hio-bench swap-memory [--swaps 1000] [--conns 100]
+//!   hio-bench startup                        (launch to serving, first and cached)
+//!   hio-bench load --addr ADDR [--conns 100] [--size 1024] [--inflight 4] [--seconds 5]
+//!                                            (drive any echo server, e.g. while profiling it)
 //!   hio-bench native-echo [--listen ADDR]     (the baseline server itself)
 //!
 //! echo: the same scenarios against a minimal native mio echo server and
@@ -54,6 +57,27 @@ fn main() -> Result<()> {
                     us(*p.last().unwrap())
                 );
             }
+            Ok(())
+        }
+        Some("startup") => startup(),
+        Some("load") => {
+            let addr: SocketAddr = flag("--addr").context("load needs --addr HOST:PORT")?.parse()?;
+            let num = |name: &str, default: &str| flag(name).unwrap_or_else(|| default.into()).parse::<usize>();
+            let load = load::Load {
+                conns: num("--conns", "100")?,
+                size: num("--size", "1024")?,
+                inflight: num("--inflight", "4")?,
+                warmup: Duration::from_secs(1),
+                duration: Duration::from_secs(num("--seconds", "5")? as u64),
+            };
+            let out = load.run(addr)?;
+            println!(
+                "{:.0} msgs/s, p50 {:.0} µs, p99 {:.0} µs, {} errors",
+                out.msgs as f64 / out.seconds,
+                out.pct(50.0),
+                out.pct(99.0),
+                out.errors
+            );
             Ok(())
         }
         Some("swap-memory") => {
@@ -166,6 +190,37 @@ fn echo_once(c: &mut TcpStream, msg: &[u8]) -> Result<Vec<u8>> {
     let mut got = vec![0; msg.len()];
     c.read_exact(&mut got)?;
     Ok(got)
+}
+
+/// Time from launching `hio-host run echo.wasm` to its "serving" line: the
+/// first start compiles the guest, later ones map it from the cache.
+fn startup() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("hio-bench-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut times = Vec::new();
+    for _ in 0..11 {
+        let mut cmd = Command::new(root().join("target/release/hio-host"));
+        cmd.args([
+            "run",
+            root().join("target/wasm/echo.wasm").to_str().context("utf-8 path")?,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("HIO_CACHE_DIR", &dir);
+        let start = std::time::Instant::now();
+        let host = Host::start(cmd)?;
+        times.push(start.elapsed());
+        drop(host);
+    }
+    std::fs::remove_dir_all(&dir)?;
+    let first = times.remove(0);
+    times.sort();
+    println!("| start | launch to serving |");
+    println!("| --- | ---: |");
+    println!("| first (compiles echo.wasm) | {:.1} ms |", first.as_secs_f64() * 1e3);
+    println!("| later, cached (p50 of 10) | {:.1} ms |", times[times.len() / 2].as_secs_f64() * 1e3);
+    println!("| later, cached (max of 10) | {:.1} ms |", times[times.len() - 1].as_secs_f64() * 1e3);
+    Ok(())
 }
 
 /// The host's resident set in KiB.
