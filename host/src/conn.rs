@@ -22,6 +22,10 @@ pub const RX_HIGH_WATER: usize = 1 << 20;
 /// mark this bounds what one connection holds, and TCP pushes back on the peer.
 pub const TX_HIGH_WATER: usize = 1 << 20;
 
+/// Most bytes a guest may have queued on one connection: a policy that
+/// writes faster than its peer reads is told `full`, not given memory.
+pub const TX_CAP: usize = 8 << 20;
+
 /// What a read pass found worth telling the guest.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReadOutcome {
@@ -318,6 +322,11 @@ impl Conn {
     /// Whether queuing is still allowed.
     pub fn accepts_tx(&self) -> bool {
         !self.closing && !self.fin_wanted
+    }
+
+    /// Whether `more` bytes fit under the queue's cap.
+    pub fn has_room(&self, more: usize) -> bool {
+        self.queued() as usize + more <= TX_CAP
     }
 
     pub fn queue(&mut self, data: Vec<u8>) {

@@ -40,3 +40,24 @@ fn a_guest_that_loops_forever_is_stopped_at_its_deadline() {
 fn a_guest_that_allocates_without_end_is_stopped_at_its_memory_limit() {
     misbehaves_on(b"hog");
 }
+
+#[test]
+fn a_guest_cannot_queue_without_end_to_a_peer_that_does_not_read() {
+    let server = TestServer::start("evil");
+    let mut a = server.connect();
+    a.echo(b"before");
+    let mut flooded = server.connect();
+    flooded.send(b"flood");
+    let mut reporter = server.connect();
+    hio_tests::eventually("the flood to be refused", || {
+        reporter.send(b"report");
+        let line = reporter.recv_line();
+        line != "no flood yet\n"
+    });
+    reporter.send(b"report");
+    assert_eq!(reporter.recv_line(), "8 MiB queued, then: send queue full\n");
+    a.echo(b"others are still served");
+    // What was queued is delivered whole once the peer reads.
+    let got = flooded.recv_exact(8 << 20);
+    assert!(got.iter().all(|&b| b == b'f'));
+}

@@ -54,6 +54,8 @@ pub enum Error {
     Closed,
     /// The host's socket operation failed.
     Io(String),
+    /// The connection's send queue is at its cap: the peer is not reading.
+    Full,
 }
 
 impl std::fmt::Display for Error {
@@ -62,6 +64,7 @@ impl std::fmt::Display for Error {
             Error::InvalidCa(ca) => write!(f, "Invalid connection address '{ca}'"),
             Error::Closed => write!(f, "connection closed"),
             Error::Io(e) => write!(f, "{e}"),
+            Error::Full => write!(f, "send queue full"),
         }
     }
 }
@@ -73,6 +76,7 @@ impl From<WitError> for Error {
         match e {
             WitError::Closed => Error::Closed,
             WitError::Io(s) => Error::Io(s),
+            WitError::Full => Error::Full,
         }
     }
 }

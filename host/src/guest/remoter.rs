@@ -94,6 +94,9 @@ impl HostRemoter for State {
         if !c.accepts_tx() {
             return Err(Error::Closed);
         }
+        if !c.has_room(data.len()) {
+            return Err(Error::Full);
+        }
         c.queue(data);
         self.core.mark_dirty(id);
         Ok(())

@@ -1,5 +1,7 @@
 //! A test guest that misbehaves on demand and echoes everything else:
-//! "spin" loops forever; "hog" allocates memory without end.
+//! "spin" loops forever; "hog" allocates memory without end; "flood" tries
+//! to queue 100 MiB to a peer that does not read, then reports on another
+//! connection ("report") how much the host took before saying full.
 
 use std::cell::RefCell;
 
@@ -9,11 +11,14 @@ thread_local! {
     static HOARD: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-struct Evil;
+#[derive(Default)]
+struct Evil {
+    flooded: Option<String>,
+}
 
 impl Service for Evil {
     fn new(_: &mut Server) -> Self {
-        Evil
+        Evil::default()
     }
 
     fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
@@ -27,6 +32,27 @@ impl Service for Evil {
             loop {
                 HOARD.with_borrow_mut(|h| h.push(std::hint::black_box(vec![1u8; 1 << 20])));
             }
+        }
+        if ix.rxbs.windows(5).any(|w| w == b"flood") {
+            ix.clear_rxbs()?;
+            let chunk = vec![b'f'; 1 << 20];
+            let mut queued = 0;
+            let outcome = loop {
+                if queued == 100 {
+                    break "all 100 MiB queued".to_string();
+                }
+                match ix.tx(&chunk) {
+                    Ok(()) => queued += 1,
+                    Err(e) => break format!("{queued} MiB queued, then: {e}"),
+                }
+            };
+            self.flooded = Some(outcome);
+            return Ok(());
+        }
+        if ix.rxbs.windows(6).any(|w| w == b"report") {
+            ix.clear_rxbs()?;
+            let line = format!("{}\n", self.flooded.as_deref().unwrap_or("no flood yet"));
+            return ix.tx(line.as_bytes());
         }
         ix.echo_rxbs()
     }
