@@ -8,7 +8,8 @@
 //!
 //! Guests build with rustup's wasm32 target when it is installed, and
 //! otherwise with Debian's rustc-web (see ../shared/notes/wasm-toolchain.md),
-//! whose packages are installed here when missing.
+//! whose packages are installed here when missing. Python guests
+//! (guest/NAME/app.py) build with componentize-py from a venv in target/pyenv.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,8 +21,8 @@ const DEBIAN_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "ll
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_WASM_LD: &str = "/usr/lib/llvm-22/bin/wasm-ld";
-/// The real hio, as a peer for interop tests.
-const HIO_PIP: &str = "hio==0.6.10";
+/// The real hio, as a peer for interop tests, and the builder of Python guests.
+const PIP_PACKAGES: &[&str] = &["hio==0.6.10", "componentize-py==0.25.*"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -143,7 +144,7 @@ fn build_guests(root: &Path) -> Result<()> {
         std::fs::write(&dest, component)?;
         eprintln!("xtask: guest component {}", dest.display());
     }
-    Ok(())
+    build_python_guests(root, &out)
 }
 
 /// Guest crates: cdylib packages under guest/ and tests/guests/.
@@ -208,11 +209,54 @@ fn is_root() -> bool {
 fn python_env(root: &Path) -> Result<PathBuf> {
     let venv = root.join("target/pyenv");
     let python = venv.join("bin/python");
-    let ready = venv.join(".hio-installed");
-    if !ready.exists() {
-        status(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        status(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", HIO_PIP]))?;
-        std::fs::write(&ready, HIO_PIP)?;
+    let ready = venv.join(".installed");
+    let want = PIP_PACKAGES.join("\n");
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(want.as_str()) {
+        if !python.exists() {
+            status(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        status(
+            Command::new(&python)
+                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+                .args(PIP_PACKAGES),
+        )?;
+        std::fs::write(&ready, want)?;
     }
     Ok(python)
+}
+
+/// Python guests: guest/NAME/app.py becomes target/wasm/NAME.wasm with
+/// componentize-py (rebuilt when app.py or the WIT is newer).
+fn build_python_guests(root: &Path, out: &Path) -> Result<()> {
+    let mut apps = Vec::new();
+    for entry in std::fs::read_dir(root.join("guest"))? {
+        let dir = entry?.path();
+        if dir.join("app.py").exists() {
+            apps.push(dir);
+        }
+    }
+    if apps.is_empty() {
+        return Ok(());
+    }
+    python_env(root)?;
+    let tool = root.join("target/pyenv/bin/componentize-py");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let wit_time = modified(&root.join("wit/hio.wit"));
+    for dir in apps {
+        let name = dir.file_name().and_then(|n| n.to_str()).context("guest directory name")?.to_string();
+        let dest = out.join(format!("{name}.wasm"));
+        let fresh = modified(&dest).is_some_and(|d| Some(d) > modified(&dir.join("app.py")) && Some(d) > wit_time);
+        if !fresh {
+            status(
+                Command::new(&tool)
+                    .current_dir(root)
+                    .args(["-d", "wit", "-w", "server", "componentize", "app", "-p"])
+                    .arg(&dir)
+                    .arg("-o")
+                    .arg(&dest),
+            )?;
+        }
+        eprintln!("xtask: guest component {}", dest.display());
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@ mod acceptor;
 pub mod cache;
 mod host;
 mod remoter;
+mod wasi;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ pub struct State {
     pub table: ResourceTable,
     pub core: Core,
     limits: StoreLimits,
+    wasi: wasmtime_wasi::WasiCtx,
 }
 
 /// What one guest instance may use. A guest that exceeds a limit traps; the
@@ -107,6 +109,8 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         Server::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        // For guests built against WASI (other languages): nothing granted.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         let ticker = Arc::new(AtomicBool::new(true));
         let (running, ticking) = (ticker.clone(), engine.clone());
         std::thread::Builder::new().name("hio-epoch".into()).spawn(move || {
@@ -155,7 +159,7 @@ impl Runtime {
         let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let mut problems: Vec<String> = imports
             .iter()
-            .filter(|i| !PROVIDED.contains(&i.as_str()))
+            .filter(|i| !PROVIDED.contains(&i.as_str()) && !i.starts_with("wasi:"))
             .map(|i| format!("imports {i}, which this host does not provide"))
             .collect();
         if !exports.iter().any(|e| e == GUEST_EXPORT) {
@@ -185,7 +189,8 @@ impl Runtime {
             .instances(16)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, State { table: ResourceTable::new(), core, limits });
+        let mut store =
+            Store::new(&self.engine, State { table: ResourceTable::new(), core, limits, wasi: wasi::context() });
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         let deadline = self.deadline_ticks();
@@ -218,7 +223,8 @@ impl Runtime {
     }
 }
 
-/// Interfaces this host gives guests, and the one it needs from them.
+/// Interfaces this host gives guests (besides WASI 0.2, linked with nothing
+/// granted; `instantiate_pre` checks those), and the one it needs from them.
 const PROVIDED: &[&str] =
     &["hio:tcp/types@0.1.0", "hio:tcp/host@0.1.0", "hio:tcp/acceptor@0.1.0", "hio:tcp/remoter@0.1.0"];
 const GUEST_EXPORT: &str = "hio:tcp/guest@0.1.0";

@@ -1,0 +1,45 @@
+//! A guest in another language: Python, built with componentize-py, on WASI
+//! with nothing granted. It serves like the Rust echo guest.
+
+use std::io::Write;
+use std::net::Shutdown;
+
+use hio_tests::{Client, PATIENCE, TestServer, guest};
+
+#[test]
+fn the_python_guest_echoes_like_the_rust_one() {
+    let server = TestServer::start("python-echo");
+    let mut clients: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    for round in 0..10 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send(format!("client {i} round {round}|").as_bytes());
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let want = format!("client {i} round {round}|");
+            assert_eq!(c.recv_exact(want.len()), want.as_bytes());
+        }
+    }
+    let mut big = server.connect();
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 241) as u8).collect();
+    let mut writer = big.stream.try_clone().unwrap();
+    let sent = data.clone();
+    let t = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    assert!(big.recv_exact(data.len()) == data, "1 MiB through the Python guest");
+    t.join().unwrap();
+    big.stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(big.recv_to_end(), b"", "half-close ends cleanly");
+}
+
+#[test]
+fn rust_and_python_guests_swap_under_a_live_connection() {
+    let server = TestServer::start("echo");
+    let mut c = server.connect();
+    c.echo(b"rust");
+    for name in ["python-echo", "upper", "python-echo"] {
+        let report = server.swapper().swap(Some(guest(name))).recv_timeout(PATIENCE * 6).unwrap().unwrap();
+        assert_eq!(report.connections, 1);
+        c.send(b"after swap");
+        let want: &[u8] = if name == "upper" { b"AFTER SWAP" } else { b"after swap" };
+        assert_eq!(c.recv_exact(10), want);
+    }
+}
