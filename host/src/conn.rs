@@ -182,13 +182,7 @@ impl Conn {
                     out.new_cutoff = true;
                     break;
                 }
-                Ok(n) => {
-                    self.rx.extend_from_slice(&scratch[..n]);
-                    if let Some(wl) = wl.as_deref_mut() {
-                        wl.rx(self.ca, &scratch[..n]);
-                    }
-                    out.bytes += n;
-                }
+                Ok(n) => out.bytes += keep(&mut self.rx, self.ca, wl.as_deref_mut(), &scratch[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -247,13 +241,7 @@ impl Conn {
                         out.new_cutoff = true;
                         return out;
                     }
-                    Ok(n) => {
-                        self.rx.extend_from_slice(&scratch[..n]);
-                        if let Some(wl) = wl.as_deref_mut() {
-                            wl.rx(self.ca, &scratch[..n]);
-                        }
-                        out.bytes += n;
-                    }
+                    Ok(n) => out.bytes += keep(&mut self.rx, self.ca, wl.as_deref_mut(), &scratch[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(_) => break,
                 }
@@ -506,6 +494,15 @@ impl Conn {
             Interest::READABLE
         }
     }
+}
+
+/// Keep bytes that arrived for the guest, and wire-log them; returns how many.
+fn keep(rx: &mut Vec<u8>, ca: SocketAddr, wl: Option<&mut WireLog>, bytes: &[u8]) -> usize {
+    rx.extend_from_slice(bytes);
+    if let Some(wl) = wl {
+        wl.rx(ca, bytes);
+    }
+    bytes.len()
 }
 
 /// One write: WouldBlock is 0 bytes.

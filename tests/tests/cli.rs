@@ -26,21 +26,23 @@ fn missing_guest_file() {
     fails_with(&["run", "/nonexistent/guest.wasm", "--listen", "127.0.0.1:0"], "cannot read guest");
 }
 
+/// Serving a guest file with these contents fails with `needle`.
+fn guest_file_fails_with(name: &str, contents: &[u8], needle: &str) {
+    let path = std::env::temp_dir().join(format!("{name}-{}.wasm", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    fails_with(&["run", path.to_str().unwrap(), "--listen", "127.0.0.1:0"], needle);
+    std::fs::remove_file(path).unwrap();
+}
+
 #[test]
 fn file_that_is_not_a_component() {
-    let path = std::env::temp_dir().join(format!("not-wasm-{}.wasm", std::process::id()));
-    std::fs::write(&path, b"this is not wasm").unwrap();
-    fails_with(&["run", path.to_str().unwrap(), "--listen", "127.0.0.1:0"], "not a valid wasm component");
-    std::fs::remove_file(path).unwrap();
+    guest_file_fails_with("not-wasm", b"this is not wasm", "not a valid wasm component");
 }
 
 #[test]
 fn component_without_the_guest_exports() {
     // The smallest valid component: a header and nothing in it.
-    let path = std::env::temp_dir().join(format!("empty-{}.wasm", std::process::id()));
-    std::fs::write(&path, b"\0asm\x0d\x00\x01\x00").unwrap();
-    fails_with(&["run", path.to_str().unwrap(), "--listen", "127.0.0.1:0"], "does not fit");
-    std::fs::remove_file(path).unwrap();
+    guest_file_fails_with("empty", b"\0asm\x0d\x00\x01\x00", "does not fit");
 }
 
 #[test]
