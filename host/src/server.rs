@@ -118,6 +118,8 @@ impl Stopper {
 pub struct Server {
     poll: Poll,
     events: Events,
+    /// Connections with readiness this pass (kept to reuse its allocation).
+    touched: Vec<(u64, bool, bool)>,
     scratch: Vec<u8>,
     runtime: Arc<Runtime>,
     component: Component,
@@ -194,6 +196,7 @@ impl Server {
         Ok(Server {
             poll,
             events: Events::with_capacity(1024),
+            touched: Vec::with_capacity(1024),
             scratch: vec![0; SCRATCH],
             runtime,
             component,
@@ -270,7 +273,7 @@ impl Server {
             return Err(e).context("poll failed");
         }
         let mut accept = false;
-        let mut touched = Vec::new();
+        let mut touched = std::mem::take(&mut self.touched);
         for ev in self.events.iter() {
             match ev.token() {
                 LISTENER => accept = true,
@@ -295,9 +298,11 @@ impl Server {
         }
         let new_accepts = accept && self.accept_all() > 0;
         self.expire_handshakes();
-        for (id, readable, writable) in touched {
+        for &(id, readable, writable) in &touched {
             self.serve_io(id, readable, writable);
         }
+        touched.clear();
+        self.touched = touched;
         self.cycle(new_accepts)?;
         while let Ok(loaded) = self.loaded.try_recv() {
             self.install(loaded)?;
