@@ -61,3 +61,27 @@ fn a_guest_cannot_queue_without_end_to_a_peer_that_does_not_read() {
     let got = flooded.recv_exact(8 << 20);
     assert!(got.iter().all(|&b| b == b'f'));
 }
+
+#[test]
+fn a_guest_that_forges_handles_is_refused_without_harm() {
+    misbehaves_on(b"forge");
+}
+
+#[test]
+fn a_guest_that_traps_in_start_never_replaces_a_working_one() {
+    // As the first guest: a clear startup error, no server.
+    let mut config = hio_tests::Config::new(hio_tests::guest("badstart"));
+    config.ha = "127.0.0.1:0".parse().unwrap();
+    let err = match TestServer::try_start(config) {
+        Ok(_) => panic!("a guest that traps in start was served"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("trapped in start"), "{err}");
+    // As a swap: refused, the old guest keeps serving.
+    let server = TestServer::start("echo");
+    let mut c = server.connect();
+    c.echo(b"before");
+    let outcome = server.swapper().swap(Some(hio_tests::guest("badstart"))).recv_timeout(hio_tests::PATIENCE).unwrap();
+    assert!(outcome.expect_err("swapped to a guest that cannot start").contains("trapped in start"));
+    c.echo(b"old guest still serving");
+}

@@ -1,7 +1,8 @@
 //! A test guest that misbehaves on demand and echoes everything else:
 //! "spin" loops forever; "hog" allocates memory without end; "flood" tries
 //! to queue 100 MiB to a peer that does not read, then reports on another
-//! connection ("report") how much the host took before saying full.
+//! connection ("report") how much the host took before saying full;
+//! "forge" calls the host with a made-up remoter handle.
 
 use std::cell::RefCell;
 
@@ -32,6 +33,12 @@ impl Service for Evil {
             loop {
                 HOARD.with_borrow_mut(|h| h.push(std::hint::black_box(vec![1u8; 1 << 20])));
             }
+        }
+        if ix.rxbs.windows(5).any(|w| w == b"forge") {
+            // SAFETY: deliberately unsound; the host must refuse it without harm.
+            let forged = unsafe { hio_guest::bindings::hio::tcp::remoter::Remoter::from_handle(0x7fff_0001) };
+            let _ = forged.tx(b"stolen");
+            std::mem::forget(forged);
         }
         if ix.rxbs.windows(5).any(|w| w == b"flood") {
             ix.clear_rxbs()?;
