@@ -6,7 +6,9 @@
 //!   hio-bench startup                        (launch to serving, first and cached)
 //!   hio-bench load --addr ADDR [--conns 100] [--size 1024] [--inflight 4] [--seconds 5]
 //!                                            (drive any echo server, e.g. while profiling it)
-//!   hio-bench native-echo [--listen ADDR]     (the baseline server itself)
+//!   hio-bench tls [--seconds 5]              (TLS echo and handshakes/s)
+//!   hio-bench native-echo [--listen ADDR] [--tls-cert PEM --tls-key PEM]
+//!                                            (the baseline server itself)
 //!
 //! echo: the same scenarios against a minimal native mio echo server and
 //! against `hio-host run echo.wasm`, side by side; see BENCHMARKS.md.
@@ -28,12 +30,23 @@ use anyhow::{Context, Result, bail};
 mod echo;
 mod load;
 mod native;
+mod tls;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     match args.first().map(String::as_str) {
-        Some("native-echo") => native::serve(flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into()).parse()?),
+        Some("native-echo") => {
+            let addr = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into()).parse()?;
+            match (flag("--tls-cert"), flag("--tls-key")) {
+                (Some(cert), Some(key)) => {
+                    let certs = tls::Certs::from_files(cert.into(), key.into());
+                    native::serve_tls(addr, certs.server_config()?)
+                }
+                _ => native::serve(addr),
+            }
+        }
+        Some("tls") => tls::run(flag("--seconds").unwrap_or_else(|| "5".into()).parse()?),
         Some("echo") => {
             let scenarios = flag("--scenarios").unwrap_or_else(|| "a,b,c,d,e".into());
             let seconds: f64 = flag("--seconds").unwrap_or_else(|| "5".into()).parse()?;

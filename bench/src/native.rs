@@ -80,3 +80,75 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
         }
     }
 }
+
+/// The TLS baseline: the same loop with a rustls session per connection
+/// (one context for all, as the host builds it), like rustls' tlsserver-mio.
+pub fn serve_tls(addr: SocketAddr, config: std::sync::Arc<rustls::ServerConfig>) -> Result<()> {
+    let mut poll = Poll::new()?;
+    let mut listener = TcpListener::bind(addr)?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    eprintln!("native TLS echo listening ha={}", listener.local_addr()?);
+    let mut conns: HashMap<usize, (TcpStream, rustls::ServerConnection, Interest)> = HashMap::new();
+    let mut next = 1usize;
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        poll.poll(&mut events, None)?;
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                while let Ok((mut sock, _)) = listener.accept() {
+                    sock.set_nodelay(true)?;
+                    poll.registry().register(&mut sock, Token(next), Interest::READABLE)?;
+                    conns.insert(next, (sock, rustls::ServerConnection::new(config.clone())?, Interest::READABLE));
+                    next += 1;
+                }
+                continue;
+            }
+            let id = ev.token().0;
+            let Some((sock, tls, interest)) = conns.get_mut(&id) else { continue };
+            let mut dead = false;
+            loop {
+                match tls.read_tls(sock) {
+                    Ok(0) => {
+                        dead = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        dead = true;
+                        break;
+                    }
+                }
+                if tls.process_new_packets().is_err() {
+                    dead = true;
+                    break;
+                }
+                while let Ok(n) = tls.reader().read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let _ = tls.writer().write_all(&buf[..n]);
+                }
+            }
+            while tls.wants_write() {
+                match tls.write_tls(sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        dead = true;
+                        break;
+                    }
+                }
+            }
+            let want = if tls.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if !dead && want != *interest {
+                poll.registry().reregister(sock, Token(id), want)?;
+                *interest = want;
+            }
+            if dead {
+                conns.remove(&id);
+            }
+        }
+    }
+}

@@ -73,6 +73,7 @@ fn run(args: &[String]) -> Result<()> {
             let bench = root.join("target/release/hio-bench");
             if rest.is_empty() {
                 status(Command::new(&bench).arg("echo"))?;
+                status(Command::new(&bench).arg("tls"))?;
                 status(Command::new(&bench).arg("startup"))?;
                 status(Command::new(&bench).arg("swap"))?;
                 status(Command::new(&bench).arg("swap-memory"))
