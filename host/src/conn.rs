@@ -11,16 +11,19 @@ use std::net::{Shutdown, SocketAddr};
 use mio::Interest;
 use mio::net::TcpStream;
 
+use crate::budget::Budget;
 use crate::tls::{PeerInfo, peer_info};
 use crate::wirelog::WireLog;
 
 /// Stop reading from a peer once this many received bytes wait for the
-/// guest; reading resumes as the guest consumes them.
-pub const RX_HIGH_WATER: usize = 1 << 20;
+/// guest; reading resumes as the guest consumes them. (Four times the
+/// in-flight window of the bandwidth benchmark; the kernel's socket buffers
+/// hold more behind it.)
+pub const RX_HIGH_WATER: usize = 256 << 10;
 /// Stop reading from a peer once this many bytes queued for it are unsent
 /// (it does not read its replies); resume as the queue drains. With the rx
 /// mark this bounds what one connection holds, and TCP pushes back on the peer.
-pub const TX_HIGH_WATER: usize = 1 << 20;
+pub const TX_HIGH_WATER: usize = 256 << 10;
 
 /// Most bytes a guest may have queued on one connection: a policy that
 /// writes faster than its peer reads is told `full`, not given memory.
@@ -33,6 +36,16 @@ pub struct ReadOutcome {
     pub new_cutoff: bool,
     /// A TLS handshake finished or was aborted.
     pub tls_changed: bool,
+}
+
+/// What taking plaintext out of rustls ended with.
+enum Plaintext {
+    /// Nothing more decrypted for now.
+    Drained,
+    /// rx is at its mark; the rest waits in rustls.
+    Full,
+    /// The peer's close_notify.
+    Closed,
 }
 
 /// Where a TLS connection stands (hio's cxes -> ixes promotion).
@@ -78,6 +91,11 @@ pub struct Conn {
     /// A guest holds a handle to it (it left the axes).
     pub adopted: bool,
     pub tls: Option<Box<Tls>>,
+    /// The server-wide bound, and this connection's share of it.
+    budget: Budget,
+    held: usize,
+    /// Reading paused by the server-wide bound: the loop resumes it.
+    pub starved: bool,
 }
 
 /// Errors that hio maps to "cutoff" instead of raising.
@@ -104,7 +122,7 @@ mod libc_errno {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, ha: SocketAddr, ca: SocketAddr) -> Conn {
+    pub fn new(sock: TcpStream, ha: SocketAddr, ca: SocketAddr, budget: Budget) -> Conn {
         Conn {
             sock,
             ha,
@@ -125,12 +143,21 @@ impl Conn {
             in_dirty: false,
             adopted: false,
             tls: None,
+            budget,
+            held: 0,
+            starved: false,
         }
     }
 
     /// A connection whose bytes go through a TLS session.
-    pub fn new_tls(sock: TcpStream, ha: SocketAddr, ca: SocketAddr, session: rustls::ServerConnection) -> Conn {
-        let mut c = Conn::new(sock, ha, ca);
+    pub fn new_tls(
+        sock: TcpStream,
+        ha: SocketAddr,
+        ca: SocketAddr,
+        budget: Budget,
+        session: rustls::ServerConnection,
+    ) -> Conn {
+        let mut c = Conn::new(sock, ha, ca, budget);
         c.tls = Some(Box::new(Tls { session, state: TlsState::Handshaking, close_notify_sent: false }));
         c
     }
@@ -156,27 +183,46 @@ impl Conn {
         self.cutoff = true;
         self.tx = Vec::new();
         self.tx_off = 0;
+        self.account();
         self.close();
+    }
+
+    /// Bring this connection's share of the server-wide budget up to date
+    /// after its buffers changed. What counts is memory (capacity), not
+    /// just the bytes in it.
+    fn account(&mut self) {
+        let now = self.rx.capacity() + self.tx.capacity();
+        if now != self.held {
+            self.budget.shift(self.held, now);
+            self.held = now;
+        }
     }
 
     /// Read until the socket would block, the peer closes, or the guest has
     /// too much unconsumed. `scratch` is the loop's shared read buffer: bytes
     /// are copied into `rx` only as far as they arrived.
     pub fn read(&mut self, scratch: &mut [u8], wl: Option<&mut WireLog>) -> ReadOutcome {
-        let mut out = ReadOutcome::default();
         if self.cutoff || self.read_shut {
-            return out;
+            return ReadOutcome::default();
         }
-        if self.tls.is_some() {
-            return self.read_tls(scratch, wl);
+        let out = if self.tls.is_some() { self.read_tls(scratch, wl) } else { self.read_plain(scratch, wl) };
+        self.account();
+        if self.read_paused && self.budget.full() {
+            self.starved = true;
         }
-        let mut wl = wl;
+        out
+    }
+
+    fn read_plain(&mut self, scratch: &mut [u8], mut wl: Option<&mut WireLog>) -> ReadOutcome {
+        let mut out = ReadOutcome::default();
         loop {
             if self.over_water() {
                 self.read_paused = true;
                 break;
             }
-            match self.sock.read(scratch) {
+            // Never past the mark, so rx never outgrows it.
+            let room = (RX_HIGH_WATER - self.rx.len()).min(scratch.len());
+            match self.sock.read(&mut scratch[..room]) {
                 Ok(0) => {
                     self.cutoff = true;
                     out.new_cutoff = true;
@@ -201,13 +247,27 @@ impl Conn {
     }
 
     fn over_water(&self) -> bool {
-        self.rx.len() >= RX_HIGH_WATER || self.queued() >= TX_HIGH_WATER as u64
+        self.rx.len() >= RX_HIGH_WATER || self.queued() >= TX_HIGH_WATER as u64 || self.budget.full()
     }
 
     /// TLS read: ciphertext from the socket into rustls, plaintext into rx.
     fn read_tls(&mut self, scratch: &mut [u8], mut wl: Option<&mut WireLog>) -> ReadOutcome {
         let mut out = ReadOutcome::default();
         loop {
+            // Plaintext rustls already holds goes first: it may have been
+            // left there when rx reached its mark.
+            match self.take_plaintext(scratch, wl.as_deref_mut(), &mut out) {
+                Plaintext::Drained => {}
+                Plaintext::Full => {
+                    self.read_paused = true;
+                    return out;
+                }
+                Plaintext::Closed => {
+                    self.cutoff = true;
+                    out.new_cutoff = true;
+                    return out;
+                }
+            }
             if self.over_water() {
                 self.read_paused = true;
                 return out;
@@ -233,20 +293,12 @@ impl Conn {
                 tls.state = TlsState::Connected(peer_info(&tls.session));
                 out.tls_changed = true;
             }
-            loop {
-                match tls.session.reader().read(scratch) {
-                    Ok(0) => {
-                        // close_notify: a clean end.
-                        self.cutoff = true;
-                        out.new_cutoff = true;
-                        return out;
-                    }
-                    Ok(n) => out.bytes += keep(&mut self.rx, self.ca, wl.as_deref_mut(), &scratch[..n]),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(_) => break,
-                }
-            }
             if eof {
+                // What arrived before the end is still delivered.
+                if let Plaintext::Full = self.take_plaintext(scratch, wl.as_deref_mut(), &mut out) {
+                    self.read_paused = true;
+                    return out;
+                }
                 if self.handshaking() {
                     self.abort("peer closed the connection during the handshake".into());
                     out.tls_changed = true;
@@ -254,6 +306,23 @@ impl Conn {
                 self.cutoff = true;
                 out.new_cutoff = true;
                 return out;
+            }
+        }
+    }
+
+    /// Move decrypted bytes from rustls into rx, up to the mark.
+    fn take_plaintext(&mut self, scratch: &mut [u8], mut wl: Option<&mut WireLog>, out: &mut ReadOutcome) -> Plaintext {
+        let tls = self.tls.as_mut().expect("a TLS connection");
+        loop {
+            let room = RX_HIGH_WATER.saturating_sub(self.rx.len()).min(scratch.len());
+            if room == 0 {
+                return Plaintext::Full;
+            }
+            match tls.session.reader().read(&mut scratch[..room]) {
+                // close_notify: a clean end.
+                Ok(0) => return Plaintext::Closed,
+                Ok(n) => out.bytes += keep(&mut self.rx, self.ca, wl.as_deref_mut(), &scratch[..n]),
+                Err(_) => return Plaintext::Drained,
             }
         }
     }
@@ -270,6 +339,7 @@ impl Conn {
 
     pub fn clear_read_pause(&mut self) {
         self.read_paused = false;
+        self.starved = false;
     }
 
     /// Hand over up to `max` bytes the guest has not been given yet.
@@ -286,6 +356,10 @@ impl Conn {
         let n = self.handed.min(usize::try_from(count).unwrap_or(usize::MAX));
         self.rx.drain(..n);
         self.handed -= n;
+        if self.rx.is_empty() {
+            release(&mut self.rx);
+        }
+        self.account();
         n as u64
     }
 
@@ -312,9 +386,9 @@ impl Conn {
         !self.closing && !self.fin_wanted
     }
 
-    /// Whether `more` bytes fit under the queue's cap.
+    /// Whether `more` bytes fit under the queue's cap and the server's ceiling.
     pub fn has_room(&self, more: usize) -> bool {
-        self.queued() as usize + more <= TX_CAP
+        self.queued() as usize + more <= TX_CAP && self.budget.fits(more)
     }
 
     pub fn queue(&mut self, data: Vec<u8>) {
@@ -332,6 +406,7 @@ impl Conn {
             }
             self.tx.extend_from_slice(&data);
         }
+        self.account();
     }
 
     /// hio's `send`: write now unless queued bytes must go first.
@@ -362,10 +437,13 @@ impl Conn {
 
     /// Send queued bytes until done or the socket would block; then send a
     /// FIN if one is wanted. Returns bytes sent.
-    pub fn flush(&mut self, mut wl: Option<&mut WireLog>) -> io::Result<u64> {
-        if self.tls.is_some() {
-            return self.flush_tls(wl);
-        }
+    pub fn flush(&mut self, wl: Option<&mut WireLog>) -> io::Result<u64> {
+        let sent = if self.tls.is_some() { self.flush_tls(wl) } else { self.flush_plain(wl) };
+        self.account();
+        sent
+    }
+
+    fn flush_plain(&mut self, mut wl: Option<&mut WireLog>) -> io::Result<u64> {
         let mut sent = 0u64;
         while self.tx_off < self.tx.len() {
             let pending = &self.tx[self.tx_off..];
@@ -381,7 +459,7 @@ impl Conn {
             sent += n as u64;
         }
         if self.tx_off == self.tx.len() {
-            self.tx.clear();
+            release(&mut self.tx);
             self.tx_off = 0;
             if self.fin_wanted && !self.fin_sent {
                 self.fin_sent = true;
@@ -418,7 +496,7 @@ impl Conn {
             }
             sent += moved as u64;
             if connected && self.tx_off == self.tx.len() {
-                self.tx.clear();
+                release(&mut self.tx);
                 self.tx_off = 0;
                 if self.fin_wanted && !tls.close_notify_sent {
                     tls.close_notify_sent = true;
@@ -458,6 +536,7 @@ impl Conn {
         self.cutoff = true;
         self.tx = Vec::new();
         self.tx_off = 0;
+        self.account();
         if is_cutoff_error(&e) { Ok(()) } else { Err(e) }
     }
 
@@ -496,6 +575,25 @@ impl Conn {
     }
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.budget.shift(self.held, 0);
+    }
+}
+
+/// An emptied buffer keeps a small allocation for the next message and
+/// gives a large one back, so a connection that once moved a burst does not
+/// hold its peak for the rest of its life.
+const KEEP: usize = 4 << 10;
+
+fn release(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
+    }
+}
+
 /// Keep bytes that arrived for the guest, and wire-log them; returns how many.
 fn keep(rx: &mut Vec<u8>, ca: SocketAddr, wl: Option<&mut WireLog>, bytes: &[u8]) -> usize {
     rx.extend_from_slice(bytes);
@@ -524,13 +622,17 @@ mod tests {
 
     /// A host-side Conn and the peer's blocking socket, over real loopback TCP.
     fn pair() -> (Conn, StdStream) {
+        pair_in(Budget::new(crate::budget::DEFAULT_MAX_BUFFERED))
+    }
+
+    fn pair_in(budget: Budget) -> (Conn, StdStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = StdStream::connect(l.local_addr().unwrap()).unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let (s, ca) = l.accept().unwrap();
         s.set_nonblocking(true).unwrap();
         let ha = s.local_addr().unwrap();
-        (Conn::new(TcpStream::from_std(s), ha, ca), peer)
+        (Conn::new(TcpStream::from_std(s), ha, ca, budget), peer)
     }
 
     /// Read until `want` bytes arrived or the deadline passes.
@@ -673,5 +775,30 @@ mod tests {
         assert_eq!(seen, total);
         t.join().unwrap();
         drop(peer);
+    }
+
+    #[test]
+    fn connections_share_one_bound_on_what_they_hold() {
+        let budget = Budget::new(100_000);
+        let (mut a, mut peer_a) = pair_in(budget.clone());
+        let (mut b, mut peer_b) = pair_in(budget.clone());
+        let mut scratch = vec![0; 64 * 1024];
+        peer_a.write_all(&[1u8; 150_000]).unwrap();
+        read_until(&mut a, &mut scratch, 100_000);
+        assert!(budget.full(), "one connection filled the server's budget");
+        peer_b.write_all(b"waits").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(b.read(&mut scratch, None).bytes, 0, "no reading while the server is at its bound");
+        assert!(b.starved && !b.wants_read_resume());
+        assert!(!b.has_room(150_000), "queuing past twice the bound is refused");
+        let (data, _) = a.hand(usize::MAX);
+        a.consume(data.len() as u64);
+        assert!(!budget.full() && b.wants_read_resume());
+        b.clear_read_pause();
+        read_until(&mut b, &mut scratch, 5);
+        assert_eq!(b.hand(10).0, b"waits");
+        drop(a);
+        b.queue(vec![0; 10]);
+        assert_eq!(budget.held(), b.rx.capacity() + b.tx.capacity(), "a dropped connection gives its share back");
     }
 }

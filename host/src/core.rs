@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::acceptor::Acceptor;
+use crate::budget::Budget;
 use crate::conn::Conn;
 use crate::tyme::Clock;
 use crate::wirelog::WireLog;
@@ -28,10 +29,15 @@ pub struct Core {
     pub tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
     /// Handshake deadlines in accept order, which is deadline order.
     pub handshakes: VecDeque<(Instant, u64)>,
+    /// The bound on bytes held across connections.
+    pub budget: Budget,
+    /// Connections whose reading waits for the budget to drain, longest
+    /// waiting first (served round-robin as room appears).
+    pub starved: VecDeque<u64>,
 }
 
 impl Core {
-    pub fn new(acceptor: Acceptor, clock: Clock, wirelog: Option<WireLog>) -> Core {
+    pub fn new(acceptor: Acceptor, clock: Clock, wirelog: Option<WireLog>, budget: Budget) -> Core {
         Core {
             acceptor,
             conns: HashMap::new(),
@@ -44,6 +50,8 @@ impl Core {
             next_id: crate::server::FIRST_CONN_TOKEN,
             tls: None,
             handshakes: VecDeque::new(),
+            budget,
+            starved: VecDeque::new(),
         }
     }
 

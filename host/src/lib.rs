@@ -9,6 +9,7 @@
 //! ```
 
 pub mod acceptor;
+mod budget;
 mod conn;
 mod core;
 mod guest;
@@ -18,6 +19,7 @@ pub mod tls;
 pub mod tyme;
 mod wirelog;
 
+pub use budget::DEFAULT_MAX_BUFFERED;
 pub use guest::{Check, Limits};
 
 /// Whether the component at `path` fits this host (`hio-host check`), without serving.

@@ -81,6 +81,11 @@ struct RunArgs {
     /// Most connections held at once; beyond it new ones are closed at once.
     #[arg(long, value_name = "N", default_value_t = hio_host::DEFAULT_MAX_CONNS)]
     max_conns: usize,
+    /// Most bytes, in MiB, held across all connections (received and not yet
+    /// consumed, queued and not yet sent); at it the host stops reading from
+    /// peers until bytes drain, and a guest queuing past twice it is told `full`.
+    #[arg(long, value_name = "MIB", default_value_t = hio_host::DEFAULT_MAX_BUFFERED >> 20)]
+    max_buffered_mib: usize,
     /// Longest one call into the guest may run before it is stopped (and restarted).
     #[arg(long, value_name = "MS", default_value_t = 100)]
     deadline_ms: u64,
@@ -136,6 +141,7 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     config.wirelog = args.wirelog;
     config.watch = args.watch;
     config.max_conns = args.max_conns;
+    config.max_buffered = args.max_buffered_mib.saturating_mul(1 << 20);
     if args.no_cache {
         config.cache = None;
     }

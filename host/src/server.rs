@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use wasmtime::component::Component;
 
 use crate::acceptor::{self, Acceptor};
+use crate::budget::Budget;
 use crate::conn::Conn;
 use crate::core::Core;
 use crate::guest::cache::Origin;
@@ -68,6 +69,9 @@ pub struct Config {
     pub max_conns: usize,
     /// Directory of compiled guests (`None`: compile every time).
     pub cache: Option<PathBuf>,
+    /// Most bytes held across all connections (received and not consumed,
+    /// queued and not sent); at it the host stops reading.
+    pub max_buffered: usize,
 }
 
 /// Default idle timeout. hio's Server means 1.0 s (and by a bug really runs
@@ -94,6 +98,7 @@ impl Config {
             limits: Limits::default(),
             max_conns: DEFAULT_MAX_CONNS,
             cache: crate::guest::cache::default_dir(),
+            max_buffered: crate::budget::DEFAULT_MAX_BUFFERED,
         }
     }
 }
@@ -152,6 +157,9 @@ impl Server {
         if config.limits.deadline.is_zero() || config.limits.memory < (1 << 20) {
             bail!("guest limits too small: deadline must be > 0 and memory at least 1 MiB");
         }
+        if config.max_buffered < (1 << 20) {
+            bail!("the bound on buffered bytes must be at least 1 MiB");
+        }
         if !(config.tock > 0.0 && config.tock.is_finite()) {
             bail!("tock must be a finite number of seconds > 0, not {}", config.tock);
         }
@@ -180,7 +188,7 @@ impl Server {
             Some(v) => Clock::Virtual(v.clone()),
             None => Clock::real(),
         };
-        let mut core = Core::new(acceptor, clock, wirelog);
+        let mut core = Core::new(acceptor, clock, wirelog, Budget::new(config.max_buffered));
         core.tls = tls;
         let guest_config = GuestConfig { tymeout: config.tymeout, bs: config.bs };
         let mut generation = runtime.launch(&component, core, &guest_config, None).map_err(|f| f.error)?;
@@ -226,6 +234,12 @@ impl Server {
     /// Connections the host holds (taken by the guest or not).
     pub fn connection_count(&mut self) -> usize {
         self.core().conns.len()
+    }
+
+    /// Bytes the host holds for all connections (received and not
+    /// consumed, queued and not sent).
+    pub fn buffered(&mut self) -> usize {
+        self.core().budget.held()
     }
 
     pub fn stopper(&self) -> Stopper {
@@ -367,11 +381,11 @@ impl Server {
                     }
                     tracing::debug!(%ca, id, "accepted");
                     let conn = match &core.tls {
-                        None => Conn::new(sock, ha, ca),
+                        None => Conn::new(sock, ha, ca, core.budget.clone()),
                         Some((context, limit)) => match rustls::ServerConnection::new(context.clone()) {
                             Ok(session) => {
                                 core.handshakes.push_back((Instant::now() + *limit, id));
-                                Conn::new_tls(sock, ha, ca, session)
+                                Conn::new_tls(sock, ha, ca, core.budget.clone(), session)
                             }
                             Err(e) => {
                                 tracing::error!(%ca, "cannot start a TLS session: {e}");
@@ -432,8 +446,12 @@ impl Server {
             tracing::warn!(ca = %c.ca, "send failed: {e}");
         }
         if readable {
+            let starved = c.starved;
             let got = c.read(&mut self.scratch, core.wirelog.as_mut());
             news = got.bytes > 0 || got.new_cutoff || got.tls_changed;
+            if c.starved && !starved {
+                core.starved.push_back(id);
+            }
         }
         news |= c.cutoff != was_cutoff;
         let (adopted, dirty) = (c.adopted, writable || c.needs_flush());
@@ -591,6 +609,40 @@ impl Server {
         let registry = self.poll.registry();
         let generation = self.generation.as_mut().expect("generation installed");
         let core = generation.core();
+        Self::settle_dirty(registry, core, &mut self.scratch);
+        Self::resume_starved(core, &mut self.scratch);
+        // A resumed TLS session may have records to send.
+        Self::settle_dirty(registry, core, &mut self.scratch);
+    }
+
+    /// Room under the server-wide bound again: resume waiting peers one at a
+    /// time, longest waiting first, until it is used up. One that fills it
+    /// again goes to the back, so every peer gets its turn.
+    fn resume_starved(core: &mut Core, scratch: &mut [u8]) {
+        let mut turns = core.starved.len();
+        while turns > 0 && !core.budget.full() {
+            turns -= 1;
+            let Some(id) = core.starved.pop_front() else { break };
+            let Some(c) = core.conns.get_mut(&id) else { continue };
+            if !c.wants_read_resume() {
+                continue;
+            }
+            c.clear_read_pause();
+            c.read(scratch, core.wirelog.as_mut());
+            let (starved, news, flush) = (c.starved, c.has_news() && c.adopted, c.needs_flush());
+            if starved {
+                core.starved.push_back(id);
+            }
+            if news {
+                core.mark_ready(id);
+            }
+            if flush {
+                core.mark_dirty(id);
+            }
+        }
+    }
+
+    fn settle_dirty(registry: &mio::Registry, core: &mut Core, scratch: &mut [u8]) {
         let dirty = std::mem::take(&mut core.dirty);
         for id in dirty {
             let Some(c) = core.conns.get_mut(&id) else {
@@ -603,7 +655,10 @@ impl Server {
             }
             if c.wants_read_resume() {
                 c.clear_read_pause();
-                c.read(&mut self.scratch, core.wirelog.as_mut());
+                c.read(scratch, core.wirelog.as_mut());
+                if c.starved {
+                    core.starved.push_back(id);
+                }
                 if c.has_news() && c.adopted {
                     core.mark_ready(id);
                 }

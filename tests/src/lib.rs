@@ -1,10 +1,11 @@
 //! Helpers for component-level tests: a real host on its own thread serving
 //! a real guest component, and real TCP clients.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -189,6 +190,90 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The hio-host binary serving on a free port of 127.0.0.1 in its own
+/// process, with its log (drained continuously, so the host never blocks on
+/// a full pipe).
+pub struct HostProcess {
+    pub child: KillOnDrop,
+    pub port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl HostProcess {
+    /// `hio-host run GUEST --listen 127.0.0.1:0 EXTRA...`
+    pub fn spawn(guest_file: &Path, extra: &[&str]) -> HostProcess {
+        Self::spawn_under(&[], guest_file, extra)
+    }
+
+    /// The same under a wrapper that execs it (e.g. `prlimit --nofile=64:64`).
+    pub fn spawn_under(wrapper: &[&str], guest_file: &Path, extra: &[&str]) -> HostProcess {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(host_binary());
+                c
+            }
+            None => Command::new(host_binary()),
+        };
+        cmd.args(["run", guest_file.to_str().expect("UTF-8 path"), "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = KillOnDrop(cmd.spawn().expect("start hio-host"));
+        let mut stderr = BufReader::new(child.0.stderr.take().expect("piped"));
+        let mut line = String::new();
+        let mut seen = String::new();
+        let port = loop {
+            line.clear();
+            let n = stderr.read_line(&mut line).expect("read host log");
+            seen.push_str(&line);
+            assert!(n > 0, "host exited before serving:\n{seen}");
+            if let Some(rest) = line.split("ha=127.0.0.1:").nth(1) {
+                break rest.split_whitespace().next().and_then(|p| p.parse().ok()).expect("port in the serving line");
+            }
+        };
+        let log = Arc::new(Mutex::new(seen));
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
+                keep.lock().expect("log lock").push_str(&line);
+                line.clear();
+            }
+        });
+        HostProcess { child, port, log }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr())
+    }
+
+    /// Everything the host logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Send a signal by name (`HUP`, `TERM`...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.0.id().to_string()).status();
+        assert!(ok.expect("run kill").success(), "kill -{sig} failed");
+    }
+
+    /// A `Vm*` line of /proc/PID/status in KiB (`VmRSS` now, `VmHWM` the peak).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).expect("host status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 }
 

@@ -169,45 +169,14 @@ fn idle_tymers_carry_over() {
     assert!(c.closed_by_server(Duration::from_secs(5)), "tymer restarted by the swap");
 }
 
-/// The host process, its port, and its log so far (for failure messages).
-fn spawn_host(guest_file: &std::path::Path, extra: &[&str]) -> (KillOnDrop, u16, Arc<std::sync::Mutex<String>>) {
-    let mut child = Command::new(host_binary())
-        .args(["run", guest_file.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let port = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "host exited before serving");
-        if let Some(rest) = line.split("ha=127.0.0.1:").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the log so the host never blocks on a full pipe.
-    let log = Arc::new(std::sync::Mutex::new(line.clone()));
-    let keep = log.clone();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
-            keep.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-    });
-    (KillOnDrop(child), port, log)
-}
-
-fn wait_upper(c: &mut Client, log: &std::sync::Mutex<String>) {
+fn wait_upper(c: &mut Client, host: &HostProcess) {
     let start = Instant::now();
     loop {
         c.send(b"abc");
         if c.recv_exact(3) == b"ABC" {
             return;
         }
-        assert!(start.elapsed() < PATIENCE, "the new guest never took over; host log:\n{}", log.lock().unwrap());
+        assert!(start.elapsed() < PATIENCE, "the new guest never took over; host log:\n{}", host.log());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -219,19 +188,19 @@ fn sighup_and_watch_swap_from_the_command_line() {
     for (mode, extra) in [("sighup", &[][..]), ("watch", &["--watch"][..])] {
         let file = dir.join(format!("{mode}.wasm"));
         std::fs::copy(guest("echo"), &file).unwrap();
-        let (mut child, port, log) = spawn_host(&file, extra);
-        let mut c = Client::connect(([127, 0, 0, 1], port).into());
+        let mut host = HostProcess::spawn(&file, extra);
+        let mut c = host.connect();
         c.echo(b"abc");
         // Write the new guest beside it and rename over: a reader never sees half a file.
         let tmp = dir.join(format!("{mode}.tmp"));
         std::fs::copy(guest("upper"), &tmp).unwrap();
         std::fs::rename(&tmp, &file).unwrap();
         if mode == "sighup" {
-            assert!(Command::new("kill").args(["-HUP", &child.0.id().to_string()]).status().unwrap().success());
+            host.signal("HUP");
         }
-        wait_upper(&mut c, &log);
-        assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap().success());
-        assert!(child.0.wait().unwrap().success());
+        wait_upper(&mut c, &host);
+        host.signal("TERM");
+        assert!(host.child.0.wait().unwrap().success());
         let mut rest = Vec::new();
         c.stream.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "clean close after the swap");

@@ -8,6 +8,9 @@ use crate::bindings::hio::tcp::remoter::{Remoter as Handle, TlsInfo};
 use crate::bindings::hio::tcp::types::ShutdownHow;
 use crate::{Ca, Error, Tymer, Tymth};
 
+/// Largest rxbs allocation kept once emptied.
+const KEEP: usize = 4 << 10;
+
 pub struct Remoter {
     handle: Handle,
     /// The host's key for this connection.
@@ -124,7 +127,12 @@ impl Remoter {
         if !self.closed {
             self.handle.consume(count as u64)?;
         }
-        self.rxbs.drain(..count);
+        if count == self.rxbs.len() && self.rxbs.capacity() > KEEP {
+            // Give a burst's buffer back instead of holding it per connection.
+            self.rxbs = Vec::new();
+        } else {
+            self.rxbs.drain(..count);
+        }
         Ok(())
     }
 
