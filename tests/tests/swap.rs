@@ -1,12 +1,11 @@
 //! Hot swap: the guest is replaced while the host keeps every socket and byte.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hio_tests::{Client, KillOnDrop, PATIENCE, TestServer, VirtualTyme, guest, host_binary};
+use hio_tests::{Client, HostProcess, PATIENCE, TestServer, VirtualTyme, guest};
 
 fn swap(server: &TestServer, name: &str) -> hio_host::SwapReport {
     server
