@@ -86,6 +86,11 @@ struct RunArgs {
     /// peers until bytes drain, and a guest queuing past twice it is told `full`.
     #[arg(long, value_name = "MIB", default_value_t = hio_host::DEFAULT_MAX_BUFFERED >> 20)]
     max_buffered_mib: usize,
+    /// A crashed guest is restarted after a back-off (10 ms, doubling up to
+    /// 5 s) with every connection handed over; after this many failures in a
+    /// row the host gives up: closes everything and exits 1. 0: never give up.
+    #[arg(long, value_name = "N", default_value_t = hio_host::DEFAULT_MAX_RESTARTS)]
+    max_restarts: u32,
     /// Longest one call into the guest may run before it is stopped (and restarted).
     #[arg(long, value_name = "MS", default_value_t = 100)]
     deadline_ms: u64,
@@ -142,6 +147,7 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     config.watch = args.watch;
     config.max_conns = args.max_conns;
     config.max_buffered = args.max_buffered_mib.saturating_mul(1 << 20);
+    config.max_restarts = args.max_restarts;
     if args.no_cache {
         config.cache = None;
     }

@@ -37,8 +37,12 @@ pub const FIRST_CONN_TOKEN: u64 = 16;
 const SCRATCH: usize = 64 * 1024;
 /// How often `--watch` looks at the guest file.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
-/// How many times in a row a crashed guest is restarted before the host gives up.
-const MAX_RESTARTS: u32 = 5;
+/// Default for [`Config::max_restarts`].
+pub const DEFAULT_MAX_RESTARTS: u32 = 8;
+/// The first restart waits this long; each further one in a row twice as
+/// long as the one before, up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Everything needed to open a server; `Config::new(guest)` gives hio's defaults.
 #[derive(Clone, Debug)]
@@ -72,6 +76,9 @@ pub struct Config {
     /// Most bytes held across all connections (received and not consumed,
     /// queued and not sent); at it the host stops reading.
     pub max_buffered: usize,
+    /// Failed restarts in a row after which the host gives up (closes
+    /// everything and `run` returns an error); 0 never gives up.
+    pub max_restarts: u32,
 }
 
 /// Default idle timeout. hio's Server means 1.0 s (and by a bug really runs
@@ -99,6 +106,7 @@ impl Config {
             max_conns: DEFAULT_MAX_CONNS,
             cache: crate::guest::cache::default_dir(),
             max_buffered: crate::budget::DEFAULT_MAX_BUFFERED,
+            max_restarts: DEFAULT_MAX_RESTARTS,
         }
     }
 }
@@ -119,6 +127,40 @@ impl Stopper {
     }
 }
 
+/// Who holds the host's core between passes.
+enum Tenant {
+    /// A guest instance serving.
+    Up(Generation),
+    /// The guest crashed: the host keeps serving sockets (reading into its
+    /// buffers, sending what is queued) and starts a guest again at `retry`.
+    Down { core: Box<Core>, retry: Instant },
+    /// Only while one is being replaced by another.
+    Moving,
+}
+
+impl Tenant {
+    fn core(&mut self) -> &mut Core {
+        match self {
+            Tenant::Up(g) => g.core(),
+            Tenant::Down { core, .. } => core,
+            Tenant::Moving => unreachable!("a tenant is always in place between passes"),
+        }
+    }
+
+    fn into_core(self) -> Option<Core> {
+        match self {
+            Tenant::Up(g) => Some(g.into_core()),
+            Tenant::Down { core, .. } => Some(*core),
+            Tenant::Moving => None,
+        }
+    }
+}
+
+/// Wait before restart number `n` (1-based) in a row.
+fn backoff(n: u32) -> Duration {
+    FIRST_BACKOFF.saturating_mul(1 << n.saturating_sub(1).min(16)).min(MAX_BACKOFF)
+}
+
 /// A running server: the host's sockets plus the current guest generation.
 pub struct Server {
     poll: Poll,
@@ -131,14 +173,15 @@ pub struct Server {
     guest_config: GuestConfig,
     swapper: Swapper,
     loaded: Receiver<Loaded>,
-    /// `None` only transiently while a generation is being replaced.
-    generation: Option<Generation>,
+    tenant: Tenant,
     next_wake: Option<f64>,
     tock: f64,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// Failed guests in a row (reset by a cycle that succeeds).
     restarts: u32,
+    max_restarts: u32,
     max_conns: usize,
     /// Connections closed at once for being over `max_conns`.
     refused: u64,
@@ -211,7 +254,7 @@ impl Server {
             guest_config,
             swapper,
             loaded,
-            generation: Some(generation),
+            tenant: Tenant::Up(generation),
             // The first cycle runs at once so the guest can set its tymers.
             next_wake: Some(f64::NEG_INFINITY),
             tock: config.tock,
@@ -219,6 +262,7 @@ impl Server {
             waker,
             signals: None,
             restarts: 0,
+            max_restarts: config.max_restarts,
             max_conns: config.max_conns,
             refused: 0,
             suspects: Vec::new(),
@@ -260,12 +304,8 @@ impl Server {
         Ok(())
     }
 
-    fn generation(&mut self) -> &mut Generation {
-        self.generation.as_mut().expect("a guest generation is always installed between passes")
-    }
-
     fn core(&mut self) -> &mut Core {
-        self.generation().core()
+        self.tenant.core()
     }
 
     /// Serve until stopped, then close everything.
@@ -336,6 +376,9 @@ impl Server {
         if let Some(&(deadline, _)) = self.core().handshakes.front() {
             t = t.min(deadline.saturating_duration_since(Instant::now()));
         }
+        if let Tenant::Down { retry, .. } = &self.tenant {
+            return t.min(retry.saturating_duration_since(Instant::now()));
+        }
         if let Some(wake) = self.next_wake {
             let core = self.core();
             let until = if core.clock.is_virtual() {
@@ -354,7 +397,7 @@ impl Server {
     /// once and they wait in the host until the guest takes the connection.
     fn accept_all(&mut self) -> usize {
         let registry = self.poll.registry();
-        let core = self.generation.as_mut().expect("generation installed").core();
+        let core = self.tenant.core();
         let mut accepted = 0;
         loop {
             match core.acceptor.listener.accept() {
@@ -414,7 +457,7 @@ impl Server {
     /// Abort TLS handshakes past their time limit, so stalled clients cannot
     /// pin connections. Deadlines are in accept order: only due ones are seen.
     fn expire_handshakes(&mut self) {
-        let core = self.generation.as_mut().expect("generation installed").core();
+        let core = self.tenant.core();
         let now = Instant::now();
         while let Some(&(deadline, id)) = core.handshakes.front() {
             if deadline > now {
@@ -435,7 +478,7 @@ impl Server {
 
     /// Readiness on one connection: read into its host buffer, send what is queued.
     fn serve_io(&mut self, id: u64, readable: bool, writable: bool) {
-        let core = self.generation.as_mut().expect("generation installed").core();
+        let core = self.tenant.core();
         let Some(c) = core.conns.get_mut(&id) else { return };
         let was_cutoff = c.cutoff;
         let mut news = false;
@@ -464,8 +507,15 @@ impl Server {
         }
     }
 
-    /// Call the guest if anything is new for it, its tymer is due, or tock passed.
+    /// Call the guest if anything is new for it, its tymer is due, or tock
+    /// passed; or start one again if it is down and its wait is over.
     fn cycle(&mut self, new_accepts: bool) -> Result<()> {
+        if let Tenant::Down { retry, .. } = &self.tenant {
+            if Instant::now() < *retry {
+                return Ok(());
+            }
+            return self.restart();
+        }
         let core = self.core();
         let tyme = core.clock.tyme();
         let due = self.next_wake.is_some_and(|w| w <= tyme);
@@ -477,7 +527,8 @@ impl Server {
         let ready = core.take_ready();
         let cycle = Cycle { tyme, accepts: !core.axes.is_empty(), ready };
         self.last_cycle = Instant::now();
-        match self.generation().service(&cycle) {
+        let Tenant::Up(generation) = &mut self.tenant else { unreachable!("checked above") };
+        match generation.service(&cycle) {
             Ok(wake) => {
                 self.next_wake = wake;
                 self.restarts = 0;
@@ -487,7 +538,8 @@ impl Server {
             Err(e) => {
                 tracing::error!("{e}");
                 self.quarantine(cycle.ready);
-                self.restart()
+                let core = std::mem::replace(&mut self.tenant, Tenant::Moving).into_core().expect("was up");
+                self.go_down(core)
             }
         }
     }
@@ -497,7 +549,7 @@ impl Server {
     /// cannot keep the guest down for everyone.
     fn quarantine(&mut self, ready: Vec<u64>) {
         let previous = std::mem::replace(&mut self.suspects, ready);
-        let core = self.generation.as_mut().expect("generation installed").core();
+        let core = self.tenant.core();
         for id in previous.iter().filter(|id| self.suspects.contains(id)) {
             if let Some(c) = core.conns.get_mut(id) {
                 tracing::warn!(ca = %c.ca, "closing connection: its bytes crashed the guest twice");
@@ -507,34 +559,41 @@ impl Server {
         }
     }
 
-    /// Replace a crashed guest with a fresh instance of the same component and
-    /// hand it every connection; nothing the host holds is lost.
-    fn restart(&mut self) -> Result<()> {
-        let core = self.generation.take().expect("generation installed").into_core();
-        self.recover(core)
+    /// The guest failed: keep the core and start a guest again after a
+    /// back-off that doubles with every failure in a row, or give up at the
+    /// limit (the documented fail policy: better a clear exit for a
+    /// supervisor than a guest crashing in a hot loop).
+    fn go_down(&mut self, core: Core) -> Result<()> {
+        self.restarts += 1;
+        if self.max_restarts > 0 && self.restarts > self.max_restarts {
+            let n = core.conns.len();
+            self.tenant = Tenant::Down { core: Box::new(core), retry: Instant::now() };
+            bail!("guest failed {} times in a row; giving up ({n} connections closed)", self.max_restarts);
+        }
+        let wait = backoff(self.restarts);
+        tracing::warn!(
+            attempt = self.restarts,
+            wait_ms = wait.as_millis() as u64,
+            "guest down; restarting it after a back-off (connections and bytes kept)"
+        );
+        self.tenant = Tenant::Down { core: Box::new(core), retry: Instant::now() + wait };
+        Ok(())
     }
 
-    /// Start the current component afresh on `core`, a few times if need be.
-    fn recover(&mut self, mut core: Core) -> Result<()> {
-        loop {
-            self.restarts += 1;
-            if self.restarts > MAX_RESTARTS {
-                bail!(
-                    "guest failed {MAX_RESTARTS} times in a row; giving up ({} connections closed)",
-                    core.conns.len()
-                );
+    /// Start the current component afresh on the kept core and hand it every
+    /// connection; nothing the host holds is lost.
+    fn restart(&mut self) -> Result<()> {
+        let core = std::mem::replace(&mut self.tenant, Tenant::Moving).into_core().expect("was down");
+        match self.runtime.launch(&self.component, core, &self.guest_config, None) {
+            Ok(generation) => {
+                self.tenant = Tenant::Up(generation);
+                tracing::warn!(attempt = self.restarts, "guest restarted; connections handed over");
+                self.next_wake = Some(f64::NEG_INFINITY);
+                Ok(())
             }
-            match self.runtime.launch(&self.component, core, &self.guest_config, None) {
-                Ok(generation) => {
-                    self.generation = Some(generation);
-                    tracing::warn!(restarts = self.restarts, "guest restarted; connections handed over");
-                    self.next_wake = Some(f64::NEG_INFINITY);
-                    return Ok(());
-                }
-                Err(failed) => {
-                    tracing::error!("{:#}", failed.error);
-                    core = failed.core;
-                }
+            Err(failed) => {
+                tracing::error!("{:#}", failed.error);
+                self.go_down(failed.core)
             }
         }
     }
@@ -561,39 +620,57 @@ impl Server {
             // Whoever asked may have stopped listening; the log has it.
             let _ = reply.send(outcome);
         }
-        if self.generation.is_none() {
-            bail!("no guest could be started after a failed swap");
+        if self.gave_up() {
+            bail!("guest failed {} times in a row; giving up", self.max_restarts);
         }
         Ok(())
     }
 
+    fn gave_up(&self) -> bool {
+        self.max_restarts > 0 && self.restarts > self.max_restarts
+    }
+
     fn hand_over(&mut self, path: &Path, component: Component) -> SwapOutcome {
         let started = Instant::now();
-        let mut old = self.generation.take().expect("generation installed");
-        let snapshot = match old.save() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("{e:#}; the new guest starts without its state");
-                None
+        let (core, snapshot, down) = match std::mem::replace(&mut self.tenant, Tenant::Moving) {
+            Tenant::Up(mut old) => {
+                let snapshot = match old.save() {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!("{e:#}; the new guest starts without its state");
+                        None
+                    }
+                };
+                (old.into_core(), snapshot, None)
             }
+            // A crashed guest has no state to give, and the new one may be its fix.
+            Tenant::Down { core, retry } => (*core, None, Some(retry)),
+            Tenant::Moving => unreachable!("a tenant is always in place between passes"),
         };
-        let core = old.into_core();
         let connections = core.conns.values().filter(|c| c.adopted).count();
         match self.runtime.launch(&component, core, &self.guest_config, snapshot.as_ref()) {
             Ok(generation) => {
-                self.generation = Some(generation);
+                self.tenant = Tenant::Up(generation);
                 self.component = component;
                 self.swapper.set_current(path.to_path_buf());
                 self.next_wake = Some(f64::NEG_INFINITY);
+                if down.is_some() {
+                    self.restarts = 0;
+                    self.suspects.clear();
+                }
                 Ok(SwapReport { guest: path.to_path_buf(), pause: started.elapsed(), connections })
             }
             Err(failed) => {
                 let Failed { error, core } = *failed;
+                if let Some(retry) = down {
+                    self.tenant = Tenant::Down { core: Box::new(core), retry };
+                    return Err(format!("{error:#}"));
+                }
                 match self.runtime.launch(&self.component, core, &self.guest_config, snapshot.as_ref()) {
-                    Ok(generation) => self.generation = Some(generation),
+                    Ok(generation) => self.tenant = Tenant::Up(generation),
                     Err(again) => {
                         tracing::error!("the old guest could not take back its state: {:#}", again.error);
-                        if let Err(e) = self.recover(again.core) {
+                        if let Err(e) = self.go_down(again.core) {
                             tracing::error!("{e:#}");
                         }
                     }
@@ -607,8 +684,7 @@ impl Server {
     /// resume paused reads, release finished connections, fix interest.
     fn settle(&mut self) {
         let registry = self.poll.registry();
-        let generation = self.generation.as_mut().expect("generation installed");
-        let core = generation.core();
+        let core = self.tenant.core();
         Self::settle_dirty(registry, core, &mut self.scratch);
         Self::resume_starved(core, &mut self.scratch);
         // A resumed TLS session may have records to send.
@@ -686,10 +762,9 @@ impl Server {
     /// Close every connection (sending what the socket takes now) and the
     /// listen socket. Called by `run` on stop and by `Drop`.
     pub fn close(&mut self) {
-        let Some(generation) = self.generation.take() else {
+        let Some(mut core) = std::mem::replace(&mut self.tenant, Tenant::Moving).into_core() else {
             return;
         };
-        let mut core = generation.into_core();
         let registry = self.poll.registry();
         for (_, mut c) in core.conns.drain() {
             c.close();
@@ -707,5 +782,17 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_from_10_ms_up_to_5_s() {
+        let waits: Vec<u128> = (1..=12).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5000, 5000, 5000]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }

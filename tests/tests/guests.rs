@@ -1,6 +1,8 @@
 //! Guests other than echo: per-connection state, and a misbehaving guest.
 
-use hio_tests::TestServer;
+use std::time::Duration;
+
+use hio_tests::{TestServer, VirtualTyme};
 
 #[test]
 fn lines_guest_keeps_per_connection_state_and_partial_lines() {
@@ -70,4 +72,74 @@ fn a_guest_that_panics_is_restarted_and_the_poison_connection_closed() {
     }
     server.connect().echo(b"new connections too");
     // Dropping the server asserts the host's run ended without error.
+}
+
+fn crashy_on_virtual_tyme(max_restarts: u32) -> (TestServer, VirtualTyme) {
+    let tyme = VirtualTyme::new(0.0);
+    let t = tyme.clone();
+    let server = TestServer::start_with("crashy", move |c| {
+        c.virtual_tyme = Some(t);
+        c.tock = 0.01;
+        c.max_restarts = max_restarts;
+        // Tyme jumps by minutes here: no idle tymeout.
+        c.tymeout = 0.0;
+    });
+    (server, tyme)
+}
+
+#[test]
+fn a_guest_down_for_a_while_is_restarted_with_back_off_and_nothing_is_lost() {
+    let (server, tyme) = crashy_on_virtual_tyme(0);
+    let mut a = server.connect();
+    a.echo(b"a before");
+    tyme.tick(150.0);
+    let mut poison = server.connect();
+    poison.send(b"panic");
+    // Every restart now fails in start. The host keeps reading, and keeps
+    // accepting, while the guest is down.
+    std::thread::sleep(Duration::from_millis(300));
+    a.send(b"a while down");
+    let mut b = server.connect();
+    b.send(b"b while down");
+    std::thread::sleep(Duration::from_millis(300));
+    tyme.tick(100.0);
+    // The next restart (at most a back-off of 1.28 s away) starts; the
+    // poison is closed once it crashes that one too; the rest is echoed once.
+    assert_eq!(a.recv_exact(12), b"a while down");
+    assert_eq!(b.recv_exact(12), b"b while down");
+    assert_eq!(poison.recv_to_end(), b"", "the poison connection is closed");
+    a.echo(b"a after");
+    b.echo(b"b after");
+}
+
+#[test]
+fn a_guest_that_keeps_failing_hits_the_fail_policy() {
+    let (server, tyme) = crashy_on_virtual_tyme(3);
+    let mut a = server.connect();
+    a.echo(b"a before");
+    tyme.tick(150.0);
+    let mut poison = server.connect();
+    poison.send(b"panic");
+    // 3 restarts, 10 + 20 + 40 ms apart, all fail: the host gives up and
+    // closes every connection.
+    assert!(a.closed_by_server(Duration::from_secs(5)), "connections left open after giving up");
+    let err = server.stop().expect_err("the host gave up");
+    assert!(format!("{err:#}").contains("guest failed 3 times in a row; giving up"), "{err:#}");
+}
+
+#[test]
+fn a_guest_that_is_down_can_be_swapped_for_a_working_one() {
+    let (server, tyme) = crashy_on_virtual_tyme(0);
+    let mut a = server.connect();
+    a.echo(b"a before");
+    tyme.tick(150.0);
+    let mut poison = server.connect();
+    poison.send(b"panic");
+    // Down now (every restart fails in start): what arrives waits in the host.
+    std::thread::sleep(Duration::from_millis(200));
+    a.send(b"kept");
+    let report = server.swapper().swap(Some(hio_tests::guest("upper"))).recv_timeout(hio_tests::PATIENCE).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(a.recv_exact(4), b"KEPT", "the fixed guest serves what arrived while down");
+    assert_eq!(poison.recv_exact(5), b"PANIC");
 }
