@@ -94,6 +94,11 @@ struct RunArgs {
     /// Longest one call into the guest may run before it is stopped (and restarted).
     #[arg(long, value_name = "MS", default_value_t = 100)]
     deadline_ms: u64,
+    /// Fuel (about one unit per wasm instruction) each call into the guest may
+    /// burn before it is stopped and restarted; off by default (metering
+    /// slows guest code). A bound on work that does not depend on machine load.
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
     /// Largest linear memory a guest may grow to, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     guest_memory_mib: usize,
@@ -154,6 +159,7 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     config.limits = hio_host::Limits {
         deadline: std::time::Duration::from_millis(args.deadline_ms),
         memory: args.guest_memory_mib.saturating_mul(1 << 20),
+        fuel: args.fuel,
     };
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         let mut tls = TlsConfig::new(cert, key);

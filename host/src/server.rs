@@ -200,6 +200,9 @@ impl Server {
         if config.limits.deadline.is_zero() || config.limits.memory < (1 << 20) {
             bail!("guest limits too small: deadline must be > 0 and memory at least 1 MiB");
         }
+        if config.limits.fuel == Some(0) {
+            bail!("guest fuel must be more than 0 (or off)");
+        }
         if config.max_buffered < (1 << 20) {
             bail!("the bound on buffered bytes must be at least 1 MiB");
         }

@@ -8,9 +8,14 @@ use std::time::{Duration, Instant};
 use hio_tests::TestServer;
 
 fn misbehaves_on(word: &[u8]) {
+    misbehaves_within(word, |_| {});
+}
+
+fn misbehaves_within(word: &[u8], limits: impl FnOnce(&mut hio_host::Limits)) {
     let server = TestServer::start_with("evil", |c| {
         c.limits.deadline = Duration::from_millis(50);
         c.limits.memory = 16 << 20;
+        limits(&mut c.limits);
     });
     let mut a = server.connect();
     a.echo(b"before");
@@ -34,6 +39,15 @@ fn misbehaves_on(word: &[u8]) {
 #[test]
 fn a_guest_that_loops_forever_is_stopped_at_its_deadline() {
     misbehaves_on(b"spin");
+}
+
+#[test]
+fn a_guest_that_loops_forever_is_stopped_when_its_fuel_runs_out() {
+    // A deadline far away: only fuel can stop it in time.
+    misbehaves_within(b"spin", |l| {
+        l.deadline = Duration::from_secs(60);
+        l.fuel = Some(50_000_000);
+    });
 }
 
 #[test]
@@ -84,4 +98,27 @@ fn a_guest_that_traps_in_start_never_replaces_a_working_one() {
     let outcome = server.swapper().swap(Some(hio_tests::guest("badstart"))).recv_timeout(hio_tests::PATIENCE).unwrap();
     assert!(outcome.expect_err("swapped to a guest that cannot start").contains("trapped in start"));
     c.echo(b"old guest still serving");
+}
+
+/// The host's own log names why each misbehaving guest was stopped.
+#[test]
+fn the_log_names_each_cause() {
+    let cases: [(&[&str], &[u8], &str); 5] = [
+        (&["--deadline-ms", "50"], b"spin", "ran past its 50 ms deadline in service"),
+        (&["--deadline-ms", "60000", "--fuel", "50000000"], b"spin", "burnt all its fuel (50000000 per call) in service"),
+        (&["--guest-memory-mib", "16"], b"hog", "hit its memory limit of 16 MiB in service"),
+        (&[], b"forge", "unknown handle index"),
+        (&[], b"panic", "guest panicked"),
+    ];
+    for (flags, word, cause) in cases {
+        let name = if word == b"panic" { "crashy" } else { "evil" };
+        let host = hio_tests::HostProcess::spawn(&hio_tests::guest(name), flags);
+        let mut bystander = host.connect();
+        bystander.echo(b"before");
+        let mut bad = host.connect();
+        bad.send(word);
+        assert!(bad.closed_by_server(Duration::from_secs(5)), "{name} on {word:?} was not stopped\n{}", host.log());
+        bystander.echo(b"after");
+        hio_tests::eventually("the cause in the log", || host.log().contains(cause));
+    }
 }

@@ -61,11 +61,15 @@ pub struct Limits {
     pub deadline: Duration,
     /// Largest linear memory, in bytes.
     pub memory: usize,
+    /// Fuel (roughly, wasm instructions) one call may burn: a limit on work
+    /// that, unlike the deadline, does not depend on how busy the machine
+    /// is. Off by default: metering costs guest code some speed.
+    pub fuel: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { deadline: Duration::from_millis(100), memory: 64 << 20 }
+        Limits { deadline: Duration::from_millis(100), memory: 64 << 20, fuel: None }
     }
 }
 
@@ -106,6 +110,7 @@ impl Runtime {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.consume_fuel(limits.fuel.is_some());
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         Server::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
@@ -195,6 +200,12 @@ impl Runtime {
         store.epoch_deadline_trap();
         let deadline = self.deadline_ticks();
         store.set_epoch_deadline(deadline);
+        if let Some(fuel) = self.limits.fuel
+            && let Err(e) = store.set_fuel(fuel)
+        {
+            let core = store.into_data().core;
+            return Err(Box::new(Failed { error: anyhow!("cannot give the guest fuel: {e:#}"), core }));
+        }
         match Server::instantiate(&mut store, component, &self.linker) {
             Ok(bindings) => Ok(Generation { store, bindings, deadline, limits: self.limits.clone() }),
             Err(e) => Err(Box::new(Failed {
@@ -286,7 +297,7 @@ impl Generation {
             handles.push(state.new_remoter(id)?);
         }
         let listener = state.table.push(ListenerRef)?;
-        self.store.set_epoch_deadline(self.deadline);
+        self.arm()?;
         self.bindings
             .hio_tcp_guest()
             .call_start(&mut self.store, *config, listener, &handles, snapshot)
@@ -296,20 +307,30 @@ impl Generation {
 
     /// The guest's state for its successor.
     pub fn save(&mut self) -> Result<Snapshot> {
-        self.store.set_epoch_deadline(self.deadline);
+        self.arm()?;
         self.bindings.hio_tcp_guest().call_save(&mut self.store).map_err(|e| self.trapped("save", e))
     }
 
     /// One guest cycle; returns the tyme the guest wants its next cycle at.
     pub fn service(&mut self, cycle: &Cycle) -> Result<Option<f64>> {
-        self.store.set_epoch_deadline(self.deadline);
+        self.arm()?;
         self.bindings.hio_tcp_guest().call_service(&mut self.store, cycle).map_err(|e| self.trapped("service", e))
+    }
+
+    /// Give the next call its full deadline and fuel.
+    fn arm(&mut self) -> Result<()> {
+        self.store.set_epoch_deadline(self.deadline);
+        if let Some(fuel) = self.limits.fuel {
+            self.store.set_fuel(fuel)?;
+        }
+        Ok(())
     }
 
     /// Name the cause of a trap plainly; the full trace follows.
     fn trapped(&self, call: &str, e: wasmtime::Error) -> anyhow::Error {
         let cause = match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => format!("ran past its {} ms deadline", self.limits.deadline.as_millis()),
+            Some(Trap::OutOfFuel) => format!("burnt all its fuel ({} per call)", self.limits.fuel.unwrap_or(0)),
             _ if format!("{e:#}").contains("memory") && format!("{e:#}").contains("grow") => {
                 format!("hit its memory limit of {} MiB", self.limits.memory >> 20)
             }
