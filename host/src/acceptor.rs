@@ -48,6 +48,30 @@ pub struct Acceptor {
     pub ha: SocketAddr,
     pub bs: u32,
     pub bl: u32,
+    /// A descriptor held back for when the process runs out of them: let go
+    /// to accept one pending connection and close it at once, so peers are
+    /// refused cleanly instead of waiting unseen in the backlog.
+    reserve: Option<std::fs::File>,
+}
+
+/// What `shed` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shed {
+    /// One pending connection was accepted and closed.
+    Refused,
+    /// Nothing is pending.
+    Empty,
+    /// Not even the reserve helped; try again later.
+    Stuck,
+}
+
+/// The process (EMFILE) or the system (ENFILE) is out of file descriptors.
+pub fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24 | 23))
+}
+
+fn reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 impl Acceptor {
@@ -67,7 +91,26 @@ impl Acceptor {
         socket.listen(bl.min(i32::MAX as u32) as i32).with_context(|| format!("cannot listen on {ha}"))?;
         let std_listener: std::net::TcpListener = socket.into();
         let ha = std_listener.local_addr()?;
-        Ok(Acceptor { listener: mio::net::TcpListener::from_std(std_listener), ha, bs, bl })
+        Ok(Acceptor { listener: mio::net::TcpListener::from_std(std_listener), ha, bs, bl, reserve: reserve() })
+    }
+
+    /// Out of descriptors: refuse one pending connection with the reserve.
+    pub fn shed(&mut self) -> Shed {
+        if self.reserve.take().is_none() {
+            self.reserve = reserve();
+            return Shed::Stuck;
+        }
+        let shed = loop {
+            match self.listener.accept() {
+                // Dropped at once: the peer sees its connection closed.
+                Ok(_) => break Shed::Refused,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Shed::Empty,
+                Err(_) => break Shed::Stuck,
+            }
+        };
+        self.reserve = reserve();
+        shed
     }
 
     pub fn eha(&self) -> SocketAddr {

@@ -141,6 +141,21 @@ fn check(guest: &std::path::Path) -> anyhow::Result<()> {
     anyhow::bail!("{} does not fit the hio:tcp/server world", guest.display())
 }
 
+/// Every connection is a descriptor: take the hard limit, and say so when
+/// even that is below --max-conns (connections beyond it are then refused
+/// as they arrive, never left hanging).
+fn raise_descriptor_limit(max_conns: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (limit as usize) < max_conns.saturating_add(64) => tracing::warn!(
+            nofile = limit,
+            max_conns,
+            "the descriptor limit is below --max-conns; beyond it new connections are refused"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
+}
+
 fn serve(args: RunArgs) -> anyhow::Result<()> {
     let mut config = Config::new(args.guest);
     config.ha = acceptor::parse_ha(&args.listen)?;
@@ -170,6 +185,7 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
         tls.handshake_timeout = args.handshake_timeout;
         config.tls = Some(tls);
     }
+    raise_descriptor_limit(config.max_conns);
     let mut server = Server::open(config)?;
     server.stop_on_signals()?;
     server.run()

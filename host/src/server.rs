@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use mio::{Events, Interest, Poll, Token, Waker};
 use wasmtime::component::Component;
 
-use crate::acceptor::{self, Acceptor};
+use crate::acceptor::{self, Acceptor, Shed};
 use crate::budget::Budget;
 use crate::conn::Conn;
 use crate::core::Core;
@@ -35,6 +35,8 @@ const SIGNALS: Token = Token(2);
 pub const FIRST_CONN_TOKEN: u64 = 16;
 /// Size of the one read buffer shared by every connection.
 const SCRATCH: usize = 64 * 1024;
+/// How soon to accept again after an accept error.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How often `--watch` looks at the guest file.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// Default for [`Config::max_restarts`].
@@ -185,6 +187,10 @@ pub struct Server {
     max_conns: usize,
     /// Connections closed at once for being over `max_conns`.
     refused: u64,
+    /// Connections closed at once for want of file descriptors.
+    shed: u64,
+    /// Accept again then, after an accept error.
+    accept_retry: Option<Instant>,
     /// Connections with news in the last cycle that crashed the guest.
     suspects: Vec<u64>,
     last_cycle: Instant,
@@ -268,6 +274,8 @@ impl Server {
             max_restarts: config.max_restarts,
             max_conns: config.max_conns,
             refused: 0,
+            shed: 0,
+            accept_retry: None,
             suspects: Vec::new(),
             last_cycle: Instant::now(),
         })
@@ -353,6 +361,10 @@ impl Server {
                 }
             }
         }
+        if self.accept_retry.is_some_and(|t| t <= Instant::now()) {
+            self.accept_retry = None;
+            accept = true;
+        }
         let new_accepts = accept && self.accept_all() > 0;
         self.expire_handshakes();
         for &(id, readable, writable) in &touched {
@@ -378,6 +390,9 @@ impl Server {
         let mut t = wait.unwrap_or(Duration::from_secs_f64(self.tock));
         if let Some(&(deadline, _)) = self.core().handshakes.front() {
             t = t.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        if let Some(retry) = self.accept_retry {
+            t = t.min(retry.saturating_duration_since(Instant::now()));
         }
         if let Tenant::Down { retry, .. } = &self.tenant {
             return t.min(retry.saturating_duration_since(Instant::now()));
@@ -448,8 +463,25 @@ impl Server {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // A peer that reset before we got to it: nothing to serve.
                 Err(e) if crate::conn::is_cutoff_error(&e) => continue,
+                Err(e) if acceptor::out_of_descriptors(&e) => {
+                    self.shed += 1;
+                    if self.shed.is_power_of_two() {
+                        tracing::warn!(shed = self.shed, "out of file descriptors ({e}): refusing new connections");
+                    }
+                    match core.acceptor.shed() {
+                        Shed::Refused => continue,
+                        Shed::Empty => break,
+                        Shed::Stuck => {
+                            self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                            break;
+                        }
+                    }
+                }
                 Err(e) => {
+                    // The listener is edge-triggered: look again soon rather
+                    // than wait for the next connection to arrive.
                     tracing::error!("accept failed: {e}");
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     break;
                 }
             }

@@ -2,7 +2,7 @@
 //! stopped by its limits and restarted; the host, the other connections and
 //! their bytes are untouched.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use hio_tests::TestServer;
@@ -105,7 +105,11 @@ fn a_guest_that_traps_in_start_never_replaces_a_working_one() {
 fn the_log_names_each_cause() {
     let cases: [(&[&str], &[u8], &str); 5] = [
         (&["--deadline-ms", "50"], b"spin", "ran past its 50 ms deadline in service"),
-        (&["--deadline-ms", "60000", "--fuel", "50000000"], b"spin", "burnt all its fuel (50000000 per call) in service"),
+        (
+            &["--deadline-ms", "60000", "--fuel", "50000000"],
+            b"spin",
+            "burnt all its fuel (50000000 per call) in service",
+        ),
         (&["--guest-memory-mib", "16"], b"hog", "hit its memory limit of 16 MiB in service"),
         (&[], b"forge", "unknown handle index"),
         (&[], b"panic", "guest panicked"),
@@ -121,4 +125,38 @@ fn the_log_names_each_cause() {
         bystander.echo(b"after");
         hio_tests::eventually("the cause in the log", || host.log().contains(cause));
     }
+}
+
+#[test]
+fn out_of_file_descriptors_new_peers_are_refused_cleanly_and_served_again_later() {
+    // 48 descriptors: some for the host itself, the rest for connections.
+    let host = hio_tests::HostProcess::spawn_under(&["prlimit", "--nofile=48:48"], &hio_tests::guest("echo"), &[]);
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for i in 0..80 {
+        let mut c = host.connect();
+        c.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = c.stream.write_all(b"hi");
+        let mut got = [0u8; 2];
+        match c.stream.read(&mut got) {
+            Ok(2) => served.push(c),
+            Ok(0) => refused += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
+            other => panic!("connection {i} neither served nor refused: {other:?}\n{}", host.log()),
+        }
+    }
+    eprintln!("{} served, {refused} refused", served.len());
+    assert!(served.len() >= 10 && refused >= 10, "{} served, {refused} refused\n{}", served.len(), host.log());
+    assert!(host.log().contains("out of file descriptors"), "{}", host.log());
+    for c in &mut served {
+        c.echo(b"still served");
+    }
+    // Descriptors freed: new peers are served again.
+    served.clear();
+    hio_tests::eventually("a new connection served", || {
+        let mut c = host.connect();
+        c.stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut got = [0u8; 2];
+        c.stream.write_all(b"hi").is_ok() && matches!(c.stream.read(&mut got), Ok(2))
+    });
 }
