@@ -77,10 +77,15 @@ fn reserve() -> Option<std::fs::File> {
 impl Acceptor {
     /// hio's `open`: SO_REUSEADDR, buffers raised to at least bs, non-blocking,
     /// bind, listen(bl).
-    pub fn open(ha: SocketAddr, bs: u32, bl: u32) -> Result<Acceptor> {
+    /// With `reuse_port` (SO_REUSEPORT) other listeners of this process's
+    /// user may bind the same address and the kernel spreads connections.
+    pub fn open(ha: SocketAddr, bs: u32, bl: u32, reuse_port: bool) -> Result<Acceptor> {
         let socket = Socket::new(Domain::for_address(ha), Type::STREAM, Some(Protocol::TCP))
             .context("cannot create listen socket")?;
         socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         if ha.is_ipv6() {
             // Listening on "::" should not also grab the IPv4 port: hio binds one family.
             socket.set_only_v6(true)?;
@@ -159,17 +164,26 @@ mod tests {
 
     #[test]
     fn port_zero_resolves_and_buffers_are_raised() {
-        let a = Acceptor::open("127.0.0.1:0".parse().unwrap(), 65536, 16).unwrap();
+        let a = Acceptor::open("127.0.0.1:0".parse().unwrap(), 65536, 16, false).unwrap();
         assert_ne!(a.ha.port(), 0);
         let (s, r) = a.actual_buf_sizes().unwrap();
         assert!(s >= 65536 && r >= 65536, "({s}, {r})");
         // The same port cannot be opened twice while this one listens.
-        assert!(Acceptor::open(a.ha, DEFAULT_BS, DEFAULT_BL).is_err());
+        assert!(Acceptor::open(a.ha, DEFAULT_BS, DEFAULT_BL, false).is_err());
+    }
+
+    #[test]
+    fn reuse_port_lets_workers_share_an_address() {
+        let a = Acceptor::open("127.0.0.1:0".parse().unwrap(), DEFAULT_BS, DEFAULT_BL, true).unwrap();
+        let b = Acceptor::open(a.ha, DEFAULT_BS, DEFAULT_BL, true).unwrap();
+        assert_eq!(a.ha, b.ha);
+        // A listener that did not ask to share still cannot.
+        assert!(Acceptor::open(a.ha, DEFAULT_BS, DEFAULT_BL, false).is_err());
     }
 
     #[test]
     fn ipv6_listens() {
-        let a = Acceptor::open("[::1]:0".parse().unwrap(), DEFAULT_BS, DEFAULT_BL).unwrap();
+        let a = Acceptor::open("[::1]:0".parse().unwrap(), DEFAULT_BS, DEFAULT_BL, false).unwrap();
         assert!(a.ha.is_ipv6());
         assert_eq!(a.eha(), a.ha);
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hio_host::tls::{self, Certify, TlsConfig, TlsVersion};
-use hio_host::{Config, Server, acceptor};
+use hio_host::{Config, acceptor};
 
 #[derive(Parser)]
 #[command(name = "hio-host", version, about = "Serve TCP with hio's Server logic running in a sandboxed wasm guest")]
@@ -91,6 +91,12 @@ struct RunArgs {
     /// row the host gives up: closes everything and exits 1. 0: never give up.
     #[arg(long, value_name = "N", default_value_t = hio_host::DEFAULT_MAX_RESTARTS)]
     max_restarts: u32,
+    /// Event loops, each on its own thread with its own listen socket on the
+    /// same address (SO_REUSEPORT), its own guest instance and its own
+    /// connections. --max-conns and --max-buffered-mib are split between them;
+    /// --wirelog writes DIR/worker-N.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: u16,
     /// Longest one call into the guest may run before it is stopped (and restarted).
     #[arg(long, value_name = "MS", default_value_t = 100)]
     deadline_ms: u64,
@@ -186,7 +192,5 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
         config.tls = Some(tls);
     }
     raise_descriptor_limit(config.max_conns);
-    let mut server = Server::open(config)?;
-    server.stop_on_signals()?;
-    server.run()
+    hio_host::pool::run(config, args.workers.into(), true)
 }

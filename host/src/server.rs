@@ -78,6 +78,8 @@ pub struct Config {
     /// Most bytes held across all connections (received and not consumed,
     /// queued and not sent); at it the host stops reading.
     pub max_buffered: usize,
+    /// Let other listeners bind `ha` too (SO_REUSEPORT), as workers do.
+    pub reuse_port: bool,
     /// Failed restarts in a row after which the host gives up (closes
     /// everything and `run` returns an error); 0 never gives up.
     pub max_restarts: u32,
@@ -109,6 +111,7 @@ impl Config {
             cache: crate::guest::cache::default_dir(),
             max_buffered: crate::budget::DEFAULT_MAX_BUFFERED,
             max_restarts: DEFAULT_MAX_RESTARTS,
+            reuse_port: false,
         }
     }
 }
@@ -227,7 +230,7 @@ impl Server {
         let runtime = Arc::new(Runtime::new(config.limits.clone(), config.cache.clone())?);
         let loaded_stamp = stamp(&config.guest);
         let (component, origin) = runtime.load_from(&config.guest)?;
-        let acceptor = Acceptor::open(config.ha, config.bs, config.bl)?;
+        let acceptor = Acceptor::open(config.ha, config.bs, config.bl, config.reuse_port)?;
         let poll = Poll::new().context("cannot create poller")?;
         let mut acceptor = acceptor;
         poll.registry().register(&mut acceptor.listener, LISTENER, Interest::READABLE)?;

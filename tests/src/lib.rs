@@ -60,6 +60,13 @@ impl TestServer {
     }
 
     pub fn try_start(config: Config) -> Result<TestServer> {
+        // The host's log goes with the test's output (shown when it fails).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("HIO_LOG").unwrap_or_else(|_| "hio_host=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || -> Result<()> {
             let mut server = match Server::open(config) {
@@ -205,11 +212,12 @@ pub struct HostProcess {
 impl HostProcess {
     /// `hio-host run GUEST --listen 127.0.0.1:0 EXTRA...`
     pub fn spawn(guest_file: &Path, extra: &[&str]) -> HostProcess {
-        Self::spawn_under(&[], guest_file, extra)
+        Self::spawn_under(&[], &[], guest_file, extra)
     }
 
-    /// The same under a wrapper that execs it (e.g. `prlimit --nofile=64:64`).
-    pub fn spawn_under(wrapper: &[&str], guest_file: &Path, extra: &[&str]) -> HostProcess {
+    /// The same under a wrapper that execs it (e.g. `prlimit --nofile=64:64`),
+    /// with more environment variables (e.g. `HIO_LOG`).
+    pub fn spawn_under(wrapper: &[&str], env: &[(&str, &str)], guest_file: &Path, extra: &[&str]) -> HostProcess {
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -220,6 +228,7 @@ impl HostProcess {
         };
         cmd.args(["run", guest_file.to_str().expect("UTF-8 path"), "--listen", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = KillOnDrop(cmd.spawn().expect("start hio-host"));

@@ -130,7 +130,7 @@ fn the_log_names_each_cause() {
 #[test]
 fn out_of_file_descriptors_new_peers_are_refused_cleanly_and_served_again_later() {
     // 48 descriptors: some for the host itself, the rest for connections.
-    let host = hio_tests::HostProcess::spawn_under(&["prlimit", "--nofile=48:48"], &hio_tests::guest("echo"), &[]);
+    let host = hio_tests::HostProcess::spawn_under(&["prlimit", "--nofile=48:48"], &[], &hio_tests::guest("echo"), &[]);
     let mut served = Vec::new();
     let mut refused = 0;
     for i in 0..80 {

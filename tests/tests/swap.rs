@@ -26,12 +26,16 @@ fn fifty_swaps_under_load_lose_nothing() {
     let phase = Arc::new(AtomicUsize::new(0));
     let (echoed, uppered, checked) =
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let connected = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..50)
         .map(|i| {
             let (done, phase) = (done.clone(), phase.clone());
             let (echoed, uppered, checked) = (echoed.clone(), uppered.clone(), checked.clone());
+            let connected = connected.clone();
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr);
+                c.echo(b"hello");
+                connected.fetch_add(1, Ordering::Release);
                 let mut n = 0u64;
                 while !done.load(Ordering::Acquire) {
                     let msg = format!("client {i} message {n} abcdefghijklmnopqrstuvwxyz|");
@@ -76,6 +80,8 @@ fn fifty_swaps_under_load_lose_nothing() {
             n
         })
     };
+    // Every client is in the guest's ixes before the first swap.
+    hio_tests::eventually("50 clients connected", || connected.load(Ordering::Acquire) == 50);
     let mut pauses = Vec::new();
     for i in 0..50 {
         phase.store(2 * i + 1, Ordering::Release);
