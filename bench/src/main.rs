@@ -7,6 +7,7 @@
 //!   hio-bench load --addr ADDR [--conns 100] [--size 1024] [--inflight 4] [--seconds 5]
 //!                                            (drive any echo server, e.g. while profiling it)
 //!   hio-bench tls [--seconds 5]              (TLS echo and handshakes/s)
+//!   hio-bench workers [--seconds 5]          (--workers 1 vs 2: per-loop CPU and capacity)
 //!   hio-bench native-echo [--listen ADDR] [--tls-cert PEM --tls-key PEM]
 //!                                            (the baseline server itself)
 //!
@@ -31,6 +32,7 @@ mod echo;
 mod load;
 mod native;
 mod tls;
+mod workers;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,6 +49,7 @@ fn main() -> Result<()> {
             }
         }
         Some("tls") => tls::run(flag("--seconds").unwrap_or_else(|| "5".into()).parse()?),
+        Some("workers") => workers::run(flag("--seconds").unwrap_or_else(|| "5".into()).parse()?),
         Some("echo") => {
             let scenarios = flag("--scenarios").unwrap_or_else(|| "a,b,c,d,e".into());
             let seconds: f64 = flag("--seconds").unwrap_or_else(|| "5".into()).parse()?;
@@ -135,8 +138,13 @@ pub(crate) struct Host {
 
 impl Host {
     fn spawn(guest: &Path) -> Result<Host> {
+        Host::spawn_with(guest, &[])
+    }
+
+    fn spawn_with(guest: &Path, extra: &[&str]) -> Result<Host> {
         let mut cmd = Command::new(root().join("target/release/hio-host"));
         cmd.args(["run", guest.to_str().context("utf-8 path")?, "--listen", "127.0.0.1:0", "--tymeout", "0"]);
+        cmd.args(extra);
         Host::start(cmd)
     }
 

@@ -74,6 +74,7 @@ fn run(args: &[String]) -> Result<()> {
             if rest.is_empty() {
                 status(Command::new(&bench).arg("echo"))?;
                 status(Command::new(&bench).arg("tls"))?;
+                status(Command::new(&bench).arg("workers"))?;
                 status(Command::new(&bench).arg("startup"))?;
                 status(Command::new(&bench).arg("swap"))?;
                 status(Command::new(&bench).arg("swap-memory"))
