@@ -435,7 +435,13 @@ impl Server {
                     }
                     let id = core.next_id;
                     core.next_id += 1;
-                    let ha = sock.local_addr().unwrap_or(core.acceptor.ha);
+                    // Bound to one address, that is every connection's ha;
+                    // bound to all, ask which one this peer dialled.
+                    let ha = if core.acceptor.ha.ip().is_unspecified() {
+                        sock.local_addr().unwrap_or(core.acceptor.ha)
+                    } else {
+                        core.acceptor.ha
+                    };
                     if let Err(e) = sock.set_nodelay(true) {
                         tracing::debug!(%ca, "cannot set TCP_NODELAY: {e}");
                     }
@@ -779,8 +785,9 @@ impl Server {
             }
             let c = core.conns.get_mut(&id).expect("present above");
             if c.finished() {
-                let mut c = core.conns.remove(&id).expect("present above");
-                let _ = registry.deregister(&mut c.sock);
+                // Dropping closes the socket, which also takes it out of
+                // epoll: no deregister call needed.
+                let c = core.conns.remove(&id).expect("present above");
                 tracing::debug!(ca = %c.ca, id, "closed");
                 continue;
             }
