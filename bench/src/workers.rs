@@ -13,6 +13,7 @@
 //! - busiest: messages/s ÷ the busiest loop's share, as if the connections'
 //!   rates were fixed and the busiest loop's core were the bottleneck
 //!   (the SO_REUSEPORT hash gives loops unequal shares of 100 connections).
+//!
 //! Two balanced workers that cost no more per message than one come out
 //! near 2x either way.
 
