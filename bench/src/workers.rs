@@ -55,6 +55,10 @@ pub fn run(seconds: f64) -> Result<()> {
     for workers in [1usize, 2] {
         let n = workers.to_string();
         let host = Host::spawn_with(&root().join("target/wasm/echo.wasm"), &["--workers", &n])?;
+        // The first worker's "serving" line started us; wait for the others.
+        for _ in 1..workers {
+            host.expect("serving")?;
+        }
         let pid = host.child.id();
         let load = Load { conns: 100, size: 1024, inflight: 4, warmup, duration };
         // Warm-up runs inside `load.run`; sample threads around the whole run.
