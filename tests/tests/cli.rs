@@ -1,12 +1,11 @@
 //! The `hio-host` binary: errors are one clear line and a non-zero exit;
 //! a signal closes everything and exits 0.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hio_tests::{Client, KillOnDrop, guest, host_binary};
+use hio_tests::{HostProcess, guest, host_binary};
 
 fn run(args: &[&str]) -> (bool, String) {
     let out = Command::new(host_binary()).args(args).output().expect("run hio-host");
@@ -75,30 +74,13 @@ fn help_explains_every_flag() {
 
 #[test]
 fn sigterm_closes_cleanly_and_exits_zero() {
-    let mut child = KillOnDrop(
-        Command::new(host_binary())
-            .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
-    let mut line = String::new();
-    let port = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "host exited before serving");
-        if let Some(rest) = line.split("ha=127.0.0.1:").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse::<u16>().unwrap();
-        }
-    };
-    let mut c = Client::connect(([127, 0, 0, 1], port).into());
+    let mut host = HostProcess::spawn(&guest("echo"), &[]);
+    let mut c = host.connect();
     c.echo(b"before the signal");
-    let status = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    host.signal("TERM");
     let start = Instant::now();
     let exit = loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
+        if let Some(st) = host.child.0.try_wait().unwrap() {
             break st;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "host did not exit on SIGTERM");
@@ -125,22 +107,9 @@ fn check_says_whether_a_guest_fits() {
 
 /// Start the host with `HIO_CACHE_DIR=dir` and return its "serving" log line.
 fn serving_line(dir: &std::path::Path) -> String {
-    let mut child = KillOnDrop(
-        Command::new(host_binary())
-            .args(["run", guest("lines").to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .env("HIO_CACHE_DIR", dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("serving") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "host exited before serving");
-    }
-    line
+    let dir = dir.to_str().expect("UTF-8 path");
+    let host = HostProcess::spawn_under(&[], &[("HIO_CACHE_DIR", dir)], &guest("lines"), &[]);
+    host.log().lines().find(|l| l.contains("serving")).expect("the serving line").to_string()
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use hio_tests::{TestServer, VirtualTyme};
+use hio_tests::{Client, TestServer, VirtualTyme};
 
 #[test]
 fn lines_guest_keeps_per_connection_state_and_partial_lines() {
@@ -87,14 +87,21 @@ fn crashy_on_virtual_tyme(max_restarts: u32) -> (TestServer, VirtualTyme) {
     (server, tyme)
 }
 
-#[test]
-fn a_guest_down_for_a_while_is_restarted_with_back_off_and_nothing_is_lost() {
-    let (server, tyme) = crashy_on_virtual_tyme(0);
+/// Crashy serving `a`, then crashed by a poison message at a tyme where no
+/// restart can start it: the guest is down.
+fn crashed(max_restarts: u32) -> (TestServer, VirtualTyme, Client, Client) {
+    let (server, tyme) = crashy_on_virtual_tyme(max_restarts);
     let mut a = server.connect();
     a.echo(b"a before");
     tyme.tick(150.0);
     let mut poison = server.connect();
     poison.send(b"panic");
+    (server, tyme, a, poison)
+}
+
+#[test]
+fn a_guest_down_for_a_while_is_restarted_with_back_off_and_nothing_is_lost() {
+    let (server, tyme, mut a, mut poison) = crashed(0);
     // Every restart now fails in start. The host keeps reading, and keeps
     // accepting, while the guest is down.
     std::thread::sleep(Duration::from_millis(300));
@@ -114,12 +121,7 @@ fn a_guest_down_for_a_while_is_restarted_with_back_off_and_nothing_is_lost() {
 
 #[test]
 fn a_guest_that_keeps_failing_hits_the_fail_policy() {
-    let (server, tyme) = crashy_on_virtual_tyme(3);
-    let mut a = server.connect();
-    a.echo(b"a before");
-    tyme.tick(150.0);
-    let mut poison = server.connect();
-    poison.send(b"panic");
+    let (server, _tyme, mut a, _poison) = crashed(3);
     // 3 restarts, 10 + 20 + 40 ms apart, all fail: the host gives up and
     // closes every connection.
     assert!(a.closed_by_server(Duration::from_secs(5)), "connections left open after giving up");
@@ -129,12 +131,7 @@ fn a_guest_that_keeps_failing_hits_the_fail_policy() {
 
 #[test]
 fn a_guest_that_is_down_can_be_swapped_for_a_working_one() {
-    let (server, tyme) = crashy_on_virtual_tyme(0);
-    let mut a = server.connect();
-    a.echo(b"a before");
-    tyme.tick(150.0);
-    let mut poison = server.connect();
-    poison.send(b"panic");
+    let (server, _tyme, mut a, mut poison) = crashed(0);
     // Down now (every restart fails in start): what arrives waits in the host.
     std::thread::sleep(Duration::from_millis(200));
     a.send(b"kept");
