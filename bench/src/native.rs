@@ -27,7 +27,11 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        poll.poll(&mut events, None)?;
+        if let Err(e) = poll.poll(&mut events, None)
+            && e.kind() != ErrorKind::Interrupted
+        {
+            return Err(e.into());
+        }
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 loop {
@@ -93,7 +97,11 @@ pub fn serve_tls(addr: SocketAddr, config: std::sync::Arc<rustls::ServerConfig>)
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        poll.poll(&mut events, None)?;
+        if let Err(e) = poll.poll(&mut events, None)
+            && e.kind() != ErrorKind::Interrupted
+        {
+            return Err(e.into());
+        }
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 while let Ok((mut sock, _)) = listener.accept() {

@@ -345,10 +345,17 @@ impl Conn {
     /// Hand over up to `max` bytes the guest has not been given yet.
     /// Returns them and whether the stream has ended after them.
     pub fn hand(&mut self, max: usize) -> (Vec<u8>, bool) {
+        let mut data = Vec::new();
+        let cutoff = self.hand_into(max, &mut data);
+        (data, cutoff)
+    }
+
+    /// `hand`, appending to `data`.
+    pub fn hand_into(&mut self, max: usize, data: &mut Vec<u8>) -> bool {
         let end = self.rx.len().min(self.handed.saturating_add(max));
-        let data = self.rx[self.handed..end].to_vec();
+        data.extend_from_slice(&self.rx[self.handed..end]);
         self.handed = end;
-        (data, self.cutoff && self.handed == self.rx.len())
+        self.cutoff && self.handed == self.rx.len()
     }
 
     /// Drop up to `count` handed bytes; only bytes a guest has seen can be consumed.
@@ -370,6 +377,17 @@ impl Conn {
 
     pub fn pending(&self) -> u64 {
         self.rx.len() as u64
+    }
+
+    /// Holds bytes (or an end) the guest was handed and has not finished
+    /// with: if the guest fails now, this connection is a suspect.
+    pub fn owes_guest(&self) -> bool {
+        self.handed > 0 || (self.cutoff && self.rx.is_empty())
+    }
+
+    /// Has received bytes not yet handed.
+    pub fn unhanded(&self) -> bool {
+        self.handed < self.rx.len()
     }
 
     /// Has received bytes not yet handed, or an end not yet seen by the guest.

@@ -3,19 +3,24 @@
 //! the guest what changed. Guest calls mutate it; only the event loop does
 //! readiness bookkeeping with the poller.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use crate::acceptor::Acceptor;
 use crate::budget::Budget;
 use crate::conn::Conn;
+use crate::handing::Handing;
 use crate::tyme::Clock;
 use crate::wirelog::WireLog;
 
 pub struct Core {
     pub acceptor: Acceptor,
-    pub conns: HashMap<u64, Conn>,
+    /// Keyed by the host's own ids (never a peer's input), so a fast
+    /// unkeyed hash is safe.
+    pub conns: FxHashMap<u64, Conn>,
     /// Accepted by the host, not yet taken by the guest (hio's axes).
     pub axes: VecDeque<u64>,
     /// Connections with news for the guest's next cycle.
@@ -34,13 +39,15 @@ pub struct Core {
     /// Connections whose reading waits for the budget to drain, longest
     /// waiting first (served round-robin as room appears).
     pub starved: VecDeque<u64>,
+    /// What the current guest call may be handed, and the suspects.
+    pub handing: Handing,
 }
 
 impl Core {
     pub fn new(acceptor: Acceptor, clock: Clock, wirelog: Option<WireLog>, budget: Budget) -> Core {
         Core {
             acceptor,
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             axes: VecDeque::new(),
             ready: Vec::new(),
             dirty: Vec::new(),
@@ -52,6 +59,7 @@ impl Core {
             handshakes: VecDeque::new(),
             budget,
             starved: VecDeque::new(),
+            handing: Handing::default(),
         }
     }
 
@@ -73,14 +81,22 @@ impl Core {
         }
     }
 
-    /// Take the ready list for a guest cycle.
-    pub fn take_ready(&mut self) -> Vec<u64> {
-        let ready = std::mem::take(&mut self.ready);
-        for id in &ready {
-            if let Some(c) = self.conns.get_mut(id) {
-                c.in_ready = false;
-            }
+    /// Hand a connection's bytes the guest has not been given, within what
+    /// this call may be handed: the bytes and whether the stream ended after
+    /// them, or `None` if they must wait (the connection is then ready
+    /// again, for the next cycle).
+    pub fn hand(&mut self, id: u64) -> Option<(Vec<u8>, bool)> {
+        let c = self.conns.get_mut(&id)?;
+        let Some(max) = self.handing.allowance(id, c.has_news()) else {
+            self.mark_ready(id);
+            return None;
+        };
+        let mut data = self.handing.buffer();
+        let cutoff = c.hand_into(max, &mut data);
+        self.handing.handed(id, data.len(), cutoff);
+        if c.unhanded() {
+            self.mark_ready(id);
         }
-        ready
+        Some((data, cutoff))
     }
 }

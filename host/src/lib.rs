@@ -13,6 +13,7 @@ mod budget;
 mod conn;
 mod core;
 mod guest;
+mod handing;
 pub mod pool;
 mod server;
 mod swap;

@@ -22,7 +22,8 @@ use crate::budget::Budget;
 use crate::conn::Conn;
 use crate::core::Core;
 use crate::guest::cache::Origin;
-use crate::guest::{Cycle, Failed, Generation, GuestConfig, Limits, Runtime};
+use crate::guest::{self, Arrival, Cycle, Failed, Generation, GuestConfig, Limits, Runtime};
+use crate::handing::Verdict;
 use crate::swap::{Loaded, SwapOutcome, SwapReport, Swapper, stamp};
 use crate::tls::TlsConfig;
 use crate::tyme::{Clock, VirtualTyme};
@@ -194,9 +195,9 @@ pub struct Server {
     shed: u64,
     /// Accept again then, after an accept error.
     accept_retry: Option<Instant>,
-    /// Connections with news in the last cycle that crashed the guest.
-    suspects: Vec<u64>,
     last_cycle: Instant,
+    /// The arrivals list, kept between cycles for its allocation.
+    arrivals: Vec<Arrival>,
 }
 
 impl Server {
@@ -279,8 +280,8 @@ impl Server {
             refused: 0,
             shed: 0,
             accept_retry: None,
-            suspects: Vec::new(),
             last_cycle: Instant::now(),
+            arrivals: Vec::new(),
         })
     }
 
@@ -364,18 +365,20 @@ impl Server {
                 }
             }
         }
-        if self.accept_retry.is_some_and(|t| t <= Instant::now()) {
+        // One clock read serves the whole pass.
+        let now = Instant::now();
+        if self.accept_retry.is_some_and(|t| t <= now) {
             self.accept_retry = None;
             accept = true;
         }
         let new_accepts = accept && self.accept_all() > 0;
-        self.expire_handshakes();
+        self.expire_handshakes(now);
         for &(id, readable, writable) in &touched {
             self.serve_io(id, readable, writable);
         }
         touched.clear();
         self.touched = touched;
-        self.cycle(new_accepts)?;
+        self.cycle(new_accepts, now)?;
         while let Ok(loaded) = self.loaded.try_recv() {
             self.install(loaded)?;
         }
@@ -391,22 +394,24 @@ impl Server {
             return Duration::ZERO;
         }
         let mut t = wait.unwrap_or(Duration::from_secs_f64(self.tock));
+        let now = Instant::now();
         if let Some(&(deadline, _)) = self.core().handshakes.front() {
-            t = t.min(deadline.saturating_duration_since(Instant::now()));
+            t = t.min(deadline.saturating_duration_since(now));
         }
         if let Some(retry) = self.accept_retry {
-            t = t.min(retry.saturating_duration_since(Instant::now()));
+            t = t.min(retry.saturating_duration_since(now));
         }
         if let Tenant::Down { retry, .. } = &self.tenant {
-            return t.min(retry.saturating_duration_since(Instant::now()));
+            return t.min(retry.saturating_duration_since(now));
         }
         if let Some(wake) = self.next_wake {
             let core = self.core();
+            let tyme = core.clock.tyme_at(now);
             let until = if core.clock.is_virtual() {
                 // Virtual tyme moves by hand: just look again soon.
-                if wake <= core.clock.tyme() { 0.0 } else { t.as_secs_f64() }
+                if wake <= tyme { 0.0 } else { t.as_secs_f64() }
             } else {
-                (wake - core.clock.tyme()).max(0.0)
+                (wake - tyme).max(0.0)
             };
             t = t.min(Duration::from_secs_f64(until));
         }
@@ -500,9 +505,8 @@ impl Server {
 
     /// Abort TLS handshakes past their time limit, so stalled clients cannot
     /// pin connections. Deadlines are in accept order: only due ones are seen.
-    fn expire_handshakes(&mut self) {
+    fn expire_handshakes(&mut self, now: Instant) {
         let core = self.tenant.core();
-        let now = Instant::now();
         while let Some(&(deadline, id)) = core.handshakes.front() {
             if deadline > now {
                 break;
@@ -553,52 +557,71 @@ impl Server {
 
     /// Call the guest if anything is new for it, its tymer is due, or tock
     /// passed; or start one again if it is down and its wait is over.
-    fn cycle(&mut self, new_accepts: bool) -> Result<()> {
+    fn cycle(&mut self, new_accepts: bool, now: Instant) -> Result<()> {
         if let Tenant::Down { retry, .. } = &self.tenant {
-            if Instant::now() < *retry {
+            if now < *retry {
                 return Ok(());
             }
             return self.restart();
         }
         let core = self.core();
-        let tyme = core.clock.tyme();
+        let tyme = core.clock.tyme_at(now);
         let due = self.next_wake.is_some_and(|w| w <= tyme);
-        let heartbeat = self.last_cycle.elapsed().as_secs_f64() >= self.tock;
+        let heartbeat = now.saturating_duration_since(self.last_cycle).as_secs_f64() >= self.tock;
         let core = self.core();
         if !(due || heartbeat || new_accepts || !core.ready.is_empty()) {
             return Ok(());
         }
-        let ready = core.take_ready();
+        let mut ready = std::mem::take(&mut self.arrivals);
+        let core = self.core();
+        guest::arrivals(core, &mut ready);
         let cycle = Cycle { tyme, accepts: !core.axes.is_empty(), ready };
-        self.last_cycle = Instant::now();
+        self.last_cycle = now;
         let Tenant::Up(generation) = &mut self.tenant else { unreachable!("checked above") };
         match generation.service(&cycle) {
             Ok(wake) => {
                 self.next_wake = wake;
                 self.restarts = 0;
-                self.suspects.clear();
+                let mut ready = cycle.ready;
+                let core = self.tenant.core();
+                core.handing.succeeded();
+                for arrival in ready.drain(..) {
+                    core.handing.recycle(arrival.data);
+                }
+                self.arrivals = ready;
                 Ok(())
             }
             Err(e) => {
                 tracing::error!("{e}");
-                self.quarantine(cycle.ready);
+                self.quarantine();
                 let core = std::mem::replace(&mut self.tenant, Tenant::Moving).into_core().expect("was up");
                 self.go_down(core)
             }
         }
     }
 
-    /// A connection whose news was in two failing cycles in a row is taken
-    /// to be what crashes the guest: the host closes it, so one peer's bytes
-    /// cannot keep the guest down for everyone.
-    fn quarantine(&mut self, ready: Vec<u64>) {
-        let previous = std::mem::replace(&mut self.suspects, ready);
+    /// The guest failed. Connections that held bytes they were handed and
+    /// had not consumed are suspects: each is handed its bytes alone from
+    /// now on. A suspect that is again the only holder at a failure crashed
+    /// the guest twice: the host closes it, so one peer cannot keep the
+    /// guest down for everyone.
+    fn quarantine(&mut self) {
         let core = self.tenant.core();
-        for id in previous.iter().filter(|id| self.suspects.contains(id)) {
-            if let Some(c) = core.conns.get_mut(id) {
-                tracing::warn!(ca = %c.ca, "closing connection: its bytes crashed the guest twice");
-                c.close();
-                core.mark_dirty(*id);
+        let conns = &core.conns;
+        match core.handing.failed(|id| conns.get(&id).is_some_and(Conn::owes_guest)) {
+            Verdict::NoneHeld => {}
+            Verdict::Culprit(id) => {
+                if let Some(c) = core.conns.get_mut(&id) {
+                    tracing::warn!(ca = %c.ca, "closing connection: its bytes crashed the guest twice");
+                    c.close();
+                    core.mark_dirty(id);
+                }
+            }
+            Verdict::Isolated(n) => {
+                tracing::warn!(
+                    suspects = n,
+                    "guest failed holding these connections' bytes: each is now handed its bytes alone"
+                );
             }
         }
     }
@@ -635,8 +658,10 @@ impl Server {
                 self.next_wake = Some(f64::NEG_INFINITY);
                 Ok(())
             }
-            Err(failed) => {
+            Err(mut failed) => {
                 tracing::error!("{:#}", failed.error);
+                // It failed before any cycle: evidence against no connection.
+                failed.core.handing.start_failed();
                 self.go_down(failed.core)
             }
         }
@@ -700,7 +725,6 @@ impl Server {
                 self.next_wake = Some(f64::NEG_INFINITY);
                 if down.is_some() {
                     self.restarts = 0;
-                    self.suspects.clear();
                 }
                 Ok(SwapReport { guest: path.to_path_buf(), pause: started.elapsed(), connections })
             }
@@ -788,6 +812,7 @@ impl Server {
                 // Dropping closes the socket, which also takes it out of
                 // epoll: no deregister call needed.
                 let c = core.conns.remove(&id).expect("present above");
+                core.handing.forget(id);
                 tracing::debug!(ca = %c.ca, id, "closed");
                 continue;
             }

@@ -22,8 +22,13 @@ impl Clock {
     }
 
     pub fn tyme(&self) -> f64 {
+        self.tyme_at(Instant::now())
+    }
+
+    /// The tyme at `now`, for a caller that has already read the clock.
+    pub fn tyme_at(&self, now: Instant) -> f64 {
         match self {
-            Clock::Real(start) => start.elapsed().as_secs_f64(),
+            Clock::Real(start) => now.saturating_duration_since(*start).as_secs_f64(),
             Clock::Virtual(v) => v.tyme(),
         }
     }

@@ -95,13 +95,13 @@ fn check_says_whether_a_guest_fits() {
     let out = Command::new(host_binary()).args(["check", guest("echo").to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("exports: hio:tcp/guest@0.1.0") && text.contains("fits the hio:tcp/server world"), "{text}");
+    assert!(text.contains("exports: hio:tcp/guest@0.2.0") && text.contains("fits the hio:tcp/server world"), "{text}");
     let empty = std::env::temp_dir().join(format!("check-empty-{}.wasm", std::process::id()));
     std::fs::write(&empty, b"\0asm\x0d\x00\x01\x00").unwrap();
     let out = Command::new(host_binary()).args(["check", empty.to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
-    assert!(text.contains("problem: does not export hio:tcp/guest@0.1.0"), "{text}");
+    assert!(text.contains("problem: does not export hio:tcp/guest@0.2.0"), "{text}");
     std::fs::remove_file(empty).unwrap();
 }
 

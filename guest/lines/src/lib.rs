@@ -37,8 +37,9 @@ impl Service for Lines {
             reply.extend(line.iter().map(u8::to_ascii_uppercase));
             reply.push(b'\n');
         }
-        ix.tx(&reply)?;
-        ix.consume_rxbs(used)?;
+        if used > 0 {
+            ix.tx_consume(&reply, used)?;
+        }
         if quit {
             ix.close()?;
         }

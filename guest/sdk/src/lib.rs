@@ -131,13 +131,14 @@ pub trait Service: 'static {
             }
         }
         let ready = server.service_receives_ready();
-        for ca in &ready {
-            let Some(ix) = server.ixes.get_mut(ca) else {
+        for &id in &ready {
+            let Some(ix) = server.ix_by_id(id) else {
                 continue;
             };
             if let Err(e) = self.received(ix) {
+                let ca = ix.ca.clone();
                 log::warn(&format!("service of {ca} failed, closing it: {e}"));
-                let _ = server.remove_ix(ca, true);
+                let _ = server.remove_ix(&ca, true);
             }
         }
         server.service_cutoffs(&ready);
@@ -156,7 +157,7 @@ macro_rules! export_service {
             fn start(
                 config: $crate::bindings::exports::hio::tcp::guest::Config,
                 listener: $crate::bindings::hio::tcp::acceptor::Listener,
-                connections: ::std::vec::Vec<$crate::bindings::hio::tcp::remoter::Remoter>,
+                connections: ::std::vec::Vec<$crate::bindings::hio::tcp::remoter::Connection>,
                 snapshot: ::std::option::Option<$crate::bindings::exports::hio::tcp::guest::Snapshot>,
             ) -> ::std::result::Result<(), ::std::string::String> {
                 $crate::runtime::start::<$service>(config, listener, connections, snapshot)

@@ -4,7 +4,7 @@
 //! its own copy of them until `clear_rxbs` (or `consume_rxbs`) says the
 //! policy is done, so a guest that is replaced or crashes loses nothing.
 
-use crate::bindings::hio::tcp::remoter::{Remoter as Handle, TlsInfo};
+use crate::bindings::hio::tcp::remoter::{Connection, Remoter as Handle, TlsInfo};
 use crate::bindings::hio::tcp::types::ShutdownHow;
 use crate::{Ca, Error, Tymer, Tymth};
 
@@ -36,15 +36,16 @@ pub struct Remoter {
 }
 
 impl Remoter {
-    pub(crate) fn new(handle: Handle, bs: u32, tymth: Tymth, tymeout: f64) -> Remoter {
+    /// A connection as the host handed it over, its first bytes in rxbs.
+    pub(crate) fn new(conn: Connection, bs: u32, tymth: Tymth, tymeout: f64) -> Remoter {
         Remoter {
-            id: handle.id(),
-            ha: handle.ha().into(),
-            ca: handle.ca().into(),
-            handle,
+            id: conn.id,
+            ha: conn.ha.into(),
+            ca: conn.ca.into(),
+            handle: conn.remoter,
             bs,
-            rxbs: Vec::new(),
-            cutoff: false,
+            rxbs: conn.data,
+            cutoff: conn.cutoff,
             refreshable: true,
             tymer: Tymer::new(tymth, tymeout, None),
             tls: None,
@@ -62,6 +63,22 @@ impl Remoter {
 
     fn check_open(&self) -> Result<(), Error> {
         if self.closed { Err(Error::Closed) } else { Ok(()) }
+    }
+
+    /// Bytes the host handed with a cycle: they join rxbs.
+    pub(crate) fn arrived(&mut self, data: Vec<u8>, cutoff: bool) {
+        self.cutoff |= cutoff;
+        if data.is_empty() {
+            return;
+        }
+        if self.refreshable {
+            self.refresh();
+        }
+        if self.rxbs.is_empty() {
+            self.rxbs = data;
+        } else {
+            self.rxbs.extend_from_slice(&data);
+        }
     }
 
     /// hio's `receive`: one read of up to bs bytes. `None` is nothing now,
@@ -86,16 +103,15 @@ impl Remoter {
     }
 
     /// hio's `serviceReceives`: take everything available into rxbs in one
-    /// crossing. Returns the number of bytes added.
+    /// crossing. Returns the number of bytes added. (A cycle already hands
+    /// each ready connection its bytes; this asks for any the host held
+    /// back.)
     pub fn service_receives(&mut self) -> Result<usize, Error> {
         match self.receive_up_to(u32::MAX)? {
-            Some(data) if self.rxbs.is_empty() => {
-                self.rxbs = data;
-                Ok(self.rxbs.len())
-            }
             Some(data) => {
-                self.rxbs.extend_from_slice(&data);
-                Ok(data.len())
+                let n = data.len();
+                self.arrived(data, false);
+                Ok(n)
             }
             None => Ok(0),
         }
@@ -127,13 +143,17 @@ impl Remoter {
         if !self.closed {
             self.handle.consume(count as u64)?;
         }
+        self.drop_rxbs(count);
+        Ok(())
+    }
+
+    fn drop_rxbs(&mut self, count: usize) {
         if count == self.rxbs.len() && self.rxbs.capacity() > KEEP {
             // Give a burst's buffer back instead of holding it per connection.
             self.rxbs = Vec::new();
         } else {
             self.rxbs.drain(..count);
         }
-        Ok(())
     }
 
     /// hio's `send`: write now; returns bytes the socket took (0 when it
@@ -154,24 +174,41 @@ impl Remoter {
             return Ok(());
         }
         self.handle.tx(data)?;
-        self.txed = true;
-        if self.refreshable {
-            self.refresh();
-        }
+        self.answered(true, 0);
         Ok(())
     }
 
-    /// hio's EchoServer step: queue rxbs back to the peer, then consume it
-    /// (in that order, so a crash in between re-echoes rather than loses).
+    /// `tx(data)` and `consume_rxbs(count)` as one step, in one crossing:
+    /// the answer to some received bytes. A guest that crashes after it
+    /// neither loses nor repeats the answer; when refused, nothing changed.
+    pub fn tx_consume(&mut self, data: &[u8], count: usize) -> Result<(), Error> {
+        self.check_open()?;
+        let count = count.min(self.rxbs.len());
+        self.handle.tx_consume(data, count as u64)?;
+        self.answered(!data.is_empty(), count);
+        Ok(())
+    }
+
+    /// hio's EchoServer step: queue rxbs back to the peer and consume it.
     pub fn echo_rxbs(&mut self) -> Result<(), Error> {
         if self.rxbs.is_empty() {
             return Ok(());
         }
-        let rxbs = std::mem::take(&mut self.rxbs);
-        let sent = self.tx(&rxbs);
-        self.rxbs = rxbs;
-        sent?;
-        self.clear_rxbs()
+        self.check_open()?;
+        let count = self.rxbs.len();
+        self.handle.tx_consume(&self.rxbs, count as u64)?;
+        self.answered(true, count);
+        Ok(())
+    }
+
+    fn answered(&mut self, txed: bool, consumed: usize) {
+        if txed {
+            self.txed = true;
+            if self.refreshable {
+                self.refresh();
+            }
+        }
+        self.drop_rxbs(consumed);
     }
 
     /// hio's `serviceSends`: try to send what is queued now. The host also

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use crate::bindings::exports::hio::tcp::guest::{Config, Cycle, Snapshot};
 use crate::bindings::hio::tcp::acceptor::Listener;
-use crate::bindings::hio::tcp::remoter::Remoter as Handle;
+use crate::bindings::hio::tcp::remoter::Connection;
 use crate::{Server, Service, log, snapshot};
 
 struct App {
@@ -20,15 +20,15 @@ thread_local! {
 pub fn start<S: Service>(
     config: Config,
     listener: Listener,
-    connections: Vec<Handle>,
+    connections: Vec<Connection>,
     predecessor: Option<Snapshot>,
 ) -> Result<(), String> {
     // A panic aborts the instance; say why in the host's log first.
     std::panic::set_hook(Box::new(|info| log::error(&format!("guest panicked: {info}"))));
     let mut server = Server::new(config.tymeout, config.bs, listener, crate::bindings::hio::tcp::host::tyme());
     let adopted = connections.len();
-    for handle in connections {
-        server.adopt(handle);
+    for conn in connections {
+        server.adopt(conn);
     }
     let state = match predecessor {
         None => None,

@@ -3,10 +3,13 @@
 //! Unlike hio, a cycle looks only at connections the host named as ready
 //! and at tymers that came due, so idle connections cost nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
+use rustc_hash::FxHashMap;
+
+use crate::bindings::exports::hio::tcp::guest::Arrival;
 use crate::bindings::hio::tcp::acceptor::Listener;
-use crate::bindings::hio::tcp::remoter::{Remoter as Handle, TlsState};
+use crate::bindings::hio::tcp::remoter::{Connection, TlsState};
 use crate::bindings::hio::tcp::types::ShutdownHow;
 use crate::snapshot::IxState;
 use crate::tymers::{Due, TymerQueue};
@@ -22,14 +25,16 @@ pub struct Server {
     pub tymeout: f64,
     pub tymist: Tymist,
     /// Connections keyed by peer address.
-    pub ixes: HashMap<Ca, Remoter>,
+    pub ixes: FxHashMap<Ca, Remoter>,
     /// TLS connections still handshaking (hio's ServerTls cxes).
-    pub cxes: HashMap<Ca, Remoter>,
+    pub cxes: FxHashMap<Ca, Remoter>,
     /// Accepted connections not yet made remoters.
-    pub axes: VecDeque<Handle>,
-    ids: HashMap<u64, Ca>,
+    pub axes: VecDeque<Connection>,
+    /// The host's connection ids to peer addresses.
+    ids: FxHashMap<u64, Ca>,
     tymers: TymerQueue,
-    ready: Vec<Ca>,
+    /// Ids of connections with news this cycle.
+    ready: Vec<u64>,
     /// The host said accepted connections are waiting (cycle.accepts).
     accepts: bool,
     connected: Vec<Ca>,
@@ -45,10 +50,10 @@ impl Server {
             bs,
             tymeout,
             tymist: Tymist::new(tyme),
-            ixes: HashMap::new(),
-            cxes: HashMap::new(),
+            ixes: FxHashMap::default(),
+            cxes: FxHashMap::default(),
             axes: VecDeque::new(),
-            ids: HashMap::new(),
+            ids: FxHashMap::default(),
             tymers: TymerQueue::default(),
             ready: Vec::new(),
             accepts: true,
@@ -65,20 +70,22 @@ impl Server {
         self.tymist.tyme()
     }
 
-    pub(crate) fn begin_cycle(&mut self, tyme: f64, accepts: bool, ready: Vec<u64>) {
+    /// A cycle's news: each arrival's bytes join its connection's rxbs.
+    pub(crate) fn begin_cycle(&mut self, tyme: f64, accepts: bool, ready: Vec<Arrival>) {
         self.tymist.set(tyme);
         self.accepts = accepts;
-        for id in ready {
-            if let Some(ca) = self.ids.get(&id) {
-                self.ready.push(ca.clone());
-            }
+        for Arrival { id, data, cutoff } in ready {
+            let Some(ca) = self.ids.get(&id) else { continue };
+            let Some(ix) = self.ixes.get_mut(ca).or_else(|| self.cxes.get_mut(ca)) else { continue };
+            ix.arrived(data, cutoff);
+            self.ready.push(id);
         }
     }
 
     /// Connections taken over from a previous guest: straight into ixes,
-    /// ready, so their unconsumed bytes are received again.
-    pub(crate) fn adopt(&mut self, handle: Handle) {
-        self.add_handle(handle, false);
+    /// ready, with their unconsumed bytes handed again.
+    pub(crate) fn adopt(&mut self, conn: Connection) {
+        self.add_connection(conn, false);
     }
 
     /// hio's `serviceAccepts`: take every connection the host accepted.
@@ -105,8 +112,8 @@ impl Server {
     /// new connection from a ca already in ixes replaces the old one, which
     /// is closed.
     pub fn service_axes(&mut self) {
-        while let Some(handle) = self.axes.pop_front() {
-            self.add_handle(handle, true);
+        while let Some(conn) = self.axes.pop_front() {
+            self.add_connection(conn, true);
         }
     }
 
@@ -114,9 +121,9 @@ impl Server {
     /// in cxes; aborted ones are dropped (the host has closed them).
     /// `new` is false for connections handed over from a previous guest:
     /// they are not announced to the policy as connected again.
-    fn add_handle(&mut self, handle: Handle, new: bool) {
-        let state = handle.tls();
-        let mut ix = Remoter::new(handle, self.bs, self.tymist.tymen(), self.tymeout);
+    fn add_connection(&mut self, mut conn: Connection, new: bool) {
+        let state = std::mem::replace(&mut conn.tls, TlsState::Plain);
+        let mut ix = Remoter::new(conn, self.bs, self.tymist.tymen(), self.tymeout);
         match state {
             TlsState::Plain => self.admit(ix, new),
             TlsState::Connected(info) => {
@@ -125,7 +132,7 @@ impl Server {
             }
             TlsState::Handshaking => {
                 self.ids.insert(ix.id, ix.ca.clone());
-                self.ready.push(ix.ca.clone());
+                self.ready.push(ix.id);
                 self.cxes.insert(ix.ca.clone(), ix);
             }
             TlsState::Aborted(why) => log::debug(&format!("{}: TLS aborted before service: {why}", ix.ca)),
@@ -136,7 +143,16 @@ impl Server {
     /// aborted ones. Only connections the host named ready (their handshake
     /// moved) or that just arrived are looked at.
     pub fn service_cxes(&mut self) {
-        let candidates: Vec<Ca> = self.ready.iter().filter(|ca| self.cxes.contains_key(*ca)).cloned().collect();
+        if self.cxes.is_empty() {
+            return;
+        }
+        let candidates: Vec<Ca> = self
+            .ready
+            .iter()
+            .filter_map(|id| self.ids.get(id))
+            .filter(|ca| self.cxes.contains_key(*ca))
+            .cloned()
+            .collect();
         for ca in candidates {
             let Some(cx) = self.cxes.get(&ca) else { continue };
             match cx.handle().tls() {
@@ -168,8 +184,8 @@ impl Server {
             self.tymers.push(ix.id, ix.tymer.stop_tyme());
         }
         self.ids.insert(ix.id, ca.clone());
+        self.ready.push(ix.id);
         self.ixes.insert(ca.clone(), ix);
-        self.ready.push(ca.clone());
         if new {
             self.connected.push(ca);
         }
@@ -190,6 +206,11 @@ impl Server {
     /// Connections that left ixes since last asked.
     pub fn take_removed(&mut self) -> Vec<Ca> {
         std::mem::take(&mut self.removed)
+    }
+
+    /// The connection in ixes with this host id.
+    pub fn ix_by_id(&mut self, id: u64) -> Option<&mut Remoter> {
+        self.ids.get(&id).and_then(|ca| self.ixes.get_mut(ca))
     }
 
     fn ix(&mut self, ca: &Ca) -> Result<&mut Remoter, Error> {
@@ -255,13 +276,14 @@ impl Server {
         self.receive_each(all);
     }
 
-    /// Receive on the connections the host named ready this cycle (and new
-    /// ones); returns them.
-    pub fn service_receives_ready(&mut self) -> Vec<Ca> {
+    /// Ids of the connections the host named ready this cycle (their bytes
+    /// came with it, into rxbs) and of the new ones, for [`Server::ix_by_id`]
+    /// (which skips any that are not, or no longer, in ixes).
+    pub fn service_receives_ready(&mut self) -> Vec<u64> {
         let mut ready = std::mem::take(&mut self.ready);
         ready.sort_unstable();
         ready.dedup();
-        self.receive_each(ready)
+        ready
     }
 
     fn receive_each(&mut self, cas: Vec<Ca>) -> Vec<Ca> {
@@ -305,20 +327,24 @@ impl Server {
     }
 
     /// hio's `service`: connects, receives on ready connections, sends.
-    pub fn service(&mut self) -> Vec<Ca> {
+    /// Returns the ids of the ready ones.
+    pub fn service(&mut self) -> Vec<u64> {
         self.service_connects();
         let ready = self.service_receives_ready();
         self.service_sends_all_ix();
         ready
     }
 
-    /// Close and remove those of `cas` that are cut off or were closed by
-    /// the policy. The host sends what is queued first, so a half-closed
-    /// peer still gets its every byte before the FIN.
-    pub fn service_cutoffs(&mut self, cas: &[Ca]) {
-        for ca in cas {
-            if self.ixes.get(ca).is_some_and(|ix| ix.cutoff || ix.closed()) {
-                let _ = self.remove_ix(ca, true);
+    /// Close and remove those of the connections `ids` that are cut off or
+    /// were closed by the policy. The host sends what is queued first, so a
+    /// half-closed peer still gets its every byte before the FIN.
+    pub fn service_cutoffs(&mut self, ids: &[u64]) {
+        for &id in ids {
+            if let Some(ix) = self.ix_by_id(id)
+                && (ix.cutoff || ix.closed())
+            {
+                let ca = ix.ca.clone();
+                let _ = self.remove_ix(&ca, true);
             }
         }
     }

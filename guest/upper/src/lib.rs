@@ -12,8 +12,8 @@ impl Service for Upper {
 
     fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
         let upper = ix.rxbs.to_ascii_uppercase();
-        ix.tx(&upper)?;
-        ix.clear_rxbs()
+        let n = upper.len();
+        ix.tx_consume(&upper, n)
     }
 }
 

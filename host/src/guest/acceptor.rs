@@ -3,15 +3,16 @@
 use wasmtime::component::Resource;
 
 use super::hio::tcp::acceptor::{Host, HostListener};
+use super::hio::tcp::remoter::Connection;
 use super::hio::tcp::types::{Address, Error};
-use super::{ConnRef, ListenerRef, State, address};
+use super::{ListenerRef, State, address};
 
 impl State {
     /// Take the next accepted connection the guest has not been given.
-    fn take_axe(&mut self) -> Result<Option<Resource<ConnRef>>, Error> {
+    fn take_axe(&mut self) -> Result<Option<Connection>, Error> {
         while let Some(id) = self.core.axes.pop_front() {
             if self.core.conns.contains_key(&id) {
-                return self.new_remoter(id).map(Some).map_err(|e| Error::Io(e.to_string()));
+                return self.hand_over(id).map(Some).map_err(|e| Error::Io(e.to_string()));
             }
         }
         Ok(None)
@@ -45,11 +46,11 @@ impl HostListener for State {
         self.core.acceptor.actual_buf_sizes().map_err(|e| Error::Io(e.to_string()))
     }
 
-    fn accept(&mut self, _: Resource<ListenerRef>) -> Result<Option<Resource<ConnRef>>, Error> {
+    fn accept(&mut self, _: Resource<ListenerRef>) -> Result<Option<Connection>, Error> {
         self.take_axe()
     }
 
-    fn accept_all(&mut self, _: Resource<ListenerRef>) -> Result<Vec<Resource<ConnRef>>, Error> {
+    fn accept_all(&mut self, _: Resource<ListenerRef>) -> Result<Vec<Connection>, Error> {
         let mut all = Vec::with_capacity(self.core.axes.len());
         while let Some(r) = self.take_axe()? {
             all.push(r);

@@ -29,7 +29,8 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::hio::tcp::guest::{Config as GuestConfig, Cycle, Snapshot};
+pub use exports::hio::tcp::guest::{Arrival, Config as GuestConfig, Cycle, Snapshot};
+use hio::tcp::remoter::Connection;
 use hio::tcp::types::{Address, Error as WitError};
 
 /// What a guest's remoter handle points at. The id is checked against the
@@ -83,12 +84,40 @@ impl State {
         self.table.get(handle).map_err(|_| WitError::Closed)
     }
 
-    /// Hand a connection to the guest as a new remoter handle.
-    pub fn new_remoter(&mut self, id: u64) -> wasmtime::Result<Resource<ConnRef>> {
+    /// Hand a connection to the guest: a new remoter handle, what the guest
+    /// would ask of it first, and its bytes not yet handed.
+    pub fn hand_over(&mut self, id: u64) -> wasmtime::Result<Connection> {
         let c = self.core.conns.get_mut(&id).ok_or_else(|| wasmtime::format_err!("connection {id} vanished"))?;
         c.adopted = true;
-        let r = ConnRef { id, ha: c.ha, ca: c.ca };
-        Ok(self.table.push(r)?)
+        let (ha, ca, tls) = (c.ha, c.ca, remoter::tls_state(c));
+        let (data, cutoff) = self.core.hand(id).unwrap_or_default();
+        let remoter = self.table.push(ConnRef { id, ha, ca })?;
+        Ok(Connection { remoter, id, ha: address(ha), ca: address(ca), tls, data, cutoff })
+    }
+}
+
+/// The news for one guest cycle, into `arrivals`: every ready connection
+/// the guest holds, with its bytes not yet handed, as far as this call may
+/// be handed them (see `handing`; the rest waits for the next cycle).
+/// Connections the guest has not taken yet are left out: `accept` hands
+/// them with their bytes.
+pub fn arrivals(core: &mut Core, arrivals: &mut Vec<Arrival>) {
+    core.handing.begin_call();
+    let mut ready = std::mem::take(&mut core.ready);
+    for &id in &ready {
+        let Some(c) = core.conns.get_mut(&id) else { continue };
+        c.in_ready = false;
+        if !c.adopted || c.closing {
+            continue;
+        }
+        if let Some((data, cutoff)) = core.hand(id) {
+            arrivals.push(Arrival { id, data, cutoff });
+        }
+    }
+    // Keep the list's allocation for the next cycle.
+    if core.ready.is_empty() {
+        ready.clear();
+        core.ready = ready;
     }
 }
 
@@ -237,8 +266,8 @@ impl Runtime {
 /// Interfaces this host gives guests (besides WASI 0.2, linked with nothing
 /// granted; `instantiate_pre` checks those), and the one it needs from them.
 const PROVIDED: &[&str] =
-    &["hio:tcp/types@0.1.0", "hio:tcp/host@0.1.0", "hio:tcp/acceptor@0.1.0", "hio:tcp/remoter@0.1.0"];
-const GUEST_EXPORT: &str = "hio:tcp/guest@0.1.0";
+    &["hio:tcp/types@0.2.0", "hio:tcp/host@0.2.0", "hio:tcp/acceptor@0.2.0", "hio:tcp/remoter@0.2.0"];
+const GUEST_EXPORT: &str = "hio:tcp/guest@0.2.0";
 
 /// What `hio-host check` found.
 #[derive(Debug)]
@@ -280,27 +309,25 @@ impl Generation {
     }
 
     /// Call the guest's `start`, handing it the listener and every live
-    /// connection (each will be handed its unconsumed bytes again).
+    /// connection with its unconsumed bytes, handed again.
     pub fn start(&mut self, config: &GuestConfig, snapshot: Option<&Snapshot>) -> Result<()> {
         let state = self.store.data_mut();
         let mut ids: Vec<u64> =
             state.core.conns.iter().filter(|(_, c)| c.adopted && !c.closing).map(|(id, _)| *id).collect();
         ids.sort_unstable();
-        let mut handles = Vec::with_capacity(ids.len());
+        state.core.handing.begin_call();
+        let mut connections = Vec::with_capacity(ids.len());
         for &id in &ids {
             if let Some(c) = state.core.conns.get_mut(&id) {
                 c.rewind();
-                if c.has_news() {
-                    state.core.mark_ready(id);
-                }
             }
-            handles.push(state.new_remoter(id)?);
+            connections.push(state.hand_over(id)?);
         }
         let listener = state.table.push(ListenerRef)?;
         self.arm()?;
         self.bindings
             .hio_tcp_guest()
-            .call_start(&mut self.store, *config, listener, &handles, snapshot)
+            .call_start(&mut self.store, *config, listener, &connections, snapshot)
             .map_err(|e| self.trapped("start", e))?
             .map_err(|e| anyhow!("guest refused to start: {e}"))
     }

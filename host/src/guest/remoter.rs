@@ -25,24 +25,31 @@ fn io_error(e: std::io::Error) -> Error {
     Error::Io(e.to_string())
 }
 
+/// Where a connection's TLS stands, as the guest sees it.
+pub(super) fn tls_state(c: &Conn) -> TlsState {
+    match c.tls.as_ref().map(|t| &t.state) {
+        None => TlsState::Plain,
+        Some(ConnTls::Handshaking) => TlsState::Handshaking,
+        Some(ConnTls::Aborted(why)) => TlsState::Aborted(why.clone()),
+        Some(ConnTls::Connected(info)) => TlsState::Connected(TlsInfo {
+            version: info.version.clone(),
+            cipher_suite: info.cipher_suite.clone(),
+            alpn: info.alpn.clone(),
+            peer_certificate: info.certificate.as_ref().map(|p| PeerCertificate {
+                subject: p.subject.clone(),
+                sans: p.sans.clone(),
+                sha256: p.sha256.clone(),
+            }),
+        }),
+    }
+}
+
 impl HostRemoter for State {
     fn tls(&mut self, h: Resource<ConnRef>) -> TlsState {
         let Ok(r) = self.conn_ref(&h) else { return TlsState::Aborted("connection closed".into()) };
-        let Some(c) = self.core.conns.get(&r.id) else { return TlsState::Aborted("connection closed".into()) };
-        match c.tls.as_ref().map(|t| &t.state) {
-            None => TlsState::Plain,
-            Some(ConnTls::Handshaking) => TlsState::Handshaking,
-            Some(ConnTls::Aborted(why)) => TlsState::Aborted(why.clone()),
-            Some(ConnTls::Connected(info)) => TlsState::Connected(TlsInfo {
-                version: info.version.clone(),
-                cipher_suite: info.cipher_suite.clone(),
-                alpn: info.alpn.clone(),
-                peer_certificate: info.certificate.as_ref().map(|p| PeerCertificate {
-                    subject: p.subject.clone(),
-                    sans: p.sans.clone(),
-                    sha256: p.sha256.clone(),
-                }),
-            }),
+        match self.core.conns.get(&r.id) {
+            Some(c) => tls_state(c),
+            None => TlsState::Aborted("connection closed".into()),
         }
     }
 
@@ -98,6 +105,21 @@ impl HostRemoter for State {
             return Err(Error::Full);
         }
         c.queue(data);
+        self.core.mark_dirty(id);
+        Ok(())
+    }
+
+    fn tx_consume(&mut self, h: Resource<ConnRef>, data: Vec<u8>, count: u64) -> Result<(), Error> {
+        let (c, _, id) = self.open_conn(&h)?;
+        if !c.accepts_tx() {
+            return Err(Error::Closed);
+        }
+        if !c.has_room(data.len()) {
+            return Err(Error::Full);
+        }
+        c.queue(data);
+        c.consume(count);
+        // Queued bytes to send, and maybe reading to resume below the mark.
         self.core.mark_dirty(id);
         Ok(())
     }

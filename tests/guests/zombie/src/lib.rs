@@ -35,6 +35,7 @@ impl Service for Zombie {
                 let h = ix.handle();
                 self.answers = vec![
                     describe(h.tx(b"brains")),
+                    describe(h.tx_consume(b"brains", 1)),
                     describe(h.receive(10).map(|r| r.data.len())),
                     describe(h.close()),
                     describe(h.queued()),
@@ -61,11 +62,11 @@ impl Service for Zombie {
         }
         server.service_connects();
         let ready = server.service_receives_ready();
-        for ca in &ready {
-            if let Some(ix) = server.ixes.get_mut(ca)
+        for &id in &ready {
+            if let Some(ix) = server.ix_by_id(id)
                 && let Err(e) = self.received(ix)
             {
-                hio_guest::log::warn(&format!("{ca}: {e}"));
+                hio_guest::log::warn(&format!("{}: {e}", ix.ca));
             }
         }
         server.service_cutoffs(&ready);
