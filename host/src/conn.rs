@@ -390,6 +390,10 @@ impl Conn {
         self.handed < self.rx.len()
     }
 
+    pub fn unhanded_len(&self) -> usize {
+        self.rx.len() - self.handed
+    }
+
     /// Has received bytes not yet handed, or an end not yet seen by the guest.
     pub fn has_news(&self) -> bool {
         self.handed < self.rx.len() || self.cutoff

@@ -91,7 +91,7 @@ impl Core {
             self.mark_ready(id);
             return None;
         };
-        let mut data = self.handing.buffer();
+        let mut data = self.handing.buffer(c.unhanded_len().min(max));
         let cutoff = c.hand_into(max, &mut data);
         self.handing.handed(id, data.len(), cutoff);
         if c.unhanded() {

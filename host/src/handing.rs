@@ -80,8 +80,13 @@ impl Handing {
         }
     }
 
-    pub fn buffer(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_default()
+    /// A buffer for `len` bytes: a spare one if it holds them without
+    /// growing (growing would copy its old capacity for nothing).
+    pub fn buffer(&mut self, len: usize) -> Vec<u8> {
+        match self.spare.last() {
+            Some(b) if b.capacity() >= len => self.spare.pop().unwrap_or_default(),
+            _ => Vec::with_capacity(len),
+        }
     }
 
     /// Take back a buffer handed out, once the guest has its copy.
