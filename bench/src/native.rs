@@ -17,21 +17,31 @@ struct Conn {
     pending: Vec<u8>,
 }
 
-pub fn serve(addr: SocketAddr) -> Result<()> {
-    let mut poll = Poll::new()?;
+/// Bind, register and announce the listen socket (the bench reads the line).
+fn listen(addr: SocketAddr, what: &str) -> Result<(Poll, TcpListener)> {
+    let poll = Poll::new()?;
     let mut listener = TcpListener::bind(addr)?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    eprintln!("native echo listening ha={}", listener.local_addr()?);
+    eprintln!("{what} listening ha={}", listener.local_addr()?);
+    Ok((poll, listener))
+}
+
+/// Wait for events; a signal (a profiler attaching) is not an error.
+fn wait(poll: &mut Poll, events: &mut Events) -> Result<()> {
+    match poll.poll(events, None) {
+        Err(e) if e.kind() != ErrorKind::Interrupted => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+pub fn serve(addr: SocketAddr) -> Result<()> {
+    let (mut poll, listener) = listen(addr, "native echo")?;
     let mut conns: HashMap<usize, Conn> = HashMap::new();
     let mut next = 1usize;
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if let Err(e) = poll.poll(&mut events, None)
-            && e.kind() != ErrorKind::Interrupted
-        {
-            return Err(e.into());
-        }
+        wait(&mut poll, &mut events)?;
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 loop {
@@ -88,20 +98,13 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
 /// The TLS baseline: the same loop with a rustls session per connection
 /// (one context for all, as the host builds it), like rustls' tlsserver-mio.
 pub fn serve_tls(addr: SocketAddr, config: std::sync::Arc<rustls::ServerConfig>) -> Result<()> {
-    let mut poll = Poll::new()?;
-    let mut listener = TcpListener::bind(addr)?;
-    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    eprintln!("native TLS echo listening ha={}", listener.local_addr()?);
+    let (mut poll, listener) = listen(addr, "native TLS echo")?;
     let mut conns: HashMap<usize, (TcpStream, rustls::ServerConnection, Interest)> = HashMap::new();
     let mut next = 1usize;
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if let Err(e) = poll.poll(&mut events, None)
-            && e.kind() != ErrorKind::Interrupted
-        {
-            return Err(e.into());
-        }
+        wait(&mut poll, &mut events)?;
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 while let Ok((mut sock, _)) = listener.accept() {
