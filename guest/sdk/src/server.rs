@@ -273,7 +273,13 @@ impl Server {
     /// failing one is logged and removed; the rest carry on.
     pub fn service_receives_all_ix(&mut self) {
         let all: Vec<Ca> = self.ixes.keys().cloned().collect();
-        self.receive_each(all);
+        for ca in all {
+            let Some(ix) = self.ixes.get_mut(&ca) else { continue };
+            if let Err(e) = ix.service_receives() {
+                log::warn(&format!("receive from {ca} failed: {e}"));
+                let _ = self.remove_ix(&ca, true);
+            }
+        }
     }
 
     /// Ids of the connections the host named ready this cycle (their bytes
@@ -284,23 +290,6 @@ impl Server {
         ready.sort_unstable();
         ready.dedup();
         ready
-    }
-
-    fn receive_each(&mut self, cas: Vec<Ca>) -> Vec<Ca> {
-        let mut ok = Vec::with_capacity(cas.len());
-        for ca in cas {
-            let Some(ix) = self.ixes.get_mut(&ca) else {
-                continue;
-            };
-            match ix.service_receives() {
-                Ok(_) => ok.push(ca),
-                Err(e) => {
-                    log::warn(&format!("receive from {ca} failed: {e}"));
-                    let _ = self.remove_ix(&ca, true);
-                }
-            }
-        }
-        ok
     }
 
     /// hio's `transmitIx`: queue bytes to one connection.
