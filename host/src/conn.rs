@@ -94,7 +94,8 @@ pub struct Conn {
     /// The server-wide bound, and this connection's share of it.
     budget: Budget,
     held: usize,
-    /// Reading paused by the server-wide bound: the loop resumes it.
+    /// Listed in the core's starved queue (reading waits for the
+    /// server-wide bound to drain).
     pub starved: bool,
 }
 
@@ -207,9 +208,6 @@ impl Conn {
         }
         let out = if self.tls.is_some() { self.read_tls(scratch, wl) } else { self.read_plain(scratch, wl) };
         self.account();
-        if self.read_paused && self.budget.full() {
-            self.starved = true;
-        }
         out
     }
 
@@ -247,7 +245,16 @@ impl Conn {
     }
 
     fn over_water(&self) -> bool {
-        self.rx.len() >= RX_HIGH_WATER || self.queued() >= TX_HIGH_WATER as u64 || self.budget.full()
+        self.over_own_marks() || self.budget.full()
+    }
+
+    fn over_own_marks(&self) -> bool {
+        self.rx.len() >= RX_HIGH_WATER || self.queued() >= TX_HIGH_WATER as u64
+    }
+
+    /// Reading is paused only because the server-wide bound is reached.
+    pub fn waits_for_budget(&self) -> bool {
+        self.read_paused && !self.over_own_marks() && self.budget.full()
     }
 
     /// TLS read: ciphertext from the socket into rustls, plaintext into rx.
@@ -339,11 +346,11 @@ impl Conn {
 
     pub fn clear_read_pause(&mut self) {
         self.read_paused = false;
-        self.starved = false;
     }
 
     /// Hand over up to `max` bytes the guest has not been given yet.
     /// Returns them and whether the stream has ended after them.
+    #[cfg(test)]
     pub fn hand(&mut self, max: usize) -> (Vec<u8>, bool) {
         let mut data = Vec::new();
         let cutoff = self.hand_into(max, &mut data);
@@ -814,7 +821,7 @@ mod tests {
         peer_b.write_all(b"waits").unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(b.read(&mut scratch, None).bytes, 0, "no reading while the server is at its bound");
-        assert!(b.starved && !b.wants_read_resume());
+        assert!(b.waits_for_budget() && !b.wants_read_resume());
         assert!(!b.has_room(150_000), "queuing past twice the bound is refused");
         let (data, _) = a.hand(usize::MAX);
         a.consume(data.len() as u64);

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::{Registry, Token};
 use rustc_hash::FxHashMap;
 
 use crate::acceptor::Acceptor;
@@ -36,8 +37,9 @@ pub struct Core {
     pub handshakes: VecDeque<(Instant, u64)>,
     /// The bound on bytes held across connections.
     pub budget: Budget,
-    /// Connections whose reading waits for the budget to drain, longest
-    /// waiting first (served round-robin as room appears).
+    /// Connections whose reading waits only for the budget to drain,
+    /// longest waiting first (served round-robin as room appears). A
+    /// connection is listed here exactly when its `starved` flag is set.
     pub starved: VecDeque<u64>,
     /// What the current guest call may be handed, and the suspects.
     pub handing: Handing,
@@ -85,12 +87,14 @@ impl Core {
     /// this call may be handed: the bytes and whether the stream ended after
     /// them, or `None` if they must wait (the connection is then ready
     /// again, for the next cycle).
-    pub fn hand(&mut self, id: u64) -> Option<(Vec<u8>, bool)> {
+    /// `most` caps it further (a guest's `receive`).
+    pub fn hand(&mut self, id: u64, most: usize) -> Option<(Vec<u8>, bool)> {
         let c = self.conns.get_mut(&id)?;
         let Some(max) = self.handing.allowance(id, c.has_news()) else {
             self.mark_ready(id);
             return None;
         };
+        let max = max.min(most);
         let mut data = self.handing.buffer(c.unhanded_len().min(max));
         let cutoff = c.hand_into(max, &mut data);
         self.handing.handed(id, data.len(), cutoff);
@@ -98,5 +102,182 @@ impl Core {
             self.mark_ready(id);
         }
         Some((data, cutoff))
+    }
+
+    /// List a connection whose reading waits only for the server-wide
+    /// bound, once. Checked wherever its reading or its own marks change:
+    /// a paused connection left off this list would never read again, as
+    /// its peer, pushed back by TCP, sends nothing to wake it.
+    pub fn note_starved(&mut self, id: u64) {
+        if let Some(c) = self.conns.get_mut(&id)
+            && !c.starved
+            && c.waits_for_budget()
+        {
+            c.starved = true;
+            self.starved.push_back(id);
+        }
+    }
+
+    /// Act on what the guest (or a write) changed: send queues and FINs,
+    /// resume paused reads, release finished connections, fix interest.
+    pub fn settle(&mut self, registry: &Registry, scratch: &mut [u8]) {
+        self.settle_dirty(registry, scratch);
+        self.resume_starved(scratch);
+        // A resumed TLS session may have records to send.
+        self.settle_dirty(registry, scratch);
+    }
+
+    /// Room under the server-wide bound again: resume waiting peers one at a
+    /// time, longest waiting first, until it is used up. One that fills it
+    /// again goes to the back, so every peer gets its turn.
+    fn resume_starved(&mut self, scratch: &mut [u8]) {
+        let mut turns = self.starved.len();
+        while turns > 0 && !self.budget.full() {
+            turns -= 1;
+            let Some(id) = self.starved.pop_front() else { break };
+            let Some(c) = self.conns.get_mut(&id) else { continue };
+            c.starved = false;
+            // Paused by its own marks now: draining them marks it dirty,
+            // and settle_dirty resumes or lists it again then.
+            if !c.wants_read_resume() {
+                continue;
+            }
+            c.clear_read_pause();
+            c.read(scratch, self.wirelog.as_mut());
+            let (news, flush) = (c.has_news() && c.adopted, c.needs_flush());
+            self.note_starved(id);
+            if news {
+                self.mark_ready(id);
+            }
+            if flush {
+                self.mark_dirty(id);
+            }
+        }
+    }
+
+    fn settle_dirty(&mut self, registry: &Registry, scratch: &mut [u8]) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in dirty {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            c.in_dirty = false;
+            let was_cutoff = c.cutoff;
+            if let Err(e) = c.flush(self.wirelog.as_mut()) {
+                tracing::warn!(ca = %c.ca, "send failed: {e}");
+            }
+            if c.wants_read_resume() {
+                c.clear_read_pause();
+                c.read(scratch, self.wirelog.as_mut());
+                if c.has_news() && c.adopted {
+                    self.mark_ready(id);
+                }
+            }
+            // Its own marks may have drained while the bound is reached.
+            self.note_starved(id);
+            let c = self.conns.get_mut(&id).expect("present above");
+            if c.finished() {
+                // Dropping closes the socket, which also takes it out of
+                // epoll: no deregister call needed.
+                let c = self.conns.remove(&id).expect("present above");
+                self.handing.forget(id);
+                tracing::debug!(ca = %c.ca, id, "closed");
+                continue;
+            }
+            let want = c.wanted_interest();
+            if want != c.interest {
+                match registry.reregister(&mut c.sock, Token(id as usize), want) {
+                    Ok(()) => c.interest = want,
+                    Err(e) => tracing::warn!(ca = %c.ca, "cannot change interest: {e}"),
+                }
+            }
+            if c.cutoff && !was_cutoff && c.adopted {
+                self.mark_ready(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream as StdStream};
+
+    use mio::Poll;
+    use mio::net::TcpStream;
+
+    use super::*;
+    use crate::conn::RX_HIGH_WATER;
+
+    fn core_with(limit: usize) -> Core {
+        let acceptor = Acceptor::open("127.0.0.1:0".parse().unwrap(), 0, 16, false).unwrap();
+        Core::new(acceptor, Clock::real(), None, Budget::new(limit))
+    }
+
+    /// A connection registered under `id`, and its peer.
+    fn connect(core: &mut Core, poll: &Poll, id: u64) -> StdStream {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = StdStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, ca) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        let mut sock = TcpStream::from_std(s);
+        poll.registry().register(&mut sock, Token(id as usize), mio::Interest::READABLE).unwrap();
+        let ha = sock.local_addr().unwrap();
+        core.conns.insert(id, Conn::new(sock, ha, ca, core.budget.clone()));
+        peer
+    }
+
+    /// Settle until connection `id` holds `want` bytes or five seconds pass.
+    fn settle_until(core: &mut Core, poll: &Poll, id: u64, want: u64) -> u64 {
+        let mut scratch = vec![0; 64 << 10];
+        let start = Instant::now();
+        loop {
+            core.settle(poll.registry(), &mut scratch);
+            let have = core.conns[&id].pending();
+            if have >= want || start.elapsed() > Duration::from_secs(5) {
+                return have;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_connection_paused_by_its_own_mark_resumes_after_the_bound_drains() {
+        // The stall this guards against: a reader paused at its own mark
+        // whose mark drains while the server-wide bound is reached was on
+        // no list, and its peer (pushed back by TCP) sent nothing to wake it.
+        let poll = Poll::new().unwrap();
+        let mut core = core_with(1 << 20);
+        let (a, b) = (10, 11);
+        let mut peer_a = connect(&mut core, &poll, a);
+        let _peer_b = connect(&mut core, &poll, b);
+        let sent = RX_HIGH_WATER + 40_000;
+        peer_a.write_all(&vec![7u8; sent]).unwrap();
+        // The loop reads what arrived: A stops at its own mark, the bound not reached.
+        core.mark_dirty(a);
+        core.conns.get_mut(&a).unwrap().clear_read_pause();
+        let mut scratch = vec![0; 64 << 10];
+        let start = Instant::now();
+        while core.conns[&a].pending() < RX_HIGH_WATER as u64 && start.elapsed() < Duration::from_secs(5) {
+            core.conns.get_mut(&a).unwrap().read(&mut scratch, None);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(core.conns[&a].pending(), RX_HIGH_WATER as u64);
+        assert!(!core.budget.full());
+        // Another connection's queue fills the bound; then A's guest consumes.
+        core.conns.get_mut(&b).unwrap().queue(vec![0; 1 << 20]);
+        assert!(core.budget.full());
+        let c = core.conns.get_mut(&a).unwrap();
+        let (handed, _) = c.hand(usize::MAX);
+        c.consume(handed.len() as u64);
+        core.mark_dirty(a);
+        core.settle(poll.registry(), &mut scratch);
+        assert_eq!(core.conns[&a].pending(), 0, "no reading while the bound is reached");
+        assert!(core.conns[&a].starved, "A waits in the starved queue");
+        // B's bytes go: A reads the rest without any new event of its own.
+        core.conns.remove(&b);
+        let left = (sent - RX_HIGH_WATER) as u64;
+        assert_eq!(settle_until(&mut core, &poll, a, left), left, "A resumed and read the rest");
+        assert!(!core.conns[&a].starved && core.starved.is_empty());
     }
 }

@@ -537,15 +537,12 @@ impl Server {
             tracing::warn!(ca = %c.ca, "send failed: {e}");
         }
         if readable {
-            let starved = c.starved;
             let got = c.read(&mut self.scratch, core.wirelog.as_mut());
             news = got.bytes > 0 || got.new_cutoff || got.tls_changed;
-            if c.starved && !starved {
-                core.starved.push_back(id);
-            }
         }
         news |= c.cutoff != was_cutoff;
         let (adopted, dirty) = (c.adopted, writable || c.needs_flush());
+        core.note_starved(id);
         if dirty {
             // settle sends what is left, fixes interest, releases closed ones.
             core.mark_dirty(id);
@@ -752,81 +749,7 @@ impl Server {
     /// resume paused reads, release finished connections, fix interest.
     fn settle(&mut self) {
         let registry = self.poll.registry();
-        let core = self.tenant.core();
-        Self::settle_dirty(registry, core, &mut self.scratch);
-        Self::resume_starved(core, &mut self.scratch);
-        // A resumed TLS session may have records to send.
-        Self::settle_dirty(registry, core, &mut self.scratch);
-    }
-
-    /// Room under the server-wide bound again: resume waiting peers one at a
-    /// time, longest waiting first, until it is used up. One that fills it
-    /// again goes to the back, so every peer gets its turn.
-    fn resume_starved(core: &mut Core, scratch: &mut [u8]) {
-        let mut turns = core.starved.len();
-        while turns > 0 && !core.budget.full() {
-            turns -= 1;
-            let Some(id) = core.starved.pop_front() else { break };
-            let Some(c) = core.conns.get_mut(&id) else { continue };
-            if !c.wants_read_resume() {
-                continue;
-            }
-            c.clear_read_pause();
-            c.read(scratch, core.wirelog.as_mut());
-            let (starved, news, flush) = (c.starved, c.has_news() && c.adopted, c.needs_flush());
-            if starved {
-                core.starved.push_back(id);
-            }
-            if news {
-                core.mark_ready(id);
-            }
-            if flush {
-                core.mark_dirty(id);
-            }
-        }
-    }
-
-    fn settle_dirty(registry: &mio::Registry, core: &mut Core, scratch: &mut [u8]) {
-        let dirty = std::mem::take(&mut core.dirty);
-        for id in dirty {
-            let Some(c) = core.conns.get_mut(&id) else {
-                continue;
-            };
-            c.in_dirty = false;
-            let was_cutoff = c.cutoff;
-            if let Err(e) = c.flush(core.wirelog.as_mut()) {
-                tracing::warn!(ca = %c.ca, "send failed: {e}");
-            }
-            if c.wants_read_resume() {
-                c.clear_read_pause();
-                c.read(scratch, core.wirelog.as_mut());
-                if c.starved {
-                    core.starved.push_back(id);
-                }
-                if c.has_news() && c.adopted {
-                    core.mark_ready(id);
-                }
-            }
-            let c = core.conns.get_mut(&id).expect("present above");
-            if c.finished() {
-                // Dropping closes the socket, which also takes it out of
-                // epoll: no deregister call needed.
-                let c = core.conns.remove(&id).expect("present above");
-                core.handing.forget(id);
-                tracing::debug!(ca = %c.ca, id, "closed");
-                continue;
-            }
-            let want = c.wanted_interest();
-            if want != c.interest {
-                match registry.reregister(&mut c.sock, Token(id as usize), want) {
-                    Ok(()) => c.interest = want,
-                    Err(e) => tracing::warn!(ca = %c.ca, "cannot change interest: {e}"),
-                }
-            }
-            if c.cutoff && !was_cutoff && c.adopted {
-                core.mark_ready(id);
-            }
-        }
+        self.tenant.core().settle(registry, &mut self.scratch);
     }
 
     /// Close every connection (sending what the socket takes now) and the

@@ -90,7 +90,7 @@ impl State {
         let c = self.core.conns.get_mut(&id).ok_or_else(|| wasmtime::format_err!("connection {id} vanished"))?;
         c.adopted = true;
         let (ha, ca, tls) = (c.ha, c.ca, remoter::tls_state(c));
-        let (data, cutoff) = self.core.hand(id).unwrap_or_default();
+        let (data, cutoff) = self.core.hand(id, usize::MAX).unwrap_or_default();
         let remoter = self.table.push(ConnRef { id, ha, ca })?;
         Ok(Connection { remoter, id, ha: address(ha), ca: address(ca), tls, data, cutoff })
     }
@@ -110,7 +110,7 @@ pub fn arrivals(core: &mut Core, arrivals: &mut Vec<Arrival>) {
         if !c.adopted || c.closing {
             continue;
         }
-        if let Some((data, cutoff)) = core.hand(id) {
+        if let Some((data, cutoff)) = core.hand(id, usize::MAX) {
             arrivals.push(Arrival { id, data, cutoff });
         }
     }

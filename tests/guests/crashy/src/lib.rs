@@ -4,8 +4,12 @@
 //!
 //! It also cannot start while the host's tyme is in [100, 200): a test
 //! moves virtual tyme there to make every restart fail for a while.
+//!
+//! Its loop is hio's own: it asks every connection for bytes each cycle
+//! (`serviceReceivesAllIx`, the host's `receive`), so what the host lends
+//! that way is covered by the crash tests too, not only a cycle's arrivals.
 
-use hio_guest::{Error, Remoter, Server, Service};
+use hio_guest::{Ca, Error, Remoter, Server, Service};
 
 struct Crashy;
 
@@ -22,6 +26,23 @@ impl Service for Crashy {
             panic!("poison message from {}", ix.ca);
         }
         ix.echo_rxbs()
+    }
+
+    fn recur(&mut self, server: &mut Server) {
+        server.service_connects();
+        server.take_connected();
+        server.service_receives_all_ix();
+        let ready = server.service_receives_ready();
+        let news: Vec<Ca> = server.ixes.values().filter(|ix| !ix.rxbs.is_empty()).map(|ix| ix.ca.clone()).collect();
+        for ca in news {
+            let Some(ix) = server.ixes.get_mut(&ca) else { continue };
+            if let Err(e) = self.received(ix) {
+                hio_guest::log::warn(&format!("service of {ca} failed, closing it: {e}"));
+                let _ = server.remove_ix(&ca, true);
+            }
+        }
+        server.service_cutoffs(&ready);
+        server.service_tymeouts();
     }
 }
 
