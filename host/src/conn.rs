@@ -29,6 +29,10 @@ pub const TX_HIGH_WATER: usize = 256 << 10;
 /// writes faster than its peer reads is told `full`, not given memory.
 pub const TX_CAP: usize = 8 << 20;
 
+/// Spare room in rx worth reading into directly rather than through the
+/// loop's scratch buffer (a kept, emptied rx buffer has this much).
+const DIRECT_READ: usize = 4 << 10;
+
 /// What a read pass found worth telling the guest.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReadOutcome {
@@ -219,14 +223,27 @@ impl Conn {
                 break;
             }
             // Never past the mark, so rx never outgrows it.
-            let room = (RX_HIGH_WATER - self.rx.len()).min(scratch.len());
-            match self.sock.read(&mut scratch[..room]) {
+            let room = RX_HIGH_WATER - self.rx.len();
+            let spare = self.rx.capacity() - self.rx.len();
+            let got = if spare >= DIRECT_READ {
+                // Straight into rx's spare capacity: one copy fewer.
+                recv_into(&self.sock, &mut self.rx, room)
+            } else {
+                let room = room.min(scratch.len());
+                self.sock.read(&mut scratch[..room]).inspect(|&n| self.rx.extend_from_slice(&scratch[..n]))
+            };
+            match got {
                 Ok(0) => {
                     self.cutoff = true;
                     out.new_cutoff = true;
                     break;
                 }
-                Ok(n) => out.bytes += keep(&mut self.rx, self.ca, wl.as_deref_mut(), &scratch[..n]),
+                Ok(n) => {
+                    if let Some(wl) = wl.as_deref_mut() {
+                        wl.rx(self.ca, &self.rx[self.rx.len() - n..]);
+                    }
+                    out.bytes += n;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -255,6 +272,17 @@ impl Conn {
     /// Reading is paused only because the server-wide bound is reached.
     pub fn waits_for_budget(&self) -> bool {
         self.read_paused && !self.over_own_marks() && self.budget.full()
+    }
+
+    /// Whether to list this connection in the core's starved queue now:
+    /// its reading waits only for the bound, and it is not listed yet.
+    /// Asked wherever its reading or its own marks change: a paused
+    /// connection left off the queue would never read again, as its peer,
+    /// pushed back by TCP, sends nothing to wake it.
+    pub fn list_starved(&mut self) -> bool {
+        let list = !self.starved && self.waits_for_budget();
+        self.starved |= list;
+        list
     }
 
     /// TLS read: ciphertext from the socket into rustls, plaintext into rx.
@@ -633,6 +661,18 @@ fn keep(rx: &mut Vec<u8>, ca: SocketAddr, wl: Option<&mut WireLog>, bytes: &[u8]
         wl.rx(ca, bytes);
     }
     bytes.len()
+}
+
+/// One read appended to `rx`, into the capacity it already has (at most
+/// `max` bytes).
+fn recv_into(sock: &TcpStream, rx: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let len = rx.len();
+    let spare = rx.spare_capacity_mut();
+    let take = spare.len().min(max);
+    let n = socket2::SockRef::from(sock).recv(&mut spare[..take])?;
+    // SAFETY: recv initialised the first n bytes of the spare capacity.
+    unsafe { rx.set_len(len + n) };
+    Ok(n)
 }
 
 /// One write: WouldBlock is 0 bytes.

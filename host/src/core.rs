@@ -104,20 +104,6 @@ impl Core {
         Some((data, cutoff))
     }
 
-    /// List a connection whose reading waits only for the server-wide
-    /// bound, once. Checked wherever its reading or its own marks change:
-    /// a paused connection left off this list would never read again, as
-    /// its peer, pushed back by TCP, sends nothing to wake it.
-    pub fn note_starved(&mut self, id: u64) {
-        if let Some(c) = self.conns.get_mut(&id)
-            && !c.starved
-            && c.waits_for_budget()
-        {
-            c.starved = true;
-            self.starved.push_back(id);
-        }
-    }
-
     /// Act on what the guest (or a write) changed: send queues and FINs,
     /// resume paused reads, release finished connections, fix interest.
     pub fn settle(&mut self, registry: &Registry, scratch: &mut [u8]) {
@@ -145,7 +131,9 @@ impl Core {
             c.clear_read_pause();
             c.read(scratch, self.wirelog.as_mut());
             let (news, flush) = (c.has_news() && c.adopted, c.needs_flush());
-            self.note_starved(id);
+            if c.list_starved() {
+                self.starved.push_back(id);
+            }
             if news {
                 self.mark_ready(id);
             }
@@ -173,9 +161,11 @@ impl Core {
                     self.mark_ready(id);
                 }
             }
-            // Its own marks may have drained while the bound is reached.
-            self.note_starved(id);
             let c = self.conns.get_mut(&id).expect("present above");
+            // Its own marks may have drained while the bound is reached.
+            if c.list_starved() {
+                self.starved.push_back(id);
+            }
             if c.finished() {
                 // Dropping closes the socket, which also takes it out of
                 // epoll: no deregister call needed.

@@ -542,7 +542,9 @@ impl Server {
         }
         news |= c.cutoff != was_cutoff;
         let (adopted, dirty) = (c.adopted, writable || c.needs_flush());
-        core.note_starved(id);
+        if c.list_starved() {
+            core.starved.push_back(id);
+        }
         if dirty {
             // settle sends what is left, fixes interest, releases closed ones.
             core.mark_dirty(id);
