@@ -11,25 +11,86 @@ use anyhow::{Result, bail};
 use crate::load::{Load, Outcome, cpu_seconds};
 use crate::{Host, root, rss_kib};
 
-struct Row {
-    server: &'static str,
-    out: Outcome,
-    total_msgs: u64,
-    server_cpu: f64,
+/// One server's figures in one round.
+struct Figures {
+    msgs_s: f64,
+    mib_s: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    errors: u64,
+    /// Server CPU seconds per million messages.
+    cpu_per_m: f64,
+    /// The load generator's own CPU, in cores.
+    gen_cpu: f64,
+}
+
+impl Figures {
+    fn of(out: &Outcome, server_cpu: f64, warmup: Duration, duration: Duration) -> Figures {
+        // Server CPU covers warm-up too, so divide by every message of the run.
+        let total_msgs = out.msgs as f64 * (warmup + duration).as_secs_f64() / out.seconds.max(1e-9);
+        Figures {
+            msgs_s: out.msgs as f64 / out.seconds,
+            mib_s: out.bytes as f64 / out.seconds / (1024.0 * 1024.0),
+            p50: out.pct(50.0),
+            p99: out.pct(99.0),
+            p999: out.pct(99.9),
+            errors: out.errors,
+            cpu_per_m: server_cpu / (total_msgs / 1e6),
+            gen_cpu: out.own_cpu / out.seconds,
+        }
+    }
+
+    /// Median of each figure over rounds; errors add up.
+    fn median(rounds: &[Figures]) -> Figures {
+        let m = |f: fn(&Figures) -> f64| median(rounds.iter().map(f).collect());
+        Figures {
+            msgs_s: m(|f| f.msgs_s),
+            mib_s: m(|f| f.mib_s),
+            p50: m(|f| f.p50),
+            p99: m(|f| f.p99),
+            p999: m(|f| f.p999),
+            errors: rounds.iter().map(|f| f.errors).sum(),
+            cpu_per_m: m(|f| f.cpu_per_m),
+            gen_cpu: m(|f| f.gen_cpu),
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn servers() -> Result<[(&'static str, Host); 2]> {
     Ok([("native mio", Host::native()?), ("hio-host echo.wasm", Host::spawn(&root().join("target/wasm/echo.wasm"))?)])
 }
 
-pub fn run(scenarios: &str, seconds: f64) -> Result<()> {
+pub fn run(scenarios: &str, seconds: f64, rounds: usize) -> Result<()> {
     let duration = Duration::from_secs_f64(seconds);
     let warmup = Duration::from_secs(1);
+    let rounds = rounds.max(1);
     for s in scenarios.split(',') {
         match s {
-            "a" => traffic("(a) latency: 1 connection, 64 B, 1 in flight", 1, 64, 1, warmup, duration)?,
-            "b" => traffic("(b) throughput: 100 connections, 1 KiB, 4 in flight", 100, 1024, 4, warmup, duration)?,
-            "c" => traffic("(c) bandwidth: 1 connection, 64 KiB, 4 in flight", 1, 64 * 1024, 4, warmup, duration)?,
+            "a" => traffic("(a) latency: 1 connection, 64 B, 1 in flight", (1, 64, 1), warmup, duration, rounds)?,
+            "b" => traffic(
+                "(b) throughput: 100 connections, 1 KiB, 4 in flight",
+                (100, 1024, 4),
+                warmup,
+                duration,
+                rounds,
+            )?,
+            "c" => traffic(
+                "(c) bandwidth: 1 connection, 64 KiB, 4 in flight",
+                (1, 64 * 1024, 4),
+                warmup,
+                duration,
+                rounds,
+            )?,
             "d" => idle(10_000, Duration::from_secs(10))?,
             "e" => connects(Duration::from_secs_f64(seconds.min(3.0)))?,
             other => bail!("unknown scenario {other:?}: a, b, c, d or e"),
@@ -38,55 +99,70 @@ pub fn run(scenarios: &str, seconds: f64) -> Result<()> {
     Ok(())
 }
 
+/// Native and hio-host take turns, `rounds` times, so drift in the machine
+/// (the other core's load, the kernel's state) falls on both alike; the
+/// table gives each server's medians and the median of the rounds' ratios.
 fn traffic(
     title: &str,
-    conns: usize,
-    size: usize,
-    inflight: usize,
+    (conns, size, inflight): (usize, usize, usize),
     warmup: Duration,
     duration: Duration,
+    rounds: usize,
 ) -> Result<()> {
-    let mut rows = Vec::new();
-    for (name, host) in servers()? {
-        let pid = host.child.id();
-        let load = Load { conns, size, inflight, warmup, duration };
-        let cpu0 = cpu_seconds(Some(pid));
-        let out = load.run(host.addr)?;
-        let server_cpu = cpu_seconds(Some(pid)) - cpu0;
-        // Server CPU covers warm-up too, so divide by every message of the run.
-        let total_msgs = (out.msgs as f64 * (warmup + duration).as_secs_f64() / out.seconds.max(1e-9)) as u64;
-        rows.push(Row { server: name, out, total_msgs, server_cpu });
+    let servers = servers()?;
+    let mut figures: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (i, (_, host)) in servers.iter().enumerate() {
+            let pid = host.child.id();
+            let load = Load { conns, size, inflight, warmup, duration };
+            let cpu0 = cpu_seconds(Some(pid));
+            let out = load.run(host.addr)?;
+            let server_cpu = cpu_seconds(Some(pid)) - cpu0;
+            figures[i].push(Figures::of(&out, server_cpu, warmup, duration));
+        }
     }
     println!("\n### {title}\n");
+    let each = if rounds > 1 { format!(" (median of {rounds} alternating rounds)") } else { String::new() };
+    println!("Each server{each}:\n");
     println!(
         "| server | msgs/s | MiB/s | p50 µs | p99 µs | p99.9 µs | errors | server CPU s per M msgs | load generator CPU |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for r in &rows {
-        let o = &r.out;
+    for ((name, _), rounds) in servers.iter().zip(&figures) {
+        let f = Figures::median(rounds);
         println!(
-            "| {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {:.0} % |",
-            r.server,
-            o.msgs as f64 / o.seconds,
-            o.bytes as f64 / o.seconds / (1024.0 * 1024.0),
-            o.pct(50.0),
-            o.pct(99.0),
-            o.pct(99.9),
-            o.errors,
-            r.server_cpu / (r.total_msgs as f64 / 1e6),
-            100.0 * o.own_cpu / o.seconds,
+            "| {name} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {:.0} % |",
+            f.msgs_s,
+            f.mib_s,
+            f.p50,
+            f.p99,
+            f.p999,
+            f.errors,
+            f.cpu_per_m,
+            100.0 * f.gen_cpu,
         );
     }
-    let (n, h) = (&rows[0], &rows[1]);
+    let ratios =
+        |f: fn(&Figures) -> f64| -> Vec<f64> { figures[1].iter().zip(&figures[0]).map(|(h, n)| f(h) / f(n)).collect() };
+    let r = |f: fn(&Figures) -> f64| median(ratios(f));
     println!(
         "| **ratio hio/native** | **{:.2}x** | **{:.2}x** | {:.2}x | **{:.2}x** | {:.2}x | | **{:.2}x** | |",
-        (h.out.msgs as f64 / h.out.seconds) / (n.out.msgs as f64 / n.out.seconds),
-        (h.out.bytes as f64 / h.out.seconds) / (n.out.bytes as f64 / n.out.seconds),
-        h.out.pct(50.0) / n.out.pct(50.0),
-        h.out.pct(99.0) / n.out.pct(99.0),
-        h.out.pct(99.9) / n.out.pct(99.9),
-        (h.server_cpu / h.total_msgs as f64) / (n.server_cpu / n.total_msgs as f64),
+        r(|f| f.msgs_s),
+        r(|f| f.mib_s),
+        r(|f| f.p50),
+        r(|f| f.p99),
+        r(|f| f.p999),
+        r(|f| f.cpu_per_m),
     );
+    if rounds > 1 {
+        let list = |v: Vec<f64>| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "\nRatios by round: msgs/s {}; p99 {}; server CPU per message {}.",
+            list(ratios(|f| f.msgs_s)),
+            list(ratios(|f| f.p99)),
+            list(ratios(|f| f.cpu_per_m))
+        );
+    }
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! hio-host benchmarks, run against the real `hio-host` binary.
 //!
-//!   hio-bench echo [--scenarios a,b,c,d,e] [--seconds 5]
+//!   hio-bench echo [--scenarios a,b,c,d,e] [--seconds 5] [--rounds 3]
 //!   hio-bench swap [--conns 100,1000,10000] [--swaps 30]
 //!   hio-bench swap-memory [--swaps 1000] [--conns 100]
 //!   hio-bench startup                        (launch to serving, first and cached)
@@ -53,7 +53,8 @@ fn main() -> Result<()> {
         Some("echo") => {
             let scenarios = flag("--scenarios").unwrap_or_else(|| "a,b,c,d,e".into());
             let seconds: f64 = flag("--seconds").unwrap_or_else(|| "5".into()).parse()?;
-            echo::run(&scenarios, seconds)
+            let rounds: usize = flag("--rounds").unwrap_or_else(|| "3".into()).parse()?;
+            echo::run(&scenarios, seconds, rounds)
         }
         Some("swap") => {
             let conns: Vec<usize> = flag("--conns")

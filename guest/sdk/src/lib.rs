@@ -130,18 +130,24 @@ pub trait Service: 'static {
                 self.connected(ix);
             }
         }
-        let ready = server.service_receives_ready();
-        for &id in &ready {
+        for id in server.service_receives_ready() {
             let Some(ix) = server.ix_by_id(id) else {
                 continue;
             };
-            if let Err(e) = self.received(ix) {
+            // hio's serviceCutoffs, for this connection, without a second
+            // lookup: one cut off (or closed by the policy) leaves ixes.
+            let ended = match self.received(ix) {
+                Ok(()) => ix.cutoff || ix.closed(),
+                Err(e) => {
+                    log::warn(&format!("service of {} failed, closing it: {e}", ix.ca));
+                    true
+                }
+            };
+            if ended {
                 let ca = ix.ca.clone();
-                log::warn(&format!("service of {ca} failed, closing it: {e}"));
                 let _ = server.remove_ix(&ca, true);
             }
         }
-        server.service_cutoffs(&ready);
         server.service_tymeouts();
     }
 }
