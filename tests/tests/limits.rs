@@ -12,6 +12,11 @@ fn misbehaves_on(word: &[u8]) {
 }
 
 fn misbehaves_within(word: &[u8], limits: impl FnOnce(&mut hio_host::Limits)) {
+    misbehaves_after(Duration::ZERO, word, limits);
+}
+
+/// `idle`: how long the host sits with nothing to do before the word.
+fn misbehaves_after(idle: Duration, word: &[u8], limits: impl FnOnce(&mut hio_host::Limits)) {
     let server = TestServer::start_with("evil", |c| {
         c.limits.deadline = Duration::from_millis(50);
         c.limits.memory = 16 << 20;
@@ -24,6 +29,7 @@ fn misbehaves_within(word: &[u8], limits: impl FnOnce(&mut hio_host::Limits)) {
     b.echo(b"b before");
     let mut bad = server.connect();
     bad.echo(b"harmless");
+    std::thread::sleep(idle);
     let start = Instant::now();
     bad.send(word);
     b.stream.write_all(b"b during").unwrap();
@@ -39,6 +45,13 @@ fn misbehaves_within(word: &[u8], limits: impl FnOnce(&mut hio_host::Limits)) {
 #[test]
 fn a_guest_that_loops_forever_is_stopped_at_its_deadline() {
     misbehaves_on(b"spin");
+}
+
+#[test]
+fn a_guest_that_loops_after_the_host_sat_idle_is_still_stopped_at_its_deadline() {
+    // Long enough for the epoch clock to go to sleep (it does when no guest
+    // call has run for 100 ms); the looping call must wake it.
+    misbehaves_after(Duration::from_millis(600), b"spin", |_| {});
 }
 
 #[test]

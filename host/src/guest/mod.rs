@@ -5,6 +5,7 @@ mod acceptor;
 pub mod cache;
 mod host;
 mod remoter;
+mod ticker;
 mod wasi;
 
 use std::net::SocketAddr;
@@ -12,13 +13,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use crate::core::Core;
+use ticker::{EPOCH_TICK, InCall, Ticker};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -74,9 +75,6 @@ impl Default for Limits {
     }
 }
 
-/// How often the engine's epoch advances; deadlines are counted in these.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
-
 impl State {
     fn conn_ref(&self, handle: &Resource<ConnRef>) -> Result<&ConnRef, WitError> {
         // wasmtime has already validated the handle; a missing entry can only
@@ -130,7 +128,7 @@ pub struct Runtime {
     pub engine: Engine,
     linker: Linker<State>,
     limits: Limits,
-    ticker: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
     cache: Option<PathBuf>,
 }
 
@@ -145,14 +143,7 @@ impl Runtime {
         Server::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
         // For guests built against WASI (other languages): nothing granted.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        let ticker = Arc::new(AtomicBool::new(true));
-        let (running, ticking) = (ticker.clone(), engine.clone());
-        std::thread::Builder::new().name("hio-epoch".into()).spawn(move || {
-            while running.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                ticking.increment_epoch();
-            }
-        })?;
+        let ticker = Arc::new(Ticker::start(engine.clone())?);
         Ok(Runtime { engine, linker, limits, ticker, cache })
     }
 
@@ -235,8 +226,13 @@ impl Runtime {
             let core = store.into_data().core;
             return Err(Box::new(Failed { error: anyhow!("cannot give the guest fuel: {e:#}"), core }));
         }
-        match Server::instantiate(&mut store, component, &self.linker) {
-            Ok(bindings) => Ok(Generation { store, bindings, deadline, limits: self.limits.clone() }),
+        let in_call = self.ticker.enter();
+        let instance = Server::instantiate(&mut store, component, &self.linker);
+        drop(in_call);
+        match instance {
+            Ok(bindings) => {
+                Ok(Generation { store, bindings, deadline, limits: self.limits.clone(), ticker: self.ticker.clone() })
+            }
             Err(e) => Err(Box::new(Failed {
                 error: anyhow!("guest does not fit the hio:tcp world: {e:#}"),
                 core: store.into_data().core,
@@ -284,18 +280,13 @@ pub struct Failed {
     pub core: Core,
 }
 
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.ticker.store(false, Ordering::Relaxed);
-    }
-}
-
 /// One running guest instance and its store.
 pub struct Generation {
     pub store: Store<State>,
     bindings: Server,
     deadline: u64,
     limits: Limits,
+    ticker: Arc<Ticker>,
 }
 
 impl Generation {
@@ -324,7 +315,7 @@ impl Generation {
             connections.push(state.hand_over(id)?);
         }
         let listener = state.table.push(ListenerRef)?;
-        self.arm()?;
+        let _in_call = self.arm()?;
         self.bindings
             .hio_tcp_guest()
             .call_start(&mut self.store, *config, listener, &connections, snapshot)
@@ -334,23 +325,24 @@ impl Generation {
 
     /// The guest's state for its successor.
     pub fn save(&mut self) -> Result<Snapshot> {
-        self.arm()?;
+        let _in_call = self.arm()?;
         self.bindings.hio_tcp_guest().call_save(&mut self.store).map_err(|e| self.trapped("save", e))
     }
 
     /// One guest cycle; returns the tyme the guest wants its next cycle at.
     pub fn service(&mut self, cycle: &Cycle) -> Result<Option<f64>> {
-        self.arm()?;
+        let _in_call = self.arm()?;
         self.bindings.hio_tcp_guest().call_service(&mut self.store, cycle).map_err(|e| self.trapped("service", e))
     }
 
-    /// Give the next call its full deadline and fuel.
-    fn arm(&mut self) -> Result<()> {
+    /// Give the next call its full deadline and fuel, and keep the epoch
+    /// advancing while it runs.
+    fn arm(&mut self) -> Result<InCall> {
         self.store.set_epoch_deadline(self.deadline);
         if let Some(fuel) = self.limits.fuel {
             self.store.set_fuel(fuel)?;
         }
-        Ok(())
+        Ok(self.ticker.enter())
     }
 
     /// Name the cause of a trap plainly; the full trace follows.
