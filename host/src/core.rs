@@ -14,6 +14,7 @@ use crate::acceptor::Acceptor;
 use crate::budget::Budget;
 use crate::conn::Conn;
 use crate::handing::Handing;
+use crate::stats::Stats;
 use crate::tyme::Clock;
 use crate::wirelog::WireLog;
 
@@ -43,6 +44,7 @@ pub struct Core {
     pub starved: VecDeque<u64>,
     /// What the current guest call may be handed, and the suspects.
     pub handing: Handing,
+    pub stats: Arc<Stats>,
 }
 
 impl Core {
@@ -62,6 +64,7 @@ impl Core {
             budget,
             starved: VecDeque::new(),
             handing: Handing::default(),
+            stats: Arc::default(),
         }
     }
 
@@ -80,6 +83,17 @@ impl Core {
         {
             c.in_dirty = true;
             self.dirty.push(id);
+        }
+    }
+
+    /// A guest call begins: set what it may be handed. A suspect whose turn
+    /// it is goes into the ready list, so its bytes are handed this call.
+    pub fn begin_guest_call(&mut self) {
+        let conns = &self.conns;
+        let turn =
+            self.handing.begin_call(|id| conns.get(&id).is_some_and(|c| c.adopted && !c.closing && c.has_news()));
+        if let Some(id) = turn {
+            self.mark_ready(id);
         }
     }
 

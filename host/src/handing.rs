@@ -2,11 +2,13 @@
 //! when a guest fails.
 //!
 //! Received bytes are lent to the guest (in a cycle's arrivals, with each
-//! connection handed over) and stay in the host until consumed. Two bounds
-//! apply: at most `PER_CALL` bytes per guest call, and the bytes of at most
-//! one *isolated* connection in the guest at a time. A connection is isolated when a guest
-//! failed while holding its unconsumed bytes; handed alone, a failure that
-//! again finds it the only holder names it the culprit.
+//! connection accepted) and stay in the host until consumed; `start` is
+//! handed none, so a guest that cannot start is never blamed on a peer.
+//! Two bounds apply: at most `PER_CALL` bytes per guest call, and while an
+//! *isolated* connection has its turn, only its bytes. A connection is
+//! isolated when a guest failed (in any call) while holding its unconsumed
+//! bytes; handed alone, a failure names it the culprit. So one poison
+//! message costs two guest restarts, however many peers were busy.
 
 use rustc_hash::FxHashSet;
 
@@ -49,27 +51,30 @@ pub enum Verdict {
 }
 
 impl Handing {
-    /// A new guest call begins. (An isolated connection keeps its turn
-    /// until a cycle succeeds or fails: bytes handed at a start are acted
-    /// on in the cycle after.)
-    pub fn begin_call(&mut self) {
+    /// A new guest call begins. If a suspect has bytes to hand (`news`)
+    /// and none has the turn, the one with the lowest id takes it: the
+    /// guest is then handed that suspect's bytes and nobody else's until a
+    /// cycle succeeds or fails, so a failure in between has one suspect.
+    /// Returns the connection with the turn, if any.
+    pub fn begin_call(&mut self, news: impl Fn(u64) -> bool) -> Option<u64> {
         self.left = PER_CALL;
+        if self.turn.is_none() {
+            self.turn = self.isolated.iter().copied().filter(|&id| news(id)).min();
+        }
+        self.turn
     }
 
     /// How much of `id`'s bytes may go in this call, or `None` if none may
-    /// (the bound is spent, or another isolated connection has this call's
-    /// turn). `news` says whether it has anything to hand at all.
+    /// (the bound is spent, or a suspect has the turn). `news` says whether
+    /// it has anything to hand at all.
     pub fn allowance(&mut self, id: u64, news: bool) -> Option<usize> {
         if !news {
             return Some(0);
         }
-        if self.isolated.contains(&id) {
-            match self.turn {
-                Some(t) if t != id => return None,
-                _ => self.turn = Some(id),
-            }
+        if self.turn.is_some_and(|t| t != id) || self.left == 0 {
+            return None;
         }
-        if self.left == 0 { None } else { Some(self.left) }
+        Some(self.left)
     }
 
     /// `id` was handed `len` bytes (or its end).
@@ -122,8 +127,10 @@ impl Handing {
         }
     }
 
-    /// A guest failed to start: it was handed nothing it could act on.
-    pub fn start_failed(&mut self) {
+    /// A guest that failed is thrown away without a verdict (a new guest
+    /// that could not take over at a swap: its failure says nothing about
+    /// the peers, whose bytes go back to the old guest).
+    pub fn discard_lent(&mut self) {
         self.lent.clear();
         self.turn = None;
     }
@@ -131,6 +138,9 @@ impl Handing {
     /// A connection is gone.
     pub fn forget(&mut self, id: u64) {
         self.isolated.remove(&id);
+        if self.turn == Some(id) {
+            self.turn = None;
+        }
     }
 }
 
@@ -138,10 +148,14 @@ impl Handing {
 mod tests {
     use super::*;
 
+    fn any(_: u64) -> bool {
+        true
+    }
+
     #[test]
-    fn holders_are_isolated_and_one_that_fails_alone_again_is_the_culprit() {
+    fn holders_are_isolated_and_each_handed_alone_until_cleared_or_blamed() {
         let mut h = Handing::default();
-        h.begin_call();
+        assert_eq!(h.begin_call(any), None);
         for id in [1, 2, 3] {
             assert!(h.allowance(id, true).is_some());
             h.handed(id, 10, false);
@@ -149,28 +163,41 @@ mod tests {
         // 1 consumed its bytes before the failure; 2 and 3 did not.
         assert_eq!(h.failed(|id| id != 1), Verdict::Isolated(2));
         assert!(!h.isolated.contains(&1));
-        // Only one isolated connection's bytes are in the guest at a time,
-        // across calls, until a cycle settles it; 1 is not held back.
-        h.begin_call();
+        // While suspect 2 has its turn, nobody else is handed bytes, across
+        // calls, until a cycle settles it.
+        assert_eq!(h.begin_call(any), Some(2));
         assert!(h.allowance(2, true).is_some());
         h.handed(2, 10, false);
-        h.begin_call();
+        assert_eq!(h.begin_call(any), Some(2));
         assert_eq!(h.allowance(3, true), None);
-        assert!(h.allowance(1, true).is_some());
+        assert_eq!(h.allowance(1, true), None);
+        assert_eq!(h.allowance(1, false), Some(0), "nothing to hand is always allowed");
         // 2 went through a good cycle: cleared. 3 gets its turn and fails alone.
         h.succeeded();
-        h.begin_call();
+        assert_eq!(h.begin_call(any), Some(3));
         assert!(h.allowance(3, true).is_some());
         h.handed(3, 10, false);
         assert_eq!(h.failed(|_| true), Verdict::Culprit(3));
-        h.begin_call();
-        assert!(h.allowance(2, true).is_some() && h.allowance(3, true).is_some(), "no one is held back any more");
+        assert_eq!(h.begin_call(any), None);
+        assert!(h.allowance(1, true).is_some() && h.allowance(2, true).is_some(), "no one is held back any more");
+    }
+
+    #[test]
+    fn a_suspect_with_nothing_to_hand_does_not_take_the_turn() {
+        let mut h = Handing::default();
+        h.begin_call(any);
+        h.handed(4, 10, false);
+        h.handed(5, 10, false);
+        assert_eq!(h.failed(any), Verdict::Isolated(2));
+        assert_eq!(h.begin_call(|id| id == 5), Some(5));
+        h.forget(5);
+        assert_eq!(h.begin_call(|id| id == 4), Some(4), "a connection that is gone gives up its turn");
     }
 
     #[test]
     fn a_call_hands_at_most_its_bound() {
         let mut h = Handing::default();
-        h.begin_call();
+        h.begin_call(any);
         h.handed(1, PER_CALL, false);
         assert_eq!(h.allowance(2, true), None);
         assert_eq!(h.allowance(2, false), Some(0), "nothing to hand is always allowed");
@@ -179,13 +206,22 @@ mod tests {
     #[test]
     fn one_failure_alone_is_not_enough_to_blame() {
         let mut h = Handing::default();
-        h.begin_call();
+        h.begin_call(any);
         h.handed(7, 10, false);
-        assert_eq!(h.failed(|_| true), Verdict::Isolated(1));
-        h.begin_call();
+        assert_eq!(h.failed(any), Verdict::Isolated(1));
+        h.begin_call(any);
         assert_eq!(h.allowance(7, true), Some(PER_CALL));
         h.handed(7, 10, false);
-        assert_eq!(h.failed(|_| true), Verdict::Culprit(7));
-        assert_eq!(h.failed(|_| true), Verdict::NoneHeld);
+        assert_eq!(h.failed(any), Verdict::Culprit(7));
+        assert_eq!(h.failed(any), Verdict::NoneHeld);
+    }
+
+    #[test]
+    fn a_discarded_guest_leaves_no_evidence() {
+        let mut h = Handing::default();
+        h.begin_call(any);
+        h.handed(7, 10, false);
+        h.discard_lent();
+        assert_eq!(h.failed(any), Verdict::NoneHeld);
     }
 }

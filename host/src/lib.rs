@@ -16,6 +16,7 @@ mod guest;
 mod handing;
 pub mod pool;
 mod server;
+pub mod stats;
 mod swap;
 pub mod tls;
 pub mod tyme;

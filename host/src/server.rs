@@ -46,6 +46,10 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 8;
 /// long as the one before, up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Cycles that only a guest's tymer asked for come at most this often: a
+/// guest that asks to be woken again at once cannot hold the loop (and a
+/// core) when nothing happens. Readiness and accepts are not held back.
+pub const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Everything needed to open a server; `Config::new(guest)` gives hio's defaults.
 #[derive(Clone, Debug)]
@@ -160,6 +164,38 @@ impl Tenant {
             Tenant::Moving => None,
         }
     }
+}
+
+/// The guest failed. Connections that held bytes they were handed and had
+/// not consumed are suspects: each is handed its bytes alone from now on. A
+/// suspect that is again the only holder at a failure crashed the guest
+/// twice: the host closes it, so one peer cannot keep the guest down for
+/// everyone.
+fn quarantine(core: &mut Core) {
+    let conns = &core.conns;
+    match core.handing.failed(|id| conns.get(&id).is_some_and(Conn::owes_guest)) {
+        Verdict::NoneHeld => {}
+        Verdict::Culprit(id) => {
+            if let Some(c) = core.conns.get_mut(&id) {
+                tracing::warn!(ca = %c.ca, "closing connection: its bytes crashed the guest twice");
+                c.close();
+                core.mark_dirty(id);
+            }
+        }
+        Verdict::Isolated(n) => {
+            tracing::warn!(
+                suspects = n,
+                "guest failed holding these connections' bytes: each is now handed its bytes alone"
+            );
+        }
+    }
+}
+
+/// The tyme a guest asked to be woken at, as the loop can use it: NaN and
+/// +inf mean never; anything else (-inf, a tyme long past, 1e300) is an
+/// ordinary tyme, so no value a guest returns can upset the loop.
+fn usable_wake(wake: Option<f64>) -> Option<f64> {
+    wake.filter(|w| !w.is_nan() && *w != f64::INFINITY)
 }
 
 /// Wait before restart number `n` (1-based) in a row.
@@ -301,6 +337,12 @@ impl Server {
         self.core().budget.held()
     }
 
+    /// The counters of what this server did about misbehaving peers and
+    /// guests; readable from any thread while it runs.
+    pub fn stats(&mut self) -> Arc<crate::stats::Stats> {
+        self.core().stats.clone()
+    }
+
     pub fn stopper(&self) -> Stopper {
         Stopper { flag: self.stop.clone(), waker: self.waker.clone() }
     }
@@ -411,9 +453,14 @@ impl Server {
                 // Virtual tyme moves by hand: just look again soon.
                 if wake <= tyme { 0.0 } else { t.as_secs_f64() }
             } else {
-                (wake - tyme).max(0.0)
+                wake - tyme
             };
-            t = t.min(Duration::from_secs_f64(until));
+            // Compared as seconds first: a wake far in the future does not
+            // fit a Duration.
+            if until < t.as_secs_f64() {
+                let floor = (self.last_cycle + MIN_WAKE_INTERVAL).saturating_duration_since(now);
+                t = Duration::from_secs_f64(until.max(0.0)).max(floor);
+            }
         }
         t
     }
@@ -565,8 +612,9 @@ impl Server {
         }
         let core = self.core();
         let tyme = core.clock.tyme_at(now);
-        let due = self.next_wake.is_some_and(|w| w <= tyme);
-        let heartbeat = now.saturating_duration_since(self.last_cycle).as_secs_f64() >= self.tock;
+        let since = now.saturating_duration_since(self.last_cycle);
+        let due = self.next_wake.is_some_and(|w| w <= tyme) && since >= MIN_WAKE_INTERVAL;
+        let heartbeat = since.as_secs_f64() >= self.tock;
         let core = self.core();
         if !(due || heartbeat || new_accepts || !core.ready.is_empty()) {
             return Ok(());
@@ -579,7 +627,17 @@ impl Server {
         let Tenant::Up(generation) = &mut self.tenant else { unreachable!("checked above") };
         match generation.service(&cycle) {
             Ok(wake) => {
-                self.next_wake = wake;
+                self.next_wake = usable_wake(wake);
+                if self.next_wake.is_some_and(|w| w <= tyme) {
+                    let spins = self.tenant.core().stats.wake_spins.add(1);
+                    if spins.is_power_of_two() {
+                        tracing::warn!(
+                            spins,
+                            "guest asks to be woken again at once; its tymer wake-ups are held to one per {} ms",
+                            MIN_WAKE_INTERVAL.as_millis()
+                        );
+                    }
+                }
                 self.restarts = 0;
                 let mut ready = cycle.ready;
                 let core = self.tenant.core();
@@ -592,35 +650,9 @@ impl Server {
             }
             Err(e) => {
                 tracing::error!("{e}");
-                self.quarantine();
-                let core = std::mem::replace(&mut self.tenant, Tenant::Moving).into_core().expect("was up");
+                let mut core = std::mem::replace(&mut self.tenant, Tenant::Moving).into_core().expect("was up");
+                quarantine(&mut core);
                 self.go_down(core)
-            }
-        }
-    }
-
-    /// The guest failed. Connections that held bytes they were handed and
-    /// had not consumed are suspects: each is handed its bytes alone from
-    /// now on. A suspect that is again the only holder at a failure crashed
-    /// the guest twice: the host closes it, so one peer cannot keep the
-    /// guest down for everyone.
-    fn quarantine(&mut self) {
-        let core = self.tenant.core();
-        let conns = &core.conns;
-        match core.handing.failed(|id| conns.get(&id).is_some_and(Conn::owes_guest)) {
-            Verdict::NoneHeld => {}
-            Verdict::Culprit(id) => {
-                if let Some(c) = core.conns.get_mut(&id) {
-                    tracing::warn!(ca = %c.ca, "closing connection: its bytes crashed the guest twice");
-                    c.close();
-                    core.mark_dirty(id);
-                }
-            }
-            Verdict::Isolated(n) => {
-                tracing::warn!(
-                    suspects = n,
-                    "guest failed holding these connections' bytes: each is now handed its bytes alone"
-                );
             }
         }
     }
@@ -657,11 +689,13 @@ impl Server {
                 self.next_wake = Some(f64::NEG_INFINITY);
                 Ok(())
             }
-            Err(mut failed) => {
-                tracing::error!("{:#}", failed.error);
-                // It failed before any cycle: evidence against no connection.
-                failed.core.handing.start_failed();
-                self.go_down(failed.core)
+            Err(failed) => {
+                let Failed { error, mut core } = *failed;
+                tracing::error!("{error:#}");
+                // Blamed like a failed cycle: start is handed no bytes, but
+                // a guest may pull some (`receive`) or accept connections.
+                quarantine(&mut core);
+                self.go_down(core)
             }
         }
     }
@@ -728,7 +762,9 @@ impl Server {
                 Ok(SwapReport { guest: path.to_path_buf(), pause: started.elapsed(), connections })
             }
             Err(failed) => {
-                let Failed { error, core } = *failed;
+                let Failed { error, mut core } = *failed;
+                // The new guest is thrown away: its failure says nothing of the peers.
+                core.handing.discard_lent();
                 if let Some(retry) = down {
                     self.tenant = Tenant::Down { core: Box::new(core), retry };
                     return Err(format!("{error:#}"));

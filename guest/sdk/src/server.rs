@@ -82,8 +82,8 @@ impl Server {
         }
     }
 
-    /// Connections taken over from a previous guest: straight into ixes,
-    /// ready, with their unconsumed bytes handed again.
+    /// Connections taken over from a previous guest: straight into ixes.
+    /// Their unconsumed bytes are handed again in the first cycle.
     pub(crate) fn adopt(&mut self, conn: Connection) {
         self.add_connection(conn, false);
     }

@@ -12,7 +12,7 @@ impl State {
     fn take_axe(&mut self) -> Result<Option<Connection>, Error> {
         while let Some(id) = self.core.axes.pop_front() {
             if self.core.conns.contains_key(&id) {
-                return self.hand_over(id).map(Some).map_err(|e| Error::Io(e.to_string()));
+                return self.give_connection(id, true).map(Some).map_err(|e| Error::Io(e.to_string()));
             }
         }
         Ok(None)

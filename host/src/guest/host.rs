@@ -2,25 +2,19 @@
 
 use super::State;
 use super::hio::tcp::host::{Host, Level};
-
-/// Longest guest log line kept; a guest cannot flood the host log with one call.
-const MAX_LOG_LINE: usize = 4096;
+use super::log_limit::clean;
 
 impl Host for State {
     fn tyme(&mut self) -> f64 {
         self.core.clock.tyme()
     }
 
+    /// Rate-limited and cleaned like the guest's stdout (see `log_limit`).
     fn log(&mut self, level: Level, message: String) {
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str("...");
+        if !self.log_limit.admit() {
+            return;
         }
+        let message = clean(&message);
         match level {
             Level::Trace => tracing::trace!(target: "guest", "{message}"),
             Level::Debug => tracing::debug!(target: "guest", "{message}"),

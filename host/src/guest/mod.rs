@@ -4,6 +4,7 @@
 mod acceptor;
 pub mod cache;
 mod host;
+mod log_limit;
 mod remoter;
 mod ticker;
 mod wasi;
@@ -52,6 +53,8 @@ pub struct State {
     pub core: Core,
     limits: StoreLimits,
     wasi: wasmtime_wasi::WasiCtx,
+    /// The rate limit of the guest's `host.log` calls.
+    log_limit: log_limit::LogLimit,
 }
 
 /// What one guest instance may use. A guest that exceeds a limit traps; the
@@ -82,13 +85,21 @@ impl State {
         self.table.get(handle).map_err(|_| WitError::Closed)
     }
 
-    /// Hand a connection to the guest: a new remoter handle, what the guest
-    /// would ask of it first, and its bytes not yet handed.
-    pub fn hand_over(&mut self, id: u64) -> wasmtime::Result<Connection> {
+    /// Give a connection to the guest: a new remoter handle, what the guest
+    /// would ask of it first, and, if `lend`, its bytes not yet handed (else
+    /// they come in the next cycle's arrivals).
+    pub fn give_connection(&mut self, id: u64, lend: bool) -> wasmtime::Result<Connection> {
         let c = self.core.conns.get_mut(&id).ok_or_else(|| wasmtime::format_err!("connection {id} vanished"))?;
         c.adopted = true;
         let (ha, ca, tls) = (c.ha, c.ca, remoter::tls_state(c));
-        let (data, cutoff) = self.core.hand(id, usize::MAX).unwrap_or_default();
+        let (data, cutoff) = if lend {
+            self.core.hand(id, usize::MAX).unwrap_or_default()
+        } else {
+            if c.has_news() {
+                self.core.mark_ready(id);
+            }
+            (Vec::new(), false)
+        };
         let remoter = self.table.push(ConnRef { id, ha, ca })?;
         Ok(Connection { remoter, id, ha: address(ha), ca: address(ca), tls, data, cutoff })
     }
@@ -100,7 +111,7 @@ impl State {
 /// Connections the guest has not taken yet are left out: `accept` hands
 /// them with their bytes.
 pub fn arrivals(core: &mut Core, arrivals: &mut Vec<Arrival>) {
-    core.handing.begin_call();
+    core.begin_guest_call();
     let mut ready = std::mem::take(&mut core.ready);
     for &id in &ready {
         let Some(c) = core.conns.get_mut(&id) else { continue };
@@ -214,8 +225,8 @@ impl Runtime {
             .instances(16)
             .trap_on_grow_failure(true)
             .build();
-        let mut store =
-            Store::new(&self.engine, State { table: ResourceTable::new(), core, limits, wasi: wasi::context() });
+        let (wasi, log_limit) = (wasi::context(&core.stats), log_limit::LogLimit::new("log", core.stats.clone()));
+        let mut store = Store::new(&self.engine, State { table: ResourceTable::new(), core, limits, wasi, log_limit });
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         let deadline = self.deadline_ticks();
@@ -300,19 +311,20 @@ impl Generation {
     }
 
     /// Call the guest's `start`, handing it the listener and every live
-    /// connection with its unconsumed bytes, handed again.
+    /// connection. Their unconsumed bytes are handed again in the first
+    /// cycle, not here: a guest that cannot start is never a peer's fault.
     pub fn start(&mut self, config: &GuestConfig, snapshot: Option<&Snapshot>) -> Result<()> {
         let state = self.store.data_mut();
         let mut ids: Vec<u64> =
             state.core.conns.iter().filter(|(_, c)| c.adopted && !c.closing).map(|(id, _)| *id).collect();
         ids.sort_unstable();
-        state.core.handing.begin_call();
+        state.core.begin_guest_call();
         let mut connections = Vec::with_capacity(ids.len());
         for &id in &ids {
             if let Some(c) = state.core.conns.get_mut(&id) {
                 c.rewind();
             }
-            connections.push(state.hand_over(id)?);
+            connections.push(state.give_connection(id, false)?);
         }
         let listener = state.table.push(ListenerRef)?;
         let _in_call = self.arm()?;
@@ -320,7 +332,7 @@ impl Generation {
             .hio_tcp_guest()
             .call_start(&mut self.store, *config, listener, &connections, snapshot)
             .map_err(|e| self.trapped("start", e))?
-            .map_err(|e| anyhow!("guest refused to start: {e}"))
+            .map_err(|e| anyhow!("guest refused to start: {}", log_limit::clean(&e)))
     }
 
     /// The guest's state for its successor.

@@ -7,23 +7,19 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::State;
+use super::log_limit::{LogLimit, MAX_LINE, clean};
+use crate::stats::Stats;
 
-/// Lines a guest may log per second on each of stdout and stderr.
-const LINES_PER_SECOND: u32 = 100;
-/// Longest line kept; the rest is cut.
-const MAX_LINE: usize = 4096;
-
-pub fn context() -> WasiCtx {
+pub fn context(stats: &Arc<Stats>) -> WasiCtx {
     WasiCtxBuilder::new()
-        .stdout(GuestOutput::new("stdout"))
-        .stderr(GuestOutput::new("stderr"))
+        .stdout(GuestOutput::new("stdout", stats.clone()))
+        .stderr(GuestOutput::new("stderr", stats.clone()))
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
@@ -45,21 +41,13 @@ struct GuestOutput {
 struct Lines {
     name: &'static str,
     partial: Vec<u8>,
-    window: Instant,
-    in_window: u32,
-    dropped: u64,
+    limit: LogLimit,
 }
 
 impl GuestOutput {
-    fn new(name: &'static str) -> GuestOutput {
+    fn new(name: &'static str, stats: Arc<Stats>) -> GuestOutput {
         GuestOutput {
-            inner: Arc::new(Mutex::new(Lines {
-                name,
-                partial: Vec::new(),
-                window: Instant::now(),
-                in_window: 0,
-                dropped: 0,
-            })),
+            inner: Arc::new(Mutex::new(Lines { name, partial: Vec::new(), limit: LogLimit::new(name, stats) })),
         }
     }
 }
@@ -81,20 +69,9 @@ impl Lines {
     }
 
     fn emit(&mut self, line: &[u8]) {
-        if self.window.elapsed().as_secs() >= 1 {
-            if self.dropped > 0 {
-                tracing::warn!(target: "guest", stream = self.name, "{} lines of guest output dropped (over {LINES_PER_SECOND}/s)", self.dropped);
-            }
-            self.window = Instant::now();
-            self.in_window = 0;
-            self.dropped = 0;
+        if self.limit.admit() {
+            tracing::info!(target: "guest", stream = self.name, "{}", clean(&String::from_utf8_lossy(line)));
         }
-        if self.in_window >= LINES_PER_SECOND {
-            self.dropped += 1;
-            return;
-        }
-        self.in_window += 1;
-        tracing::info!(target: "guest", stream = self.name, "{}", String::from_utf8_lossy(line));
     }
 }
 
@@ -130,24 +107,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_are_split_cut_and_rate_limited() {
-        let mut l = GuestOutput::new("stdout").inner.lock().unwrap().clone_state();
+    fn output_is_split_into_lines_and_long_ones_cut() {
+        let out = GuestOutput::new("stdout", Arc::default());
+        let mut l = out.inner.lock().unwrap();
         l.write(b"one\ntw");
-        assert_eq!(l.in_window, 1);
         assert_eq!(l.partial, b"tw");
         l.write(&vec![b'x'; 2 * MAX_LINE]);
         assert_eq!(l.partial.len(), MAX_LINE);
         l.write(b"\n");
-        for _ in 0..(2 * LINES_PER_SECOND) {
-            l.write(b"chatty\n");
-        }
-        assert_eq!(l.in_window, LINES_PER_SECOND);
-        assert_eq!(l.dropped, u64::from(LINES_PER_SECOND) + 2);
-    }
-
-    impl Lines {
-        fn clone_state(&self) -> Lines {
-            Lines { name: self.name, partial: Vec::new(), window: self.window, in_window: 0, dropped: 0 }
-        }
+        assert!(l.partial.is_empty());
     }
 }

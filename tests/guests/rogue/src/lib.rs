@@ -1,0 +1,122 @@
+//! A test guest written against the raw WIT (no SDK Server), as a policy
+//! author in another language would, that hands the host odd values and
+//! echoes everything else:
+//!
+//! - "wake VALUE\n" (inf, -inf, nan, 1e300, -1, now): from then on every
+//!   `service` asks to be woken at VALUE ("now": the cycle's own tyme);
+//! - "calls\n": answers how many times `service` has been called;
+//! - "logflood N\n": calls `host.log` N times with 1 KiB lines, one of them
+//!   trying to forge a host log line;
+//! - any bytes containing "VENOM", wherever they reach it (a cycle's
+//!   arrivals, a connection handed by `accept-all` or `start`, or pulled
+//!   with `receive` during `start`): it panics.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use hio_guest::bindings::exports::hio::tcp::guest::{Config, Cycle, Guest, Snapshot};
+use hio_guest::bindings::hio::tcp::acceptor::Listener;
+use hio_guest::bindings::hio::tcp::host::{self, Level};
+use hio_guest::bindings::hio::tcp::remoter::{Connection, Remoter};
+
+#[derive(Default)]
+struct Rogue {
+    listener: Option<Listener>,
+    conns: HashMap<u64, Remoter>,
+    wake: Option<String>,
+    calls: u64,
+}
+
+thread_local! {
+    static ROGUE: RefCell<Rogue> = RefCell::default();
+}
+
+fn check(data: &[u8]) {
+    if data.windows(5).any(|w| w == b"VENOM") {
+        panic!("venom");
+    }
+}
+
+impl Rogue {
+    fn take(&mut self, conn: Connection, pull: bool) {
+        check(&conn.data);
+        let mut data = conn.data;
+        if pull && let Ok(more) = conn.remoter.receive(u32::MAX) {
+            check(&more.data);
+            data.extend_from_slice(&more.data);
+        }
+        self.conns.insert(conn.id, conn.remoter);
+        self.serve(conn.id, data, conn.cutoff);
+    }
+
+    fn serve(&mut self, id: u64, data: Vec<u8>, cutoff: bool) {
+        check(&data);
+        let Some(conn) = self.conns.get(&id) else { return };
+        let text = String::from_utf8_lossy(&data).into_owned();
+        let answer = if let Some(value) = text.strip_prefix("wake ") {
+            self.wake = Some(value.trim().to_string());
+            "ok\n".to_string()
+        } else if text == "calls\n" {
+            format!("{}\n", self.calls)
+        } else if let Some(n) = text.strip_prefix("logflood ") {
+            let line = "x".repeat(1024);
+            for _ in 0..n.trim().parse::<u32>().unwrap_or(0) {
+                host::log(Level::Info, &line);
+            }
+            host::log(Level::Error, "flood\nERROR hio_host: forged line");
+            "flooded\n".to_string()
+        } else {
+            text
+        };
+        if !data.is_empty() && conn.tx_consume(answer.as_bytes(), data.len() as u64).is_err() {
+            self.conns.remove(&id);
+            return;
+        }
+        if cutoff && let Some(conn) = self.conns.remove(&id) {
+            let _ = conn.close();
+        }
+    }
+
+    fn wake(&self, tyme: f64) -> Option<f64> {
+        match self.wake.as_deref()? {
+            "now" => Some(tyme),
+            value => value.parse().ok(),
+        }
+    }
+}
+
+struct Export;
+
+impl Guest for Export {
+    fn start(_: Config, listener: Listener, connections: Vec<Connection>, _: Option<Snapshot>) -> Result<(), String> {
+        ROGUE.with_borrow_mut(|r| {
+            r.listener = Some(listener);
+            for conn in connections {
+                r.take(conn, true);
+            }
+        });
+        Ok(())
+    }
+
+    fn service(cycle: Cycle) -> Option<f64> {
+        ROGUE.with_borrow_mut(|r| {
+            r.calls += 1;
+            if cycle.accepts {
+                let accepted = r.listener.as_ref().and_then(|l| l.accept_all().ok()).unwrap_or_default();
+                for conn in accepted {
+                    r.take(conn, false);
+                }
+            }
+            for arrival in cycle.ready {
+                r.serve(arrival.id, arrival.data, arrival.cutoff);
+            }
+            r.wake(cycle.tyme)
+        })
+    }
+
+    fn save() -> Snapshot {
+        Snapshot { format: String::new(), state: Vec::new() }
+    }
+}
+
+hio_guest::bindings::export_bindings!(Export with_types_in hio_guest::bindings);

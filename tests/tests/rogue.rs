@@ -1,0 +1,94 @@
+//! Guests written against the raw WIT that hand the host odd values: no
+//! value a guest returns or passes can stop the host, hold its CPU, flood
+//! its log, or cost more than the one connection whose bytes crash it.
+
+use std::time::Duration;
+
+use hio_tests::{Client, HostProcess, guest};
+
+/// The host process is still running and serving.
+fn still_serves(host: &mut HostProcess, c: &mut Client) {
+    c.echo(b"still served");
+    host.connect().echo(b"new connections too");
+    assert!(host.child.0.try_wait().unwrap().is_none(), "the host exited\n{}", host.log());
+}
+
+#[test]
+fn no_wake_tyme_a_guest_returns_upsets_the_host() {
+    for value in ["inf", "1e300", "nan", "-inf", "-1", "1.7976931348623157e308"] {
+        let mut host = HostProcess::spawn(&guest("rogue"), &[]);
+        let mut c = host.connect();
+        c.send(format!("wake {value}\n").as_bytes());
+        assert_eq!(c.recv_line(), "ok\n", "wake {value}\n{}", host.log());
+        // A few cycles with that wake tyme in force.
+        for i in 0..5 {
+            c.echo(format!("after wake {value}: {i}").as_bytes());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        still_serves(&mut host, &mut c);
+    }
+}
+
+#[test]
+fn a_guest_that_asks_to_be_woken_now_forever_cannot_hold_the_cpu() {
+    let host = HostProcess::spawn(&guest("rogue"), &[]);
+    let mut c = host.connect();
+    c.send(b"wake now\n");
+    assert_eq!(c.recv_line(), "ok\n");
+    let calls = |c: &mut Client| -> u64 {
+        c.send(b"calls\n");
+        c.recv_line().trim().parse().expect("a count")
+    };
+    let before = calls(&mut c);
+    std::thread::sleep(Duration::from_secs(1));
+    let during = calls(&mut c) - before;
+    // Unchecked, such a guest was called about 1.4 million times a second.
+    // Its tymer wake-ups are held to one a millisecond.
+    assert!(during < 1500, "{during} guest calls in one idle second\n{}", host.log());
+    hio_tests::eventually("the log to say so", || host.log().contains("asks to be woken again at once"));
+}
+
+#[test]
+fn a_guest_cannot_flood_the_host_log() {
+    let host = HostProcess::spawn(&guest("rogue"), &[]);
+    let mut c = host.connect();
+    c.send(b"logflood 20000\n");
+    assert_eq!(c.recv_line(), "flooded\n");
+    hio_tests::eventually("the log to say lines were dropped", || host.log().contains("dropping lines"));
+    // The next second's first line reports the count.
+    std::thread::sleep(Duration::from_millis(1100));
+    c.send(b"logflood 1\n");
+    assert_eq!(c.recv_line(), "flooded\n");
+    hio_tests::eventually("the dropped count", || host.log().contains("guest log lines dropped"));
+    let log = host.log();
+    // 20,000 lines of 1 KiB would be 20 MiB; the limit lets 100 a second through.
+    assert!(log.len() < 1 << 20, "the host log grew to {} bytes", log.len());
+    assert!(!log.lines().any(|l| l.starts_with("ERROR hio_host: forged")), "a guest forged a host log line:\n{log}");
+    assert!(log.contains(r"flood\nERROR hio_host: forged line"), "{log}");
+}
+
+#[test]
+fn a_poison_connection_costs_two_restarts_wherever_its_bytes_reach_the_guest() {
+    // VENOM in a cycle's arrival, then in what the guest pulls during
+    // `start` after its restart; and VENOM in a connection's first bytes,
+    // handed by `accept-all` during a cycle.
+    for first_bytes in [false, true] {
+        let mut host = HostProcess::spawn(&guest("rogue"), &[]);
+        let mut bystanders: Vec<Client> = (0..3).map(|_| host.connect()).collect();
+        for b in &mut bystanders {
+            b.echo(b"before");
+        }
+        let mut poison = host.connect();
+        if !first_bytes {
+            poison.echo(b"harmless");
+        }
+        poison.send(b"VENOM");
+        assert!(poison.closed_by_server(Duration::from_secs(5)), "poison kept open\n{}", host.log());
+        for b in &mut bystanders {
+            b.echo(b"after");
+        }
+        still_serves(&mut host, &mut bystanders[0]);
+        let failures = host.log().matches("guest down; restarting it").count();
+        assert!(failures <= 2, "the guest failed {failures} times for one poison connection\n{}", host.log());
+    }
+}
