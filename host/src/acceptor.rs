@@ -129,6 +129,26 @@ impl Acceptor {
     }
 }
 
+/// Make sure no other socket listens on `ha` before this process's workers
+/// share it with SO_REUSEPORT (which any process of the same user could
+/// join, splitting the connections between two servers without a word).
+/// Binds `ha` without SO_REUSEPORT, which the kernel refuses while anyone
+/// listens there; hold the result until the workers listen: they may bind
+/// beside it, another process's check may not bind beside them.
+pub fn claim(ha: SocketAddr) -> Result<Socket> {
+    let socket = Socket::new(Domain::for_address(ha), Type::STREAM, Some(Protocol::TCP))
+        .context("cannot create listen socket")?;
+    socket.set_reuse_address(true)?;
+    if ha.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&ha.into()).map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => anyhow!("cannot listen on {ha}: another process is listening there ({e})"),
+        _ => anyhow!("cannot listen on {ha}: {e}"),
+    })?;
+    Ok(socket)
+}
+
 /// hio raises SO_SNDBUF/SO_RCVBUF to bs when they are smaller, never lowers them.
 pub fn raise_buffers(socket: &Socket, bs: usize) -> io::Result<()> {
     if socket.send_buffer_size()? < bs {
@@ -179,6 +199,21 @@ mod tests {
         assert_eq!(a.ha, b.ha);
         // A listener that did not ask to share still cannot.
         assert!(Acceptor::open(a.ha, DEFAULT_BS, DEFAULT_BL, false).is_err());
+    }
+
+    #[test]
+    fn workers_cannot_claim_an_address_another_process_listens_on() {
+        let other = Acceptor::open("127.0.0.1:0".parse().unwrap(), DEFAULT_BS, DEFAULT_BL, true).unwrap();
+        let err = claim(other.ha).err().expect("claimed an address in use").to_string();
+        assert!(err.contains("another process is listening there"), "{err}");
+        // A free address: claimed, and this process's workers bind beside the claim.
+        let free = Acceptor::open("127.0.0.1:0".parse().unwrap(), DEFAULT_BS, DEFAULT_BL, false).unwrap().ha;
+        let held = claim(free).unwrap();
+        let a = Acceptor::open(free, DEFAULT_BS, DEFAULT_BL, true).unwrap();
+        let b = Acceptor::open(free, DEFAULT_BS, DEFAULT_BL, true).unwrap();
+        drop(held);
+        assert_eq!(a.ha, b.ha);
+        assert!(claim(free).is_err(), "claimed while the workers listen");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub fn run(config: Config, workers: usize, signals: bool) -> Result<()> {
         return server.run();
     }
     let mut config = config;
+    // Port 0 is a fresh port: nobody else can be there.
+    let claim = if config.ha.port() != 0 { Some(crate::acceptor::claim(config.ha)?) } else { None };
     config.reuse_port = true;
     // Caps are per worker: each holds its share.
     config.max_conns = config.max_conns.div_ceil(workers).max(1);
@@ -48,7 +50,7 @@ pub fn run(config: Config, workers: usize, signals: bool) -> Result<()> {
             }
         }
     }
-    drop(done_tx);
+    drop((done_tx, claim));
     // The first to end (a signal reaches every worker; a failure only one)
     // ends them all.
     let first = done_rx.recv().unwrap_or_else(|_| Err(anyhow!("every worker vanished")));

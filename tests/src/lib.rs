@@ -286,6 +286,23 @@ impl HostProcess {
     }
 }
 
+/// Run `cmd` to its end, its stdout and stderr captured; if it is still
+/// running after `within` it is killed and `None` returned (a server that
+/// should have refused to start must not hang the test).
+pub fn output_within(cmd: &mut Command, within: Duration) -> Option<std::process::Output> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the command");
+    let start = Instant::now();
+    while child.try_wait().expect("wait for the command").is_none() {
+        if start.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some(child.wait_with_output().expect("collect the command's output"))
+}
+
 /// Poll `cond` until it holds or `PATIENCE` runs out.
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -35,3 +35,30 @@ fn two_workers_share_the_port_serve_swap_and_stop_together() {
         assert!(c.closed_by_server(Duration::from_secs(5)), "a connection left open at exit");
     }
 }
+
+#[test]
+fn a_second_process_cannot_share_the_port_whatever_the_workers() {
+    for (first, second) in [("2", "2"), ("2", "1"), ("1", "2")] {
+        let host = HostProcess::spawn(&guest("echo"), &["--workers", first]);
+        hio_tests::eventually("the first host serving", || {
+            host.log().matches("serving").count() == first.parse::<usize>().unwrap()
+        });
+        let listen = format!("127.0.0.1:{}", host.port);
+        let mut second_host = std::process::Command::new(hio_tests::host_binary());
+        second_host.args(["run", guest("upper").to_str().unwrap(), "--listen", &listen, "--workers", second]);
+        let out = hio_tests::output_within(&mut second_host, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("a second host (--workers {second}) serves beside --workers {first}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a second host (--workers {second}) started beside --workers {first}: {stderr}"
+        );
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("hio-host:")).collect();
+        assert!(errors.len() == 1 && errors[0].contains("cannot listen on"), "{stderr}");
+        // Every connection still reaches the first host.
+        for _ in 0..20 {
+            host.connect().echo(b"only the echo host answers");
+        }
+    }
+}
