@@ -7,12 +7,14 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 
 use mio::Interest;
 use mio::net::TcpStream;
+use rustls::server::danger::ClientCertVerifier;
 
 use crate::budget::Budget;
-use crate::tls::{PeerInfo, peer_info};
+use crate::tls::{PeerInfo, check_resumed, peer_info};
 use crate::wirelog::WireLog;
 
 /// Stop reading from a peer once this many received bytes wait for the
@@ -65,6 +67,8 @@ pub struct Tls {
     session: rustls::ServerConnection,
     pub state: TlsState,
     close_notify_sent: bool,
+    /// Checks the client certificate of a resumed session again.
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 pub struct Conn {
@@ -161,9 +165,10 @@ impl Conn {
         ca: SocketAddr,
         budget: Budget,
         session: rustls::ServerConnection,
+        verifier: Option<Arc<dyn ClientCertVerifier>>,
     ) -> Conn {
         let mut c = Conn::new(sock, ha, ca, budget);
-        c.tls = Some(Box::new(Tls { session, state: TlsState::Handshaking, close_notify_sent: false }));
+        c.tls = Some(Box::new(Tls { session, state: TlsState::Handshaking, close_notify_sent: false, verifier }));
         c
     }
 
@@ -325,8 +330,17 @@ impl Conn {
                 return out;
             }
             if tls.state == TlsState::Handshaking && !tls.session.is_handshaking() {
-                tls.state = TlsState::Connected(peer_info(&tls.session));
+                let resumed = match &tls.verifier {
+                    Some(v) => check_resumed(&tls.session, v.as_ref()),
+                    None => Ok(()),
+                };
                 out.tls_changed = true;
+                if let Err(why) = resumed {
+                    self.abort(why);
+                    out.new_cutoff = true;
+                    return out;
+                }
+                tls.state = TlsState::Connected(peer_info(&tls.session));
             }
             if eof {
                 // What arrived before the end is still delivered.

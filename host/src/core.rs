@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::{Registry, Token};
 use rustc_hash::FxHashMap;
@@ -15,6 +15,7 @@ use crate::budget::Budget;
 use crate::conn::Conn;
 use crate::handing::Handing;
 use crate::stats::Stats;
+use crate::tls::TlsAcceptor;
 use crate::tyme::Clock;
 use crate::wirelog::WireLog;
 
@@ -32,8 +33,8 @@ pub struct Core {
     pub clock: Clock,
     pub wirelog: Option<WireLog>,
     pub next_id: u64,
-    /// TLS context (built once) and handshake time limit, for a TLS server.
-    pub tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
+    /// Where a TLS server's sessions come from.
+    pub tls: Option<TlsAcceptor>,
     /// Handshake deadlines in accept order, which is deadline order.
     pub handshakes: VecDeque<(Instant, u64)>,
     /// The bound on bytes held across connections.

@@ -64,6 +64,12 @@ struct RunArgs {
     /// client certificates are checked against the system trust store (as hio).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) for client certificates; repeat for
+    /// more files. A revoked client is refused, on full handshakes and on
+    /// session resumption; with CRLs, every certificate of a client's chain
+    /// below the CA must be covered by one.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    client_crl: Vec<PathBuf>,
     /// Client certificates: none (not asked for), optional (checked if sent),
     /// required (hio's default).
     #[arg(long, value_name = "MODE", default_value = "required", requires = "tls_cert")]
@@ -203,6 +209,7 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         let mut tls = TlsConfig::new(cert, key);
         tls.client_ca = args.client_ca;
+        tls.client_crls = args.client_crl;
         tls.certify = args.certify;
         tls.version = args.tls_version;
         tls.alpn = args.alpn;

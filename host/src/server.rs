@@ -255,15 +255,7 @@ impl Server {
         if !(config.tock > 0.0 && config.tock.is_finite()) {
             bail!("tock must be a finite number of seconds > 0, not {}", config.tock);
         }
-        let tls = match &config.tls {
-            Some(t) => {
-                if !(t.handshake_timeout > 0.0 && t.handshake_timeout.is_finite()) {
-                    bail!("handshake timeout must be a finite number of seconds > 0, not {}", t.handshake_timeout);
-                }
-                Some((t.context()?, Duration::from_secs_f64(t.handshake_timeout)))
-            }
-            None => None,
-        };
+        let tls = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), config.cache.clone())?);
         let loaded_stamp = stamp(&config.guest);
         let (component, origin) = runtime.load_from(&config.guest)?;
@@ -504,13 +496,13 @@ impl Server {
                     tracing::debug!(%ca, id, "accepted");
                     let conn = match &core.tls {
                         None => Conn::new(sock, ha, ca, core.budget.clone()),
-                        Some((context, limit)) => match rustls::ServerConnection::new(context.clone()) {
+                        Some(tls) => match tls.session() {
                             Ok(session) => {
-                                core.handshakes.push_back((Instant::now() + *limit, id));
-                                Conn::new_tls(sock, ha, ca, core.budget.clone(), session)
+                                core.handshakes.push_back((Instant::now() + tls.handshake_timeout, id));
+                                Conn::new_tls(sock, ha, ca, core.budget.clone(), session, tls.verifier())
                             }
                             Err(e) => {
-                                tracing::error!(%ca, "cannot start a TLS session: {e}");
+                                tracing::error!(%ca, "{e:#}");
                                 let _ = registry.deregister(&mut sock);
                                 continue;
                             }

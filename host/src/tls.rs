@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use rustls::RootCertStore;
+use std::time::Duration;
+
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ServerConfig, ServerConnection, WebPkiClientVerifier};
+use rustls::{HandshakeKind, RootCertStore};
 use sha2::{Digest, Sha256};
 
 /// hio's `certify`: whether a client must present a certificate.
@@ -63,6 +66,12 @@ pub struct TlsConfig {
     /// CA certificates (PEM) that client certificates must chain to (hio's
     /// cafilepath). Unset: the system trust store, as in hio.
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM files, each with one or more
+    /// CRLs): a client certificate they revoke is refused. When any is
+    /// given, every certificate of a client's chain below the trust anchor
+    /// must be covered by one (as with nginx's `ssl_crl`), else it is
+    /// refused too.
+    pub client_crls: Vec<PathBuf>,
     pub certify: Certify,
     /// Unset: TLS 1.2 and 1.3.
     pub version: Option<TlsVersion>,
@@ -82,6 +91,7 @@ impl TlsConfig {
             cert: cert.into(),
             key: key.into(),
             client_ca: None,
+            client_crls: Vec::new(),
             certify: Certify::Required,
             version: None,
             alpn: Vec::new(),
@@ -89,8 +99,12 @@ impl TlsConfig {
         }
     }
 
-    /// hio's `initServerContext`: one rustls server context for every connection.
-    pub fn context(&self) -> Result<Arc<ServerConfig>> {
+    /// hio's `initServerContext`: one rustls server context for every
+    /// connection, and the handshake deadline.
+    pub fn acceptor(&self) -> Result<TlsAcceptor> {
+        if !(self.handshake_timeout > 0.0 && self.handshake_timeout.is_finite()) {
+            bail!("handshake timeout must be a finite number of seconds > 0, not {}", self.handshake_timeout);
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let versions: &[&rustls::SupportedProtocolVersion] = match self.version {
             None => rustls::DEFAULT_VERSIONS,
@@ -100,14 +114,18 @@ impl TlsConfig {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .context("TLS versions")?;
-        let builder = match self.certify {
-            Certify::None => builder.with_no_client_auth(),
+        let verifier = match self.certify {
+            Certify::None => None,
             certify => {
                 let roots = Arc::new(self.client_roots()?);
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider);
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider).with_crls(self.crls()?);
                 let verifier = if certify == Certify::Optional { verifier.allow_unauthenticated() } else { verifier };
-                builder.with_client_cert_verifier(verifier.build().context("client certificate verifier")?)
+                Some(verifier.build().context("client certificate verifier")?)
             }
+        };
+        let builder = match &verifier {
+            None => builder.with_no_client_auth(),
+            Some(v) => builder.with_client_cert_verifier(v.clone()),
         };
         let chain = read_certs(&self.cert)?;
         let key = PrivateKeyDer::from_pem_file(&self.key)
@@ -116,7 +134,26 @@ impl TlsConfig {
             anyhow!("TLS key {} does not fit certificate {}: {e}", self.key.display(), self.cert.display())
         })?;
         config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Ok(Arc::new(config))
+        Ok(TlsAcceptor {
+            config: Arc::new(config),
+            verifier,
+            handshake_timeout: Duration::from_secs_f64(self.handshake_timeout),
+        })
+    }
+
+    fn crls(&self) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+        let mut crls = Vec::new();
+        for path in &self.client_crls {
+            let found = CertificateRevocationListDer::pem_file_iter(path)
+                .map_err(|e| anyhow!("cannot read CRLs from {}: {}", path.display(), pem_error(e)))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow!("malformed CRL in {}: {}", path.display(), pem_error(e)))?;
+            if found.is_empty() {
+                bail!("no CRL in {}", path.display());
+            }
+            crls.extend(found);
+        }
+        Ok(crls)
     }
 
     fn client_roots(&self) -> Result<RootCertStore> {
@@ -159,6 +196,47 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         bail!("no certificate in {}", path.display());
     }
     Ok(certs)
+}
+
+/// What every TLS connection of a server starts from: the rustls context
+/// (built once; hio builds one per connection), the client certificate
+/// verifier behind it, and how long a handshake may take.
+pub struct TlsAcceptor {
+    config: Arc<ServerConfig>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    pub handshake_timeout: Duration,
+}
+
+impl TlsAcceptor {
+    /// A new server session for one accepted connection.
+    pub fn session(&self) -> Result<ServerConnection> {
+        ServerConnection::new(self.config.clone()).context("cannot start a TLS session")
+    }
+
+    /// The verifier to check a resumed session's client certificate with.
+    pub fn verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        self.verifier.clone()
+    }
+}
+
+/// A resumed session skips the client certificate check of a full
+/// handshake: rustls restores the certificate it verified when the session
+/// began. Check it again now, with the same verifier (trust anchors, CRLs,
+/// validity at this moment), so resumption never admits a peer that a full
+/// handshake would refuse: an expired, not yet valid or revoked certificate,
+/// or a CA no longer trusted. Full handshakes pass through.
+pub fn check_resumed(session: &ServerConnection, verifier: &dyn ClientCertVerifier) -> Result<(), String> {
+    if session.handshake_kind() != Some(HandshakeKind::Resumed) {
+        return Ok(());
+    }
+    let Some([end_entity, intermediates @ ..]) = session.peer_certificates() else {
+        // Resumed without a certificate: the full handshake allowed none.
+        return Ok(());
+    };
+    verifier
+        .verify_client_cert(end_entity, intermediates, UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| format!("resumed session refused, its client certificate no longer verifies: {e}"))
 }
 
 /// Who is on the other end of a finished handshake.

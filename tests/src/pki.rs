@@ -7,16 +7,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-    date_time_ymd,
+    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyIdMethod, KeyPair, RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use time::OffsetDateTime;
 
 use crate::PATIENCE;
 
 /// A CA and the files of a server certificate and client certificates it
-/// signed, plus a client certificate from another CA and an expired one.
+/// signed, plus a client certificate from another CA, an expired one, and
+/// a revoked one with the CA's revocation list.
 pub struct Pki {
     pub dir: PathBuf,
     pub ca: PathBuf,
@@ -30,6 +32,22 @@ pub struct Pki {
     pub stranger: (PathBuf, PathBuf),
     /// Signed by the CA, but expired in 2001.
     pub expired: (PathBuf, PathBuf),
+    /// CN=revoked, signed by the CA and listed in `crl`.
+    pub revoked: (PathBuf, PathBuf),
+    /// The CA's certificate revocation list (PEM), revoking `revoked`.
+    pub crl: PathBuf,
+    root: Ca,
+}
+
+/// When a leaf certificate is valid.
+#[derive(Clone, Copy)]
+enum Validity {
+    /// rcgen's default: from 1975 to 4096.
+    Always,
+    /// 2000 to 2001.
+    Expired,
+    /// From a minute ago until this moment.
+    Until(OffsetDateTime),
 }
 
 struct Ca {
@@ -45,7 +63,7 @@ fn ca(name: &str) -> Ca {
     Ca { cert: p.self_signed(&key).unwrap(), key }
 }
 
-fn leaf(dir: &Path, name: &str, sans: &[&str], client: bool, signer: &Ca, expired: bool) -> (PathBuf, PathBuf) {
+fn leaf(dir: &Path, name: &str, sans: &[&str], client: bool, signer: &Ca, validity: Validity) -> (PathBuf, PathBuf) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.subject_alt_names = sans
@@ -63,15 +81,56 @@ fn leaf(dir: &Path, name: &str, sans: &[&str], client: bool, signer: &Ca, expire
     p.distinguished_name.push(DnType::CommonName, name);
     p.extended_key_usages =
         vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
-    if expired {
-        p.not_before = date_time_ymd(2000, 1, 1);
-        p.not_after = date_time_ymd(2001, 1, 1);
+    // Serial numbers name certificates in revocation lists.
+    p.serial_number = Some(serial(name));
+    match validity {
+        Validity::Always => {}
+        Validity::Expired => {
+            p.not_before = date_time_ymd(2000, 1, 1);
+            p.not_after = date_time_ymd(2001, 1, 1);
+        }
+        Validity::Until(end) => {
+            p.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+            p.not_after = end;
+        }
     }
     let cert = p.signed_by(&key, &signer.cert, &signer.key).unwrap();
     let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
     (c, k)
+}
+
+/// A certificate's serial number, derived from its name (8 bytes, positive).
+fn serial(name: &str) -> SerialNumber {
+    let mut serial = [0u8; 8];
+    for (i, b) in name.bytes().enumerate() {
+        serial[i % 8] = serial[i % 8].wrapping_mul(31).wrapping_add(b);
+    }
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    SerialNumber::from_slice(&serial)
+}
+
+/// A revocation list signed by `signer`, revoking the certificates named.
+fn crl(path: &Path, signer: &Ca, revoked: &[&str]) {
+    let now = OffsetDateTime::now_utc();
+    let params = CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(1),
+        next_update: now + time::Duration::days(1),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|name| RevokedCertParams {
+                serial_number: serial(name),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    std::fs::write(path, params.signed_by(&signer.cert, &signer.key).unwrap().pem().unwrap()).unwrap();
 }
 
 impl Pki {
@@ -82,17 +141,30 @@ impl Pki {
         let other = ca("some other CA");
         let ca_path = dir.join("ca.crt");
         std::fs::write(&ca_path, root.cert.pem()).unwrap();
-        let (server_cert, server_key) = leaf(&dir, "server", &["localhost", "127.0.0.1"], false, &root, false);
+        let (server_cert, server_key) =
+            leaf(&dir, "server", &["localhost", "127.0.0.1"], false, &root, Validity::Always);
+        let crl_path = dir.join("ca.crl");
+        crl(&crl_path, &root, &["revoked"]);
         Pki {
-            alice: leaf(&dir, "alice", &["alice.example", "spiffe://example/alice"], true, &root, false),
-            mallory: leaf(&dir, "mallory", &["mallory.example"], true, &root, false),
-            stranger: leaf(&dir, "stranger", &["stranger.example"], true, &other, false),
-            expired: leaf(&dir, "expired", &["expired.example"], true, &root, true),
+            alice: leaf(&dir, "alice", &["alice.example", "spiffe://example/alice"], true, &root, Validity::Always),
+            mallory: leaf(&dir, "mallory", &["mallory.example"], true, &root, Validity::Always),
+            stranger: leaf(&dir, "stranger", &["stranger.example"], true, &other, Validity::Always),
+            expired: leaf(&dir, "expired", &["expired.example"], true, &root, Validity::Expired),
+            revoked: leaf(&dir, "revoked", &["revoked.example"], true, &root, Validity::Always),
+            crl: crl_path,
+            root,
             dir,
             ca: ca_path,
             server_cert,
             server_key,
         }
+    }
+
+    /// A client certificate from the CA (CN=`name`) that expires `secs`
+    /// seconds from now.
+    pub fn expiring(&self, name: &str, secs: i64) -> (PathBuf, PathBuf) {
+        let end = OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+        leaf(&self.dir, name, &[&format!("{name}.example")], true, &self.root, Validity::Until(end))
     }
 
     /// A TLS config for the host: this PKI's server certificate, clients checked against its CA.

@@ -4,11 +4,13 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hio_host::tls::{Certify, TlsVersion};
 use hio_tests::pki::{Pki, TlsClient};
 use hio_tests::{Client, KillOnDrop, TestServer, hio_python, host_binary, root};
+use rustls::HandshakeKind;
 
 fn tls_server(guest: &str, pki: &Pki, tweak: impl FnOnce(&mut hio_host::tls::TlsConfig)) -> TestServer {
     let mut t = pki.server_config();
@@ -344,4 +346,66 @@ fn tls_connections_survive_hot_swaps_with_their_identity() {
     let mut d = TlsClient::connect(server.addr, pki.client(Some(&pki.alice), None)).unwrap();
     assert!(d.recv_line().unwrap().contains("|CN=alice|"));
     assert_eq!(c.finish().unwrap(), b"");
+}
+
+/// Connect with `config` (whose session cache it shares with earlier
+/// connections) and echo once; the handshake's kind and whether the echo
+/// came back.
+fn connect_and_echo(server: &TestServer, config: &Arc<rustls::ClientConfig>) -> (Option<HandshakeKind>, bool) {
+    match TlsClient::connect(server.addr, config.clone()) {
+        Err(_) => (None, false),
+        Ok(mut c) => {
+            let kind = c.tls.conn.handshake_kind();
+            (kind, c.echo(b"who goes there").is_ok())
+        }
+    }
+}
+
+#[test]
+fn session_resumption_never_admits_a_client_a_full_handshake_would_refuse() {
+    let pki = Pki::new("resume");
+    let server = tls_server("echo", &pki, |_| {});
+    let brief = pki.expiring("brief", 3);
+    let valid_until = Instant::now() + Duration::from_secs(3);
+    let sessions: Vec<_> = [12, 13].map(|v| pki.client(Some(&brief), Some(v))).into();
+    for config in &sessions {
+        assert_eq!(connect_and_echo(&server, config), (Some(HandshakeKind::Full), true));
+        // Resumption works (and saves the full handshake) while the certificate is valid.
+        assert_eq!(connect_and_echo(&server, config), (Some(HandshakeKind::Resumed), true));
+    }
+    std::thread::sleep(valid_until.saturating_duration_since(Instant::now()) + Duration::from_millis(1500));
+    for (config, version) in sessions.iter().zip([12, 13]) {
+        let full = connect_and_echo(&server, &pki.client(Some(&brief), Some(version)));
+        assert!(!full.1, "TLS 1.{version}: a full handshake admitted an expired certificate");
+        let (kind, served) = connect_and_echo(&server, config);
+        assert_eq!(kind, Some(HandshakeKind::Resumed), "TLS 1.{version}: the client did not try to resume");
+        assert!(!served, "TLS 1.{version}: a resumed session admitted an expired certificate");
+    }
+    still_serves(&server, &pki);
+}
+
+#[test]
+fn a_revoked_client_certificate_is_refused() {
+    let pki = Pki::new("crl");
+    let server = tls_server("echo", &pki, |t| t.client_crls = vec![pki.crl.clone()]);
+    for version in [12, 13] {
+        let (_, served) = connect_and_echo(&server, &pki.client(Some(&pki.revoked), Some(version)));
+        assert!(!served, "TLS 1.{version}: a revoked certificate was admitted");
+        let alice = pki.client(Some(&pki.alice), Some(version));
+        assert_eq!(connect_and_echo(&server, &alice), (Some(HandshakeKind::Full), true));
+        assert_eq!(connect_and_echo(&server, &alice), (Some(HandshakeKind::Resumed), true));
+    }
+    // A CRL file that holds none is one clear startup error.
+    let out = Command::new(host_binary())
+        .args(["run", hio_tests::guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&pki.server_cert)
+        .args([std::ffi::OsStr::new("--tls-key"), pki.server_key.as_os_str()])
+        .args([std::ffi::OsStr::new("--client-ca"), pki.ca.as_os_str()])
+        .args([std::ffi::OsStr::new("--client-crl"), pki.ca.as_os_str()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("hio-host:")).collect();
+    assert!(errors.len() == 1 && errors[0].contains("no CRL in"), "{stderr}");
 }
