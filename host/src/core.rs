@@ -206,6 +206,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::time::Duration;
     use std::net::{TcpListener, TcpStream as StdStream};
 
     use mio::Poll;
