@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn workers_cannot_claim_an_address_another_process_listens_on() {
         let other = Acceptor::open("127.0.0.1:0".parse().unwrap(), DEFAULT_BS, DEFAULT_BL, true).unwrap();
-        let err = claim(other.ha).err().expect("claimed an address in use").to_string();
+        let err = claim(other.ha).expect_err("claimed an address in use").to_string();
         assert!(err.contains("another process is listening there"), "{err}");
         // A free address: claimed, and this process's workers bind beside the claim.
         let free = Acceptor::open("127.0.0.1:0".parse().unwrap(), DEFAULT_BS, DEFAULT_BL, false).unwrap().ha;
