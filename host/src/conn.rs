@@ -8,6 +8,7 @@
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::Interest;
 use mio::net::TcpStream;
@@ -30,6 +31,19 @@ pub const TX_HIGH_WATER: usize = 256 << 10;
 /// Most bytes a guest may have queued on one connection: a policy that
 /// writes faster than its peer reads is told `full`, not given memory.
 pub const TX_CAP: usize = 8 << 20;
+
+/// What every connection may hold (received and not consumed, queued and
+/// not sent) however full the server-wide bound is: a peer that reads its
+/// replies holds next to nothing between exchanges, so peers that do not
+/// read theirs, however many, cannot stall it (its exchanges go through in
+/// steps of this size). Beyond the bound, each connection holds at most
+/// about this much more: small, as 10,000 connections may each take it.
+pub const FLOOR: usize = 4 << 10;
+
+/// First and longest wait between looks at a lingering connection's kernel
+/// send queue (there is no readiness event for "the peer acknowledged it all").
+const LINGER_FIRST_LOOK: Duration = Duration::from_millis(10);
+const LINGER_MAX_LOOK: Duration = Duration::from_secs(1);
 
 /// Spare room in rx worth reading into directly rather than through the
 /// loop's scratch buffer (a kept, emptied rx buffer has this much).
@@ -105,6 +119,48 @@ pub struct Conn {
     /// Listed in the core's starved queue (reading waits for the
     /// server-wide bound to drain).
     pub starved: bool,
+    /// Since when output has waited for the peer without it taking a byte
+    /// (queued in the host, or, once closed, in the kernel); `None` when
+    /// nothing waits.
+    stalled_since: Option<Instant>,
+    /// Listed in the core's stall deadlines.
+    pub stall_listed: bool,
+    /// Bytes not yet taken by the peer (queued, and in the kernel) at the
+    /// last look: fewer now is progress.
+    last_undelivered: u64,
+    /// Wait before the next look, while lingering.
+    linger_look: Duration,
+}
+
+/// What [`Conn::check_output`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OutputCheck {
+    /// Nothing waits for the peer.
+    Nothing,
+    /// Look again then.
+    Wait(Instant),
+    /// Closed, and everything it sent has reached the peer: release it.
+    Release,
+    /// The peer took nothing for too long: give up on it.
+    Stalled(Stall),
+}
+
+/// Why the host gives up on a connection whose peer does not take its output.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Stall {
+    /// Open: nothing taken for the send timeout.
+    SendTimeout,
+    /// Closed by the guest: nothing taken for the linger time.
+    Linger,
+}
+
+/// How long a peer may leave its output untaken.
+#[derive(Debug, Clone, Copy)]
+pub struct StallLimits {
+    /// Open connections; `None`: no limit.
+    pub send_timeout: Option<Duration>,
+    /// Closing connections.
+    pub linger: Duration,
 }
 
 /// Errors that hio maps to "cutoff" instead of raising.
@@ -155,6 +211,10 @@ impl Conn {
             budget,
             held: 0,
             starved: false,
+            stalled_since: None,
+            stall_listed: false,
+            last_undelivered: u64::MAX,
+            linger_look: LINGER_FIRST_LOOK,
         }
     }
 
@@ -215,6 +275,11 @@ impl Conn {
         if self.cutoff || self.read_shut {
             return ReadOutcome::default();
         }
+        if self.closing {
+            let was = self.cutoff;
+            self.discard_input(scratch);
+            return ReadOutcome { new_cutoff: self.cutoff && !was, ..ReadOutcome::default() };
+        }
         let out = if self.tls.is_some() { self.read_tls(scratch, wl) } else { self.read_plain(scratch, wl) };
         self.account();
         out
@@ -223,12 +288,12 @@ impl Conn {
     fn read_plain(&mut self, scratch: &mut [u8], mut wl: Option<&mut WireLog>) -> ReadOutcome {
         let mut out = ReadOutcome::default();
         loop {
-            if self.over_water() {
+            // Never past the mark, so rx never outgrows it.
+            let room = self.read_room();
+            if room == 0 {
                 self.read_paused = true;
                 break;
             }
-            // Never past the mark, so rx never outgrows it.
-            let room = RX_HIGH_WATER - self.rx.len();
             let spare = self.rx.capacity() - self.rx.len();
             let got = if spare >= DIRECT_READ {
                 // Straight into rx's spare capacity: one copy fewer.
@@ -266,8 +331,22 @@ impl Conn {
         out
     }
 
-    fn over_water(&self) -> bool {
-        self.over_own_marks() || self.budget.full()
+    /// How many more bytes may be read now: up to the connection's own
+    /// mark, and while the server-wide bound is reached, only up to `FLOOR`.
+    fn read_room(&self) -> usize {
+        if self.over_own_marks() {
+            return 0;
+        }
+        let room = RX_HIGH_WATER - self.rx.len();
+        if !self.budget.full() {
+            return room;
+        }
+        room.min(FLOOR.saturating_sub(self.holding()))
+    }
+
+    /// Bytes this connection holds: received and not consumed, queued and not sent.
+    fn holding(&self) -> usize {
+        self.rx.len() + self.queued() as usize
     }
 
     fn over_own_marks(&self) -> bool {
@@ -276,7 +355,7 @@ impl Conn {
 
     /// Reading is paused only because the server-wide bound is reached.
     pub fn waits_for_budget(&self) -> bool {
-        self.read_paused && !self.over_own_marks() && self.budget.full()
+        self.read_paused && !self.over_own_marks() && self.read_room() == 0
     }
 
     /// Whether to list this connection in the core's starved queue now:
@@ -308,7 +387,7 @@ impl Conn {
                     return out;
                 }
             }
-            if self.over_water() {
+            if self.read_room() == 0 {
                 self.read_paused = true;
                 return out;
             }
@@ -361,12 +440,12 @@ impl Conn {
 
     /// Move decrypted bytes from rustls into rx, up to the mark.
     fn take_plaintext(&mut self, scratch: &mut [u8], mut wl: Option<&mut WireLog>, out: &mut ReadOutcome) -> Plaintext {
-        let tls = self.tls.as_mut().expect("a TLS connection");
         loop {
-            let room = RX_HIGH_WATER.saturating_sub(self.rx.len()).min(scratch.len());
+            let room = self.read_room().min(scratch.len());
             if room == 0 {
                 return Plaintext::Full;
             }
+            let tls = self.tls.as_mut().expect("a TLS connection");
             match tls.session.reader().read(&mut scratch[..room]) {
                 // close_notify: a clean end.
                 Ok(0) => return Plaintext::Closed,
@@ -383,7 +462,7 @@ impl Conn {
 
     /// Reading stopped at a high-water mark that has since been drained.
     pub fn wants_read_resume(&self) -> bool {
-        self.read_paused && !self.over_water()
+        self.read_paused && self.read_room() > 0
     }
 
     pub fn clear_read_pause(&mut self) {
@@ -431,7 +510,7 @@ impl Conn {
     /// Holds bytes (or an end) the guest was handed and has not finished
     /// with: if the guest fails now, this connection is a suspect.
     pub fn owes_guest(&self) -> bool {
-        self.handed > 0 || (self.cutoff && self.rx.is_empty())
+        !self.closing && (self.handed > 0 || (self.cutoff && self.rx.is_empty()))
     }
 
     /// Has received bytes not yet handed.
@@ -457,9 +536,11 @@ impl Conn {
         !self.closing && !self.fin_wanted
     }
 
-    /// Whether `more` bytes fit under the queue's cap and the server's ceiling.
+    /// Whether `more` bytes fit under the queue's cap and the server's
+    /// ceiling (a queue under `FLOOR` always fits, as reading does).
     pub fn has_room(&self, more: usize) -> bool {
-        self.queued() as usize + more <= TX_CAP && self.budget.fits(more)
+        let after = (self.queued() as usize).saturating_add(more);
+        after <= TX_CAP && (self.budget.fits(more) || after <= FLOOR)
     }
 
     pub fn queue(&mut self, data: Vec<u8>) {
@@ -481,7 +562,7 @@ impl Conn {
     }
 
     /// hio's `send`: write now unless queued bytes must go first.
-    pub fn send_now(&mut self, data: &[u8], wl: Option<&mut WireLog>) -> io::Result<usize> {
+    pub fn send_now(&mut self, data: &[u8], wl: Option<&mut WireLog>, now: Instant) -> io::Result<usize> {
         if self.queued() > 0 || self.write_broken {
             return Ok(0);
         }
@@ -493,7 +574,7 @@ impl Conn {
             if let Some(wl) = wl {
                 wl.tx(self.ca, &data[..n]);
             }
-            self.flush(None)?;
+            self.flush(None, now)?;
             return Ok(n);
         }
         let n = match write_some(&mut self.sock, data) {
@@ -507,11 +588,116 @@ impl Conn {
     }
 
     /// Send queued bytes until done or the socket would block; then send a
-    /// FIN if one is wanted. Returns bytes sent.
-    pub fn flush(&mut self, wl: Option<&mut WireLog>) -> io::Result<u64> {
+    /// FIN if one is wanted. Returns bytes sent. `now` dates any progress.
+    pub fn flush(&mut self, wl: Option<&mut WireLog>, now: Instant) -> io::Result<u64> {
         let sent = if self.tls.is_some() { self.flush_tls(wl) } else { self.flush_plain(wl) };
         self.account();
+        self.note_output(*sent.as_ref().unwrap_or(&0), now);
         sent
+    }
+
+    /// Keep `stalled_since` up to date after a flush sent `sent` bytes.
+    fn note_output(&mut self, sent: u64, now: Instant) {
+        if !(self.output_waits() || self.lingering()) {
+            self.stalled_since = None;
+            self.last_undelivered = u64::MAX;
+        } else if sent > 0 || self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+        }
+    }
+
+    /// Bytes queued in the host (or TLS records) wait for the socket.
+    fn output_waits(&self) -> bool {
+        !self.write_broken && (self.queued() > 0 || self.tls_wants_write())
+    }
+
+    /// Closed and its FIN sent, and the peer is still there: it may not have
+    /// taken all the kernel holds for it yet. Until it has (or ends its own
+    /// side), closing the socket would let a late byte from the peer reset
+    /// the connection and destroy what it has not yet received.
+    pub fn lingering(&self) -> bool {
+        self.closing && self.fin_sent && !self.write_broken && !self.cutoff
+    }
+
+    /// Whether the peer is late taking its output (see [`OutputCheck`]).
+    /// Progress is any byte it took: sent from the host's queue, or gone
+    /// from the kernel's (which can drain for a long while before the
+    /// socket reports room for more). A closed connection lingers until the
+    /// kernel has handed the peer everything.
+    pub fn check_output(&mut self, now: Instant, limits: &StallLimits) -> OutputCheck {
+        let lingering = self.lingering();
+        if !lingering && !self.output_waits() {
+            self.stalled_since = None;
+            self.last_undelivered = u64::MAX;
+            return OutputCheck::Nothing;
+        }
+        let unsent = u64::from(kernel_unsent(&self.sock));
+        if lingering && unsent == 0 {
+            return OutputCheck::Release;
+        }
+        let undelivered = self.queued() + unsent;
+        if undelivered < self.last_undelivered || self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+        }
+        self.last_undelivered = undelivered;
+        let (limit, stall) = match (self.closing, limits.send_timeout) {
+            (true, _) => (limits.linger, Stall::Linger),
+            (false, Some(t)) => (t, Stall::SendTimeout),
+            (false, None) => return OutputCheck::Nothing,
+        };
+        let deadline = self.stalled_since.unwrap_or(now) + limit;
+        if now >= deadline {
+            return OutputCheck::Stalled(stall);
+        }
+        // Looks often enough to see progress in time; a lingering one
+        // sooner, to let go of it as soon as the kernel is done.
+        let look = if lingering {
+            let look = self.linger_look;
+            self.linger_look = (look * 2).min(LINGER_MAX_LOOK);
+            look
+        } else {
+            (limit / 4).max(LINGER_FIRST_LOOK)
+        };
+        OutputCheck::Wait((now + look).min(deadline))
+    }
+
+    /// Bytes the peer will never get if the connection ends now: queued in
+    /// the host, and, once closed, still in the kernel.
+    pub fn undelivered(&self) -> u64 {
+        let kernel = if self.lingering() { u64::from(kernel_unsent(&self.sock)) } else { 0 };
+        self.queued() + kernel
+    }
+
+    /// Read and drop what the peer sends: the guest closed the connection.
+    /// Kept unread, it would make the kernel reset the connection when the
+    /// socket is closed, destroying replies the peer has not yet received
+    /// (RFC 1122 4.2.2.13; nginx's lingering close does the same). Returns
+    /// how many bytes were dropped; the peer's end or reset is a cutoff.
+    pub fn discard_input(&mut self, scratch: &mut [u8]) -> u64 {
+        let mut dropped = 0;
+        loop {
+            match self.sock.read(scratch) {
+                Ok(0) => {
+                    self.cutoff = true;
+                    return dropped;
+                }
+                Ok(n) => dropped += n as u64,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return dropped,
+                Err(_) => {
+                    self.cutoff = true;
+                    return dropped;
+                }
+            }
+        }
+    }
+
+    /// Give up on the connection: an abortive close (RST), so the peer
+    /// learns its stream did not end complete.
+    pub fn reset(self) {
+        if let Err(e) = socket2::SockRef::from(&self.sock).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(ca = %self.ca, "cannot arm the reset: {e}");
+        }
     }
 
     fn flush_plain(&mut self, mut wl: Option<&mut WireLog>) -> io::Result<u64> {
@@ -622,9 +808,18 @@ impl Conn {
         }
     }
 
+    /// The guest is done with this connection: what is queued is still
+    /// sent, then FIN. What it did not consume is dropped, and what the
+    /// peer sends from now on is read and dropped.
     pub fn close(&mut self) {
         self.closing = true;
         self.fin_wanted = true;
+        self.rx = Vec::new();
+        self.handed = 0;
+        self.read_paused = false;
+        self.account();
+        // Its linger time counts from now, however long it waited before.
+        self.stalled_since = None;
     }
 
     /// A closing connection is done once everything queued went out (or never can).
@@ -687,6 +882,16 @@ fn recv_into(sock: &TcpStream, rx: &mut Vec<u8>, max: usize) -> io::Result<usize
     // SAFETY: recv initialised the first n bytes of the spare capacity.
     unsafe { rx.set_len(len + n) };
     Ok(n)
+}
+
+/// Bytes in the kernel's send queue not yet acknowledged by the peer
+/// (SIOCOUTQ); 0 if it cannot tell.
+fn kernel_unsent(sock: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one int through the pointer, which lives for the call.
+    let ok = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) } == 0;
+    if ok { u32::try_from(unsent).unwrap_or(0) } else { 0 }
 }
 
 /// One write: WouldBlock is 0 bytes.
@@ -776,7 +981,7 @@ mod tests {
         assert!(c.cutoff);
         // Writing to the reset peer breaks the connection quietly and drops the queue.
         c.queue(b"lost".to_vec());
-        assert!(c.flush(None).is_ok());
+        assert!(c.flush(None, Instant::now()).is_ok());
         assert_eq!(c.queued(), 0);
     }
 
@@ -788,7 +993,7 @@ mod tests {
         assert_eq!(c.queued(), 7);
         c.close();
         assert!(!c.accepts_tx());
-        assert_eq!(c.flush(None).unwrap(), 7);
+        assert_eq!(c.flush(None, Instant::now()).unwrap(), 7);
         assert!(c.finished());
         let mut got = Vec::new();
         peer.read_to_end(&mut got).unwrap();
@@ -811,7 +1016,7 @@ mod tests {
         });
         let start = Instant::now();
         while c.queued() > 0 {
-            c.flush(None).unwrap();
+            c.flush(None, Instant::now()).unwrap();
             assert!(start.elapsed() < Duration::from_secs(5));
         }
         let _peer = reader.join().unwrap();
@@ -825,9 +1030,9 @@ mod tests {
     fn send_now_waits_behind_queued_bytes() {
         let (mut c, mut peer) = pair();
         c.queue(b"first".to_vec());
-        assert_eq!(c.send_now(b"second", None).unwrap(), 0, "must not overtake the queue");
-        c.flush(None).unwrap();
-        assert_eq!(c.send_now(b"second", None).unwrap(), 6);
+        assert_eq!(c.send_now(b"second", None, Instant::now()).unwrap(), 0, "must not overtake the queue");
+        c.flush(None, Instant::now()).unwrap();
+        assert_eq!(c.send_now(b"second", None, Instant::now()).unwrap(), 6);
         let mut got = [0u8; 11];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"firstsecond");
@@ -872,19 +1077,110 @@ mod tests {
         peer_a.write_all(&[1u8; 150_000]).unwrap();
         read_until(&mut a, &mut scratch, 100_000);
         assert!(budget.full(), "one connection filled the server's budget");
-        peer_b.write_all(b"waits").unwrap();
+        // Under the floor, a connection still reads at the bound, up to the floor.
+        let more = vec![2u8; 2 * FLOOR];
+        peer_b.write_all(&more).unwrap();
+        read_until(&mut b, &mut scratch, FLOOR as u64);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(b.read(&mut scratch, None).bytes, 0, "no reading while the server is at its bound");
+        assert_eq!(b.read(&mut scratch, None).bytes, 0, "no reading past the floor while the server is at its bound");
+        assert_eq!(b.pending(), FLOOR as u64);
         assert!(b.waits_for_budget() && !b.wants_read_resume());
         assert!(!b.has_room(150_000), "queuing past twice the bound is refused");
+        assert!(b.has_room(FLOOR), "a queue under the floor always fits");
         let (data, _) = a.hand(usize::MAX);
         a.consume(data.len() as u64);
         assert!(!budget.full() && b.wants_read_resume());
         b.clear_read_pause();
-        read_until(&mut b, &mut scratch, 5);
-        assert_eq!(b.hand(10).0, b"waits");
+        read_until(&mut b, &mut scratch, more.len() as u64);
+        assert_eq!(b.hand(usize::MAX).0, more);
         drop(a);
         b.queue(vec![0; 10]);
         assert_eq!(budget.held(), b.rx.capacity() + b.tx.capacity(), "a dropped connection gives its share back");
+    }
+
+    /// A connection whose peer reads nothing, with `queued` bytes waiting
+    /// in the host after the kernel's buffers filled.
+    fn stalled_pair(queued: usize) -> (Conn, StdStream) {
+        let (mut c, peer) = pair();
+        c.queue(vec![7u8; queued]);
+        c.flush(None, Instant::now()).unwrap();
+        assert!(c.queued() > 0, "the kernel took it all");
+        (c, peer)
+    }
+
+    const LIMITS: StallLimits =
+        StallLimits { send_timeout: Some(Duration::from_secs(30)), linger: Duration::from_secs(5) };
+
+    #[test]
+    fn a_peer_that_takes_nothing_is_given_up_on_after_the_send_timeout() {
+        let (mut c, _peer) = stalled_pair(16 << 20);
+        let t0 = Instant::now();
+        let OutputCheck::Wait(look) = c.check_output(t0, &LIMITS) else { panic!("not watched") };
+        let since = c.stalled_since.unwrap();
+        assert!(look > t0 && look <= since + Duration::from_secs(30), "looks again within the timeout");
+        let late = since + Duration::from_secs(30);
+        assert!(matches!(c.check_output(late - Duration::from_secs(1), &LIMITS), OutputCheck::Wait(_)));
+        assert_eq!(c.check_output(late, &LIMITS), OutputCheck::Stalled(Stall::SendTimeout));
+        assert_eq!(c.check_output(late, &StallLimits { send_timeout: None, ..LIMITS }), OutputCheck::Nothing);
+        // Closed by the guest (late), it gets the linger time from then.
+        c.close();
+        c.flush(None, late).unwrap();
+        assert!(matches!(c.check_output(late, &LIMITS), OutputCheck::Wait(at) if at <= late + LIMITS.linger));
+        assert_eq!(c.stalled_since, Some(late));
+        assert_eq!(c.check_output(late + LIMITS.linger, &LIMITS), OutputCheck::Stalled(Stall::Linger));
+    }
+
+    #[test]
+    fn progress_restarts_the_clock_and_a_closed_connection_lingers_until_its_peer_has_everything() {
+        let (mut c, mut peer) = stalled_pair(16 << 20);
+        let t0 = c.stalled_since.unwrap();
+        c.close();
+        // The peer reads everything, slowly: each flush that moves bytes is progress.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).unwrap();
+            got.len()
+        });
+        let mut now = t0;
+        while !c.finished() {
+            now += Duration::from_secs(1);
+            let sent = c.flush(None, now).unwrap();
+            if sent > 0 {
+                assert_eq!(c.stalled_since, Some(now));
+            }
+            std::thread::yield_now();
+        }
+        // FIN sent: until the kernel has handed the peer everything, the
+        // connection lingers; then it is released, never reset.
+        let mut looks = 0;
+        loop {
+            match c.check_output(now, &LIMITS) {
+                OutputCheck::Release => break,
+                OutputCheck::Wait(_) => looks += 1,
+                other => panic!("{other:?} after {looks} looks"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            assert!(looks < 1000);
+        }
+        assert_eq!(reader.join().unwrap(), 16 << 20, "every byte, then a clean FIN");
+    }
+
+    #[test]
+    fn a_closed_connection_drops_unconsumed_input_and_discards_what_comes_after() {
+        let (mut c, mut peer) = pair();
+        let mut scratch = vec![0; 4096];
+        peer.write_all(b"unconsumed").unwrap();
+        read_until(&mut c, &mut scratch, 10);
+        c.close();
+        assert_eq!(c.pending(), 0);
+        assert!(!c.owes_guest(), "a closed connection is nobody's suspect");
+        peer.write_all(b"late").unwrap();
+        peer.shutdown(Shutdown::Write).unwrap();
+        let start = Instant::now();
+        while !c.cutoff {
+            assert_eq!(c.read(&mut scratch, None).bytes, 0, "nothing joins rx once closed");
+            assert!(start.elapsed() < Duration::from_secs(5));
+        }
+        assert_eq!(c.pending(), 0);
     }
 }

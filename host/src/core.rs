@@ -3,16 +3,17 @@
 //! the guest what changed. Guest calls mutate it; only the event loop does
 //! readiness bookkeeping with the poller.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::{Registry, Token};
 use rustc_hash::FxHashMap;
 
 use crate::acceptor::Acceptor;
 use crate::budget::Budget;
-use crate::conn::Conn;
+use crate::conn::{Conn, OutputCheck, Stall, StallLimits};
 use crate::handing::Handing;
 use crate::stats::Stats;
 use crate::tls::TlsAcceptor;
@@ -46,6 +47,24 @@ pub struct Core {
     /// What the current guest call may be handed, and the suspects.
     pub handing: Handing,
     pub stats: Arc<Stats>,
+    /// When to look again at connections whose output waits for their
+    /// peer, earliest first (one entry per connection at most).
+    stalls: BinaryHeap<Reverse<(Instant, u64)>>,
+    pub stall_limits: StallLimits,
+    /// Connections the guest held that the host reset: each is named, with
+    /// a cutoff, in the guest's next cycle.
+    pub gone: Vec<u64>,
+    /// The clock reading of the current pass.
+    pub now: Instant,
+}
+
+/// Why the host gives up on a connection (and resets it).
+#[derive(Debug, Clone, Copy)]
+pub enum GiveUp {
+    /// Its peer took none of its output for too long.
+    Stalled(Stall),
+    /// Its bytes crashed the guest twice.
+    Poison,
 }
 
 impl Core {
@@ -66,6 +85,13 @@ impl Core {
             starved: VecDeque::new(),
             handing: Handing::default(),
             stats: Arc::default(),
+            stalls: BinaryHeap::new(),
+            stall_limits: StallLimits {
+                send_timeout: Some(Duration::from_secs_f64(crate::server::DEFAULT_SEND_TIMEOUT)),
+                linger: Duration::from_secs_f64(crate::server::DEFAULT_LINGER),
+            },
+            gone: Vec::new(),
+            now: Instant::now(),
         }
     }
 
@@ -119,6 +145,116 @@ impl Core {
         Some((data, cutoff))
     }
 
+    /// The connection is done: closed cleanly (its socket with it).
+    fn release(&mut self, id: u64) {
+        if let Some(c) = self.conns.remove(&id) {
+            self.handing.forget(id);
+            // Dropping closes the socket, which also takes it out of
+            // epoll: no deregister call needed.
+            tracing::debug!(ca = %c.ca, id, "closed");
+        }
+    }
+
+    /// Give up on a connection: reset it (RST), so its peer does not take
+    /// a truncated stream for a complete one, and say how much was lost.
+    pub fn give_up(&mut self, id: u64, why: GiveUp) {
+        let Some(c) = self.conns.remove(&id) else { return };
+        self.handing.forget(id);
+        let (unsent, unconsumed) = (c.undelivered(), c.pending());
+        let ca = c.ca;
+        match why {
+            GiveUp::Stalled(Stall::SendTimeout) => {
+                self.stats.send_timeouts.add(1);
+                let secs = self.stall_limits.send_timeout.unwrap_or_default().as_secs_f64();
+                tracing::warn!(%ca, id, unsent, "connection reset: its peer took none of its output for {secs} s (send timeout)");
+            }
+            GiveUp::Stalled(Stall::Linger) => {
+                self.stats.linger_resets.add(1);
+                let secs = self.stall_limits.linger.as_secs_f64();
+                tracing::warn!(%ca, id, unsent, "closing connection reset: its peer took none of what was left for {secs} s (linger)");
+            }
+            GiveUp::Poison => {
+                self.stats.given_up.add(1);
+                tracing::warn!(%ca, id, unsent, unconsumed, "connection reset: its bytes crashed the guest twice");
+            }
+        }
+        self.stats.bytes_dropped.add(unsent + unconsumed);
+        if c.adopted && !c.closing {
+            self.gone.push(id);
+        }
+        c.reset();
+    }
+
+    /// Look at connections whose stall deadline came: reset those whose
+    /// peer took nothing for too long, release lingering ones that are done.
+    pub fn expire_stalls(&mut self) {
+        while let Some(&Reverse((at, id))) = self.stalls.peek() {
+            if at > self.now {
+                break;
+            }
+            self.stalls.pop();
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.stall_listed = false;
+                self.watch_output(id);
+            }
+        }
+    }
+
+    /// When the next stall deadline comes, if any.
+    pub fn next_stall(&self) -> Option<Instant> {
+        self.stalls.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// If output waits for this connection's peer, make sure someone looks
+    /// again in time (see [`Conn::check_output`]).
+    fn watch_output(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if c.stall_listed {
+            return;
+        }
+        match c.check_output(self.now, &self.stall_limits) {
+            OutputCheck::Nothing => {}
+            OutputCheck::Wait(at) => {
+                c.stall_listed = true;
+                self.stalls.push(Reverse((at, id)));
+            }
+            OutputCheck::Release => self.release(id),
+            OutputCheck::Stalled(stall) => self.give_up(id, GiveUp::Stalled(stall)),
+        }
+    }
+
+    /// Close every connection as the server stops: what can be sent now
+    /// is, then FIN; a connection with bytes that will never be delivered
+    /// (queued, or received and not consumed) is reset instead.
+    pub fn close_all(&mut self, scratch: &mut [u8]) {
+        let (mut closed, mut reset, mut dropped) = (0u64, 0u64, 0u64);
+        let now = Instant::now();
+        for (_, mut c) in self.conns.drain() {
+            closed += 1;
+            // Decided before any FIN goes out: a FIN first would tell the
+            // peer its stream ended complete, whatever follows.
+            if let Err(e) = c.flush(self.wirelog.as_mut(), now) {
+                tracing::debug!(ca = %c.ca, "final send failed: {e}");
+            }
+            let lost = c.queued() + c.pending() + c.discard_input(scratch);
+            if lost > 0 {
+                reset += 1;
+                dropped += lost;
+                c.reset();
+            } else {
+                c.close();
+                let _ = c.flush(self.wirelog.as_mut(), now);
+            }
+        }
+        self.stats.given_up.add(reset);
+        self.stats.bytes_dropped.add(dropped);
+        if reset > 0 {
+            tracing::warn!(closed, reset, dropped, "closed every connection; those with bytes undelivered were reset");
+        } else {
+            tracing::debug!(closed, "closed every connection");
+        }
+    }
+
     /// Act on what the guest (or a write) changed: send queues and FINs,
     /// resume paused reads, release finished connections, fix interest.
     pub fn settle(&mut self, registry: &Registry, scratch: &mut [u8]) {
@@ -166,7 +302,7 @@ impl Core {
             };
             c.in_dirty = false;
             let was_cutoff = c.cutoff;
-            if let Err(e) = c.flush(self.wirelog.as_mut()) {
+            if let Err(e) = c.flush(self.wirelog.as_mut(), self.now) {
                 tracing::warn!(ca = %c.ca, "send failed: {e}");
             }
             if c.wants_read_resume() {
@@ -181,12 +317,8 @@ impl Core {
             if c.list_starved() {
                 self.starved.push_back(id);
             }
-            if c.finished() {
-                // Dropping closes the socket, which also takes it out of
-                // epoll: no deregister call needed.
-                let c = self.conns.remove(&id).expect("present above");
-                self.handing.forget(id);
-                tracing::debug!(ca = %c.ca, id, "closed");
+            if c.finished() && !c.lingering() {
+                self.release(id);
                 continue;
             }
             let want = c.wanted_interest();
@@ -199,6 +331,7 @@ impl Core {
             if c.cutoff && !was_cutoff && c.adopted {
                 self.mark_ready(id);
             }
+            self.watch_output(id);
         }
     }
 }
@@ -206,14 +339,14 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::time::Duration;
     use std::net::{TcpListener, TcpStream as StdStream};
+    use std::time::Duration;
 
     use mio::Poll;
     use mio::net::TcpStream;
 
     use super::*;
-    use crate::conn::RX_HIGH_WATER;
+    use crate::conn::{FLOOR, RX_HIGH_WATER};
 
     fn core_with(limit: usize) -> Core {
         let acceptor = Acceptor::open("127.0.0.1:0".parse().unwrap(), 0, 16, false).unwrap();
@@ -278,7 +411,7 @@ mod tests {
         c.consume(handed.len() as u64);
         core.mark_dirty(a);
         core.settle(poll.registry(), &mut scratch);
-        assert_eq!(core.conns[&a].pending(), 0, "no reading while the bound is reached");
+        assert_eq!(core.conns[&a].pending(), FLOOR as u64, "no reading past the floor while the bound is reached");
         assert!(core.conns[&a].starved, "A waits in the starved queue");
         // B's bytes go: A reads the rest without any new event of its own.
         core.conns.remove(&b);

@@ -29,6 +29,9 @@ pub use guest::{Check, Limits};
 pub fn check(path: &std::path::Path) -> anyhow::Result<Check> {
     guest::Runtime::new(Limits::default(), guest::cache::default_dir())?.check(path)
 }
-pub use server::{Config, DEFAULT_MAX_CONNS, DEFAULT_MAX_RESTARTS, DEFAULT_TOCK, DEFAULT_TYMEOUT, Server, Stopper};
+pub use server::{
+    Config, DEFAULT_LINGER, DEFAULT_MAX_CONNS, DEFAULT_MAX_RESTARTS, DEFAULT_SEND_TIMEOUT, DEFAULT_TOCK,
+    DEFAULT_TYMEOUT, Server, Stopper,
+};
 pub use swap::{SwapOutcome, SwapReport, Swapper};
 pub use tyme::VirtualTyme;

@@ -35,9 +35,19 @@ struct RunArgs {
     /// Port 0 picks a free port, which is logged.
     #[arg(long, default_value = "127.0.0.1:56000", value_name = "HOST:PORT")]
     listen: String,
-    /// Close a connection idle (nothing received or sent) this many seconds; 0 never closes.
+    /// Close a connection idle this many seconds (nothing received, nothing
+    /// sent, nothing waiting to be sent: a peer that stops reading its
+    /// replies is bounded by --send-timeout instead); 0 never closes.
     #[arg(long, default_value_t = hio_host::DEFAULT_TYMEOUT, value_name = "SECS", allow_negative_numbers = true)]
     tymeout: f64,
+    /// Reset a connection whose peer takes none of the output queued for it
+    /// for this many seconds (it stopped reading); 0: never.
+    #[arg(long, value_name = "SECS", default_value_t = hio_host::DEFAULT_SEND_TIMEOUT, allow_negative_numbers = true)]
+    send_timeout: f64,
+    /// Reset a connection the guest closed whose peer takes no byte of what
+    /// is left to send (queued, then in the kernel) for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = hio_host::DEFAULT_LINGER, allow_negative_numbers = true)]
+    linger: f64,
     /// Longest sleep between guest cycles when nothing happens. Readiness and
     /// the guest's own tymers wake it sooner; idle connections cost nothing.
     #[arg(long, default_value_t = hio_host::DEFAULT_TOCK, value_name = "SECS", allow_negative_numbers = true)]
@@ -191,6 +201,8 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     config.ha = acceptor::parse_ha(&args.listen)?;
     config.tymeout = args.tymeout;
     config.tock = args.tock;
+    config.send_timeout = args.send_timeout;
+    config.linger = args.linger;
     config.bs = args.bs;
     config.bl = args.bl;
     config.wirelog = args.wirelog;

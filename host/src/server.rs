@@ -20,7 +20,8 @@ use wasmtime::component::Component;
 use crate::acceptor::{self, Acceptor, Shed};
 use crate::budget::Budget;
 use crate::conn::Conn;
-use crate::core::Core;
+use crate::conn::StallLimits;
+use crate::core::{Core, GiveUp};
 use crate::guest::cache::Origin;
 use crate::guest::{self, Arrival, Cycle, Failed, Generation, GuestConfig, Limits, Runtime};
 use crate::handing::Verdict;
@@ -88,7 +89,24 @@ pub struct Config {
     /// Failed restarts in a row after which the host gives up (closes
     /// everything and `run` returns an error); 0 never gives up.
     pub max_restarts: u32,
+    /// Seconds an open connection's peer may leave the output queued for it
+    /// untaken (not a byte accepted by its socket) before the host resets
+    /// the connection: peers that stop reading get this bound, not the idle
+    /// tymeout (whose clock output still waiting to go out does not run
+    /// down). Default `DEFAULT_SEND_TIMEOUT`; 0: never.
+    pub send_timeout: f64,
+    /// Seconds a connection the guest closed may wait for its peer to take
+    /// a byte of what is left to send (queued in the host, then in the
+    /// kernel) before the host resets it. Default `DEFAULT_LINGER`.
+    pub linger: f64,
 }
+
+/// Default for [`Config::send_timeout`], in seconds: long enough for a peer
+/// that pauses, short enough that peers that stop reading cannot hold
+/// connection slots and buffers for long (nginx's `send_timeout` is 60 s).
+pub const DEFAULT_SEND_TIMEOUT: f64 = 30.0;
+/// Default for [`Config::linger`], in seconds.
+pub const DEFAULT_LINGER: f64 = 10.0;
 
 /// Default idle timeout. hio's Server means 1.0 s (and by a bug really runs
 /// with 0, i.e. never); a production server closes idle peers, but 1 s would
@@ -117,7 +135,24 @@ impl Config {
             max_buffered: crate::budget::DEFAULT_MAX_BUFFERED,
             max_restarts: DEFAULT_MAX_RESTARTS,
             reuse_port: false,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            linger: DEFAULT_LINGER,
         }
+    }
+
+    /// The bounds on peers that do not take their output.
+    fn stall_limits(&self) -> Result<StallLimits> {
+        let send_timeout = self.send_timeout;
+        if !(send_timeout >= 0.0 && send_timeout.is_finite()) {
+            bail!("send timeout must be a finite number of seconds >= 0, not {send_timeout}");
+        }
+        if !(self.linger >= 0.0 && self.linger.is_finite()) {
+            bail!("linger must be a finite number of seconds >= 0, not {}", self.linger);
+        }
+        Ok(StallLimits {
+            send_timeout: (send_timeout > 0.0).then(|| Duration::from_secs_f64(send_timeout)),
+            linger: Duration::from_secs_f64(self.linger),
+        })
     }
 }
 
@@ -175,13 +210,7 @@ fn quarantine(core: &mut Core) {
     let conns = &core.conns;
     match core.handing.failed(|id| conns.get(&id).is_some_and(Conn::owes_guest)) {
         Verdict::NoneHeld => {}
-        Verdict::Culprit(id) => {
-            if let Some(c) = core.conns.get_mut(&id) {
-                tracing::warn!(ca = %c.ca, "closing connection: its bytes crashed the guest twice");
-                c.close();
-                core.mark_dirty(id);
-            }
-        }
+        Verdict::Culprit(id) => core.give_up(id, GiveUp::Poison),
         Verdict::Isolated(n) => {
             tracing::warn!(
                 suspects = n,
@@ -256,6 +285,7 @@ impl Server {
             bail!("tock must be a finite number of seconds > 0, not {}", config.tock);
         }
         let tls = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
+        let stall_limits = config.stall_limits()?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), config.cache.clone())?);
         let loaded_stamp = stamp(&config.guest);
         let (component, origin) = runtime.load_from(&config.guest)?;
@@ -274,6 +304,7 @@ impl Server {
         };
         let mut core = Core::new(acceptor, clock, wirelog, Budget::new(config.max_buffered));
         core.tls = tls;
+        core.stall_limits = stall_limits;
         let guest_config = GuestConfig { tymeout: config.tymeout, bs: config.bs };
         let mut generation = runtime.launch(&component, core, &guest_config, None).map_err(|f| f.error)?;
         let ha = generation.core().acceptor.ha;
@@ -401,12 +432,14 @@ impl Server {
         }
         // One clock read serves the whole pass.
         let now = Instant::now();
+        self.core().now = now;
         if self.accept_retry.is_some_and(|t| t <= now) {
             self.accept_retry = None;
             accept = true;
         }
         let new_accepts = accept && self.accept_all() > 0;
         self.expire_handshakes(now);
+        self.core().expire_stalls();
         for &(id, readable, writable) in &touched {
             self.serve_io(id, readable, writable);
         }
@@ -424,12 +457,15 @@ impl Server {
     }
 
     fn poll_timeout(&mut self, wait: Option<Duration>) -> Duration {
-        if !self.core().ready.is_empty() {
+        if !(self.core().ready.is_empty() && self.core().gone.is_empty()) {
             return Duration::ZERO;
         }
         let mut t = wait.unwrap_or(Duration::from_secs_f64(self.tock));
         let now = Instant::now();
         if let Some(&(deadline, _)) = self.core().handshakes.front() {
+            t = t.min(deadline.saturating_duration_since(now));
+        }
+        if let Some(deadline) = self.core().next_stall() {
             t = t.min(deadline.saturating_duration_since(now));
         }
         if let Some(retry) = self.accept_retry {
@@ -571,7 +607,7 @@ impl Server {
         let mut news = false;
         if writable
             && (c.queued() > 0 || c.needs_flush())
-            && let Err(e) = c.flush(core.wirelog.as_mut())
+            && let Err(e) = c.flush(core.wirelog.as_mut(), core.now)
         {
             tracing::warn!(ca = %c.ca, "send failed: {e}");
         }
@@ -608,7 +644,7 @@ impl Server {
         let due = self.next_wake.is_some_and(|w| w <= tyme) && since >= MIN_WAKE_INTERVAL;
         let heartbeat = since.as_secs_f64() >= self.tock;
         let core = self.core();
-        if !(due || heartbeat || new_accepts || !core.ready.is_empty()) {
+        if !(due || heartbeat || new_accepts || !core.ready.is_empty() || !core.gone.is_empty()) {
             return Ok(());
         }
         let mut ready = std::mem::take(&mut self.arrivals);
@@ -788,16 +824,8 @@ impl Server {
         let Some(mut core) = std::mem::replace(&mut self.tenant, Tenant::Moving).into_core() else {
             return;
         };
-        let registry = self.poll.registry();
-        for (_, mut c) in core.conns.drain() {
-            c.close();
-            if let Err(e) = c.flush(core.wirelog.as_mut()) {
-                tracing::debug!(ca = %c.ca, "final send failed: {e}");
-            }
-            let _ = c.sock.shutdown(std::net::Shutdown::Both);
-            let _ = registry.deregister(&mut c.sock);
-        }
-        let _ = registry.deregister(&mut core.acceptor.listener);
+        core.close_all(&mut self.scratch);
+        let _ = self.poll.registry().deregister(&mut core.acceptor.listener);
         tracing::info!(ha = %core.acceptor.ha, "closed");
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod pki;
+pub use hio_host::stats::Stats;
 pub use hio_host::{Config, Server, Stopper, Swapper, VirtualTyme};
 
 /// The workspace root.
@@ -41,6 +42,8 @@ pub fn host_binary() -> PathBuf {
 /// Dropping it stops the host and checks it closed without error.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The host's counters, read while it runs.
+    pub stats: Arc<Stats>,
     stopper: Stopper,
     swapper: Swapper,
     thread: Option<JoinHandle<Result<()>>>,
@@ -77,11 +80,11 @@ impl TestServer {
                     bail!(msg);
                 }
             };
-            let _ = tx.send(Ok((server.local_addr(), server.stopper(), server.swapper())));
+            let _ = tx.send(Ok((server.local_addr(), server.stopper(), server.swapper(), server.stats())));
             server.run()
         });
-        let (addr, stopper, swapper) = rx.recv().context("server thread died")??;
-        Ok(TestServer { addr, stopper, swapper, thread: Some(thread) })
+        let (addr, stopper, swapper, stats) = rx.recv().context("server thread died")??;
+        Ok(TestServer { addr, stats, stopper, swapper, thread: Some(thread) })
     }
 
     /// Hot-swaps this server's guest.
@@ -122,7 +125,19 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::connect_with(addr, None)
+    }
+
+    /// Connect with the socket's receive buffer set to `rcvbuf` bytes
+    /// first (a peer that cannot take much before the server must wait).
+    pub fn connect_with(addr: SocketAddr, rcvbuf: Option<usize>) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
+            .expect("create a socket");
+        if let Some(size) = rcvbuf {
+            socket.set_recv_buffer_size(size).expect("set SO_RCVBUF");
+        }
+        socket.connect(&addr.into()).expect("connect");
+        let stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(PATIENCE)).expect("set timeout");
         stream.set_nodelay(true).expect("nodelay");
         Client { stream }
@@ -160,6 +175,22 @@ impl Client {
         String::from_utf8(line).expect("utf-8 line")
     }
 
+    /// Read until the server ends the connection: what came first, and
+    /// whether it ended with a FIN or a reset. Fails the test on a timeout.
+    pub fn recv_until_end(&mut self) -> (Vec<u8>, Ending) {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return (all, Ending::Fin),
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return (all, Ending::Reset),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => panic!("waiting for the end after {} bytes: {e}", all.len()),
+            }
+        }
+    }
+
     /// Read everything until the server closes; fails on a reset or timeout.
     pub fn recv_to_end(&mut self) -> Vec<u8> {
         let mut all = Vec::new();
@@ -187,6 +218,15 @@ impl Client {
         socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO)).expect("linger");
         drop(self.stream);
     }
+}
+
+/// How a server ended a connection.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Ending {
+    /// A clean end: everything sent was delivered.
+    Fin,
+    /// A reset: the server gave up on bytes it held.
+    Reset,
 }
 
 /// A child process that is killed when dropped, so a failing test never

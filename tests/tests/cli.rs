@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hio_tests::{HostProcess, guest, host_binary};
+use hio_tests::{Ending, HostProcess, guest, host_binary};
 
 fn run(args: &[&str]) -> (bool, String) {
     let out = Command::new(host_binary()).args(args).output().expect("run hio-host");
@@ -124,4 +124,26 @@ fn second_start_maps_the_compiled_guest_from_the_cache() {
     std::fs::write(&entry, b"garbage").unwrap();
     assert!(serving_line(&dir).contains("code=compiled"));
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sigterm_resets_only_connections_with_bytes_undelivered() {
+    let mut host = HostProcess::spawn(&guest("lines"), &[]);
+    let mut done = host.connect();
+    done.send(b"complete\n");
+    assert_eq!(done.recv_line(), "1 COMPLETE\n");
+    let mut partial = host.connect();
+    partial.send(b"half a li");
+    partial.send(b"ne, never ended");
+    std::thread::sleep(Duration::from_millis(200));
+    host.signal("TERM");
+    assert!(host.child.0.wait().unwrap().success());
+    assert_eq!(done.recv_until_end(), (Vec::new(), Ending::Fin), "everything it was sent was delivered");
+    assert_eq!(
+        partial.recv_until_end(),
+        (Vec::new(), Ending::Reset),
+        "its unanswered bytes were dropped\n{}",
+        host.log()
+    );
+    assert!(host.log().contains("reset=1"), "{}", host.log());
 }

@@ -64,9 +64,12 @@ fn a_slow_reader_sending_8_mib_gets_every_byte_and_the_host_holds_little() {
 fn many_slow_readers_stay_within_the_server_wide_bound() {
     // 200 peers x 1 MiB: the per-connection marks alone let the host hold
     // about 100 MiB (measured: 99 MiB with a 1 GiB bound); a 4 MiB bound
-    // holds it to a few MiB (measured: 8 MiB, guest memory included).
+    // holds it to a few MiB, plus what each connection may still hold at
+    // the bound (`conn::FLOOR`, 4 KiB of bytes, about 8 KiB of buffers):
+    // measured 12 MiB before the floor, 14 MiB with it, guest memory and
+    // allocator slack included.
     let host = HostProcess::spawn(&guest("echo"), &["--max-buffered-mib", "4"]);
     let grew = growth_mib(&host, || slow_readers(&host, 200, 1 << 20));
     eprintln!("200 slow readers: the host grew by {grew:.1} MiB");
-    assert!(grew < 16.0, "host grew by {grew:.1} MiB under a 4 MiB bound\n{}", host.log());
+    assert!(grew < 20.0, "host grew by {grew:.1} MiB under a 4 MiB bound\n{}", host.log());
 }

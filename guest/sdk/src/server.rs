@@ -339,7 +339,9 @@ impl Server {
     }
 
     /// Close and remove connections idle past the tymeout. Only tymers that
-    /// came due are looked at.
+    /// came due are looked at. A connection whose output still waits in
+    /// the host is not idle: its peer is only slow to read it (the host
+    /// bounds that with its send timeout), so its tymer starts again.
     pub fn service_tymeouts(&mut self) {
         let tyme = self.tyme();
         let Server { tymers, ids, ixes, .. } = self;
@@ -350,10 +352,16 @@ impl Server {
             if ix.tymer.expired() { Due::Expired } else { Due::Later(ix.tymer.stop_tyme()) }
         });
         for id in expired {
-            if let Some(ca) = self.ids.get(&id).cloned() {
-                log::info(&format!("{ca} idle for {}s: closing", self.tymeout));
-                let _ = self.remove_ix(&ca, true);
+            let Some(ca) = self.ids.get(&id).cloned() else { continue };
+            if let Some(ix) = self.ixes.get_mut(&ca)
+                && ix.queued().unwrap_or(0) > 0
+            {
+                ix.refresh();
+                self.tymers.push(id, ix.tymer.stop_tyme());
+                continue;
             }
+            log::info(&format!("{ca} idle for {}s: closing", self.tymeout));
+            let _ = self.remove_ix(&ca, true);
         }
     }
 

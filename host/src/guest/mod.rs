@@ -112,6 +112,8 @@ impl State {
 /// them with their bytes.
 pub fn arrivals(core: &mut Core, arrivals: &mut Vec<Arrival>) {
     core.begin_guest_call();
+    // Reset by the host: the guest learns they ended.
+    arrivals.extend(core.gone.drain(..).map(|id| Arrival { id, data: Vec::new(), cutoff: true }));
     let mut ready = std::mem::take(&mut core.ready);
     for &id in &ready {
         let Some(c) = core.conns.get_mut(&id) else { continue };
@@ -318,6 +320,8 @@ impl Generation {
         let mut ids: Vec<u64> =
             state.core.conns.iter().filter(|(_, c)| c.adopted && !c.closing).map(|(id, _)| *id).collect();
         ids.sort_unstable();
+        // A new guest never knew the connections reset since the last one.
+        state.core.gone.clear();
         state.core.begin_guest_call();
         let mut connections = Vec::with_capacity(ids.len());
         for &id in &ids {

@@ -87,11 +87,12 @@ impl HostRemoter for State {
     }
 
     fn send(&mut self, h: Resource<ConnRef>, data: Vec<u8>) -> Result<u32, Error> {
+        let now = self.core.now;
         let (c, wl, id) = self.open_conn(&h)?;
         if !c.accepts_tx() {
             return Err(Error::Closed);
         }
-        let res = c.send_now(&data, wl);
+        let res = c.send_now(&data, wl, now);
         if c.cutoff {
             self.core.mark_ready(id);
         }
@@ -127,8 +128,9 @@ impl HostRemoter for State {
     }
 
     fn flush(&mut self, h: Resource<ConnRef>) -> Result<u64, Error> {
+        let now = self.core.now;
         let (c, wl, id) = self.open_conn(&h)?;
-        let res = c.flush(wl);
+        let res = c.flush(wl, now);
         // The loop fixes interest (more to send) or reports a cutoff.
         self.core.mark_dirty(id);
         res.map_err(io_error)

@@ -2,6 +2,7 @@
 //! "spin" loops forever; "hog" allocates memory without end; "flood" tries
 //! to queue 100 MiB to a peer that does not read, then reports on another
 //! connection ("report") how much the host took before saying full;
+//! "dump" queues 4 MiB and closes the connection at once;
 //! "forge" calls the host with a made-up remoter handle.
 
 use std::cell::RefCell;
@@ -55,6 +56,13 @@ impl Service for Evil {
             };
             self.flooded = Some(outcome);
             return Ok(());
+        }
+        if ix.rxbs.windows(4).any(|w| w == b"dump") {
+            ix.clear_rxbs()?;
+            for i in 0..4u8 {
+                ix.tx(&vec![b'a' + i; 1 << 20])?;
+            }
+            return ix.close();
         }
         if ix.rxbs.windows(6).any(|w| w == b"report") {
             ix.clear_rxbs()?;
