@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::{Registry, Token};
 use rustc_hash::FxHashMap;
@@ -50,7 +50,7 @@ pub struct Core {
     /// When to look again at connections whose output waits for their
     /// peer, earliest first (one entry per connection at most).
     stalls: BinaryHeap<Reverse<(Instant, u64)>>,
-    pub stall_limits: StallLimits,
+    stall_limits: StallLimits,
     /// Connections the guest held that the host reset: each is named, with
     /// a cutoff, in the guest's next cycle.
     pub gone: Vec<u64>,
@@ -68,7 +68,13 @@ pub enum GiveUp {
 }
 
 impl Core {
-    pub fn new(acceptor: Acceptor, clock: Clock, wirelog: Option<WireLog>, budget: Budget) -> Core {
+    pub fn new(
+        acceptor: Acceptor,
+        clock: Clock,
+        wirelog: Option<WireLog>,
+        budget: Budget,
+        stall_limits: StallLimits,
+    ) -> Core {
         Core {
             acceptor,
             conns: FxHashMap::default(),
@@ -86,10 +92,7 @@ impl Core {
             handing: Handing::default(),
             stats: Arc::default(),
             stalls: BinaryHeap::new(),
-            stall_limits: StallLimits {
-                send_timeout: Some(Duration::from_secs_f64(crate::server::DEFAULT_SEND_TIMEOUT)),
-                linger: Duration::from_secs_f64(crate::server::DEFAULT_LINGER),
-            },
+            stall_limits,
             gone: Vec::new(),
             now: Instant::now(),
         }
@@ -350,7 +353,8 @@ mod tests {
 
     fn core_with(limit: usize) -> Core {
         let acceptor = Acceptor::open("127.0.0.1:0".parse().unwrap(), 0, 16, false).unwrap();
-        Core::new(acceptor, Clock::real(), None, Budget::new(limit))
+        let limits = StallLimits { send_timeout: None, linger: Duration::from_secs(10) };
+        Core::new(acceptor, Clock::real(), None, Budget::new(limit), limits)
     }
 
     /// A connection registered under `id`, and its peer.

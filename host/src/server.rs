@@ -19,8 +19,7 @@ use wasmtime::component::Component;
 
 use crate::acceptor::{self, Acceptor, Shed};
 use crate::budget::Budget;
-use crate::conn::Conn;
-use crate::conn::StallLimits;
+use crate::conn::{Conn, StallLimits};
 use crate::core::{Core, GiveUp};
 use crate::guest::cache::Origin;
 use crate::guest::{self, Arrival, Cycle, Failed, Generation, GuestConfig, Limits, Runtime};
@@ -203,9 +202,8 @@ impl Tenant {
 
 /// The guest failed. Connections that held bytes they were handed and had
 /// not consumed are suspects: each is handed its bytes alone from now on. A
-/// suspect that is again the only holder at a failure crashed the guest
-/// twice: the host closes it, so one peer cannot keep the guest down for
-/// everyone.
+/// suspect that holds them again at a failure crashed the guest twice: the
+/// host resets it, so one peer cannot keep the guest down for everyone.
 fn quarantine(core: &mut Core) {
     let conns = &core.conns;
     match core.handing.failed(|id| conns.get(&id).is_some_and(Conn::owes_guest)) {
@@ -302,9 +300,8 @@ impl Server {
             Some(v) => Clock::Virtual(v.clone()),
             None => Clock::real(),
         };
-        let mut core = Core::new(acceptor, clock, wirelog, Budget::new(config.max_buffered));
+        let mut core = Core::new(acceptor, clock, wirelog, Budget::new(config.max_buffered), stall_limits);
         core.tls = tls;
-        core.stall_limits = stall_limits;
         let guest_config = GuestConfig { tymeout: config.tymeout, bs: config.bs };
         let mut generation = runtime.launch(&component, core, &guest_config, None).map_err(|f| f.error)?;
         let ha = generation.core().acceptor.ha;
