@@ -92,7 +92,7 @@ impl Acceptor {
         }
         raise_buffers(&socket, bs as usize)?;
         socket.set_nonblocking(true)?;
-        socket.bind(&ha.into()).with_context(|| format!("cannot listen on {ha}"))?;
+        socket.bind(&ha.into()).map_err(|e| bind_error(ha, e))?;
         socket.listen(bl.min(i32::MAX as u32) as i32).with_context(|| format!("cannot listen on {ha}"))?;
         let std_listener: std::net::TcpListener = socket.into();
         let ha = std_listener.local_addr()?;
@@ -142,11 +142,15 @@ pub fn claim(ha: SocketAddr) -> Result<Socket> {
     if ha.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.bind(&ha.into()).map_err(|e| match e.kind() {
+    socket.bind(&ha.into()).map_err(|e| bind_error(ha, e))?;
+    Ok(socket)
+}
+
+fn bind_error(ha: SocketAddr, e: io::Error) -> anyhow::Error {
+    match e.kind() {
         io::ErrorKind::AddrInUse => anyhow!("cannot listen on {ha}: another process is listening there ({e})"),
         _ => anyhow!("cannot listen on {ha}: {e}"),
-    })?;
-    Ok(socket)
+    }
 }
 
 /// hio raises SO_SNDBUF/SO_RCVBUF to bs when they are smaller, never lowers them.

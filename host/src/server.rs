@@ -26,7 +26,7 @@ use crate::guest::{self, Arrival, Cycle, Failed, Generation, GuestConfig, Limits
 use crate::handing::Verdict;
 use crate::swap::{Loaded, SwapOutcome, SwapReport, Swapper, stamp};
 use crate::tls::TlsConfig;
-use crate::tyme::{Clock, VirtualTyme};
+use crate::tyme::{Clock, VirtualTyme, seconds};
 use crate::wirelog::WireLog;
 
 const LISTENER: Token = Token(0);
@@ -96,7 +96,8 @@ pub struct Config {
     pub send_timeout: f64,
     /// Seconds a connection the guest closed may wait for its peer to take
     /// a byte of what is left to send (queued in the host, then in the
-    /// kernel) before the host resets it. Default `DEFAULT_LINGER`.
+    /// kernel) before the host resets it; more than 0. Default
+    /// `DEFAULT_LINGER`.
     pub linger: f64,
 }
 
@@ -141,17 +142,9 @@ impl Config {
 
     /// The bounds on peers that do not take their output.
     fn stall_limits(&self) -> Result<StallLimits> {
-        let send_timeout = self.send_timeout;
-        if !(send_timeout >= 0.0 && send_timeout.is_finite()) {
-            bail!("send timeout must be a finite number of seconds >= 0, not {send_timeout}");
-        }
-        if !(self.linger >= 0.0 && self.linger.is_finite()) {
-            bail!("linger must be a finite number of seconds >= 0, not {}", self.linger);
-        }
-        Ok(StallLimits {
-            send_timeout: (send_timeout > 0.0).then(|| Duration::from_secs_f64(send_timeout)),
-            linger: Duration::from_secs_f64(self.linger),
-        })
+        let send_timeout = seconds("send timeout", self.send_timeout, true)?;
+        let linger = seconds("linger", self.linger, false)?;
+        Ok(StallLimits { send_timeout: (!send_timeout.is_zero()).then_some(send_timeout), linger })
     }
 }
 
@@ -244,7 +237,7 @@ pub struct Server {
     loaded: Receiver<Loaded>,
     tenant: Tenant,
     next_wake: Option<f64>,
-    tock: f64,
+    tock: Duration,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -261,14 +254,18 @@ pub struct Server {
     last_cycle: Instant,
     /// The arrivals list, kept between cycles for its allocation.
     arrivals: Vec<Arrival>,
+    /// Where the TLS files are, to read them again on SIGHUP.
+    tls_config: Option<TlsConfig>,
 }
 
 impl Server {
     /// Load the guest, open the listen socket and start the guest
     /// (hio's `openServer` + `reopen`).
     pub fn open(config: Config) -> Result<Server> {
-        if !(config.tymeout >= 0.0 && config.tymeout.is_finite()) {
-            bail!("tymeout must be a finite number of seconds >= 0, not {}", config.tymeout);
+        seconds("tymeout", config.tymeout, true)?;
+        let tock = seconds("tock", config.tock, false)?;
+        if config.max_conns == 0 {
+            bail!("max-conns must be at least 1");
         }
         if config.limits.deadline.is_zero() || config.limits.memory < (1 << 20) {
             bail!("guest limits too small: deadline must be > 0 and memory at least 1 MiB");
@@ -278,9 +275,6 @@ impl Server {
         }
         if config.max_buffered < (1 << 20) {
             bail!("the bound on buffered bytes must be at least 1 MiB");
-        }
-        if !(config.tock > 0.0 && config.tock.is_finite()) {
-            bail!("tock must be a finite number of seconds > 0, not {}", config.tock);
         }
         let tls = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
         let stall_limits = config.stall_limits()?;
@@ -326,7 +320,7 @@ impl Server {
             tenant: Tenant::Up(generation),
             // The first cycle runs at once so the guest can set its tymers.
             next_wake: Some(f64::NEG_INFINITY),
-            tock: config.tock,
+            tock,
             stop,
             waker,
             signals: None,
@@ -338,6 +332,7 @@ impl Server {
             accept_retry: None,
             last_cycle: Instant::now(),
             arrivals: Vec::new(),
+            tls_config: config.tls,
         })
     }
 
@@ -403,7 +398,7 @@ impl Server {
         {
             return Err(e).context("poll failed");
         }
-        let mut accept = false;
+        let (mut accept, mut reload) = (false, false);
         let mut touched = std::mem::take(&mut self.touched);
         for ev in self.events.iter() {
             match ev.token() {
@@ -415,6 +410,7 @@ impl Server {
                             if sig == signal_hook::consts::SIGHUP {
                                 tracing::info!(guest = %self.swapper.current().display(), "SIGHUP: swapping guest");
                                 self.swapper.request(None, None);
+                                reload = true;
                             } else {
                                 tracing::info!("signal {sig}: closing");
                                 self.stop.store(true, Ordering::Release);
@@ -426,6 +422,9 @@ impl Server {
                     touched.push((t as u64, ev.is_readable() || ev.is_read_closed() || ev.is_error(), ev.is_writable()))
                 }
             }
+        }
+        if reload {
+            self.reload_tls();
         }
         // One clock read serves the whole pass.
         let now = Instant::now();
@@ -453,11 +452,25 @@ impl Server {
         Ok(())
     }
 
+    /// Read the TLS files again (SIGHUP): new handshakes use them, so a
+    /// certificate can be rotated and a client revoked without a restart.
+    /// Files that do not load leave the old ones in use.
+    fn reload_tls(&mut self) {
+        let (Some(config), Some(old)) = (&self.tls_config, &mut self.tenant.core().tls) else { return };
+        match old.reloaded(config) {
+            Ok(new) => {
+                *old = new;
+                tracing::info!(cert = %config.cert.display(), "TLS certificate, key, CAs and CRLs reloaded");
+            }
+            Err(e) => tracing::error!("TLS files not reloaded, the old ones stay in use: {e:#}"),
+        }
+    }
+
     fn poll_timeout(&mut self, wait: Option<Duration>) -> Duration {
         if !(self.core().ready.is_empty() && self.core().gone.is_empty()) {
             return Duration::ZERO;
         }
-        let mut t = wait.unwrap_or(Duration::from_secs_f64(self.tock));
+        let mut t = wait.unwrap_or(self.tock);
         let now = Instant::now();
         if let Some(&(deadline, _)) = self.core().handshakes.front() {
             t = t.min(deadline.saturating_duration_since(now));
@@ -639,7 +652,7 @@ impl Server {
         let tyme = core.clock.tyme_at(now);
         let since = now.saturating_duration_since(self.last_cycle);
         let due = self.next_wake.is_some_and(|w| w <= tyme) && since >= MIN_WAKE_INTERVAL;
-        let heartbeat = since.as_secs_f64() >= self.tock;
+        let heartbeat = since >= self.tock;
         let core = self.core();
         if !(due || heartbeat || new_accepts || !core.ready.is_empty() || !core.gone.is_empty()) {
             return Ok(());

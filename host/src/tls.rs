@@ -102,9 +102,7 @@ impl TlsConfig {
     /// hio's `initServerContext`: one rustls server context for every
     /// connection, and the handshake deadline.
     pub fn acceptor(&self) -> Result<TlsAcceptor> {
-        if !(self.handshake_timeout > 0.0 && self.handshake_timeout.is_finite()) {
-            bail!("handshake timeout must be a finite number of seconds > 0, not {}", self.handshake_timeout);
-        }
+        let handshake_timeout = crate::tyme::seconds("handshake timeout", self.handshake_timeout, false)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let versions: &[&rustls::SupportedProtocolVersion] = match self.version {
             None => rustls::DEFAULT_VERSIONS,
@@ -134,11 +132,7 @@ impl TlsConfig {
             anyhow!("TLS key {} does not fit certificate {}: {e}", self.key.display(), self.cert.display())
         })?;
         config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Ok(TlsAcceptor {
-            config: Arc::new(config),
-            verifier,
-            handshake_timeout: Duration::from_secs_f64(self.handshake_timeout),
-        })
+        Ok(TlsAcceptor { config: Arc::new(config), verifier, handshake_timeout })
     }
 
     fn crls(&self) -> Result<Vec<CertificateRevocationListDer<'static>>> {
@@ -211,6 +205,18 @@ impl TlsAcceptor {
     /// A new server session for one accepted connection.
     pub fn session(&self) -> Result<ServerConnection> {
         ServerConnection::new(self.config.clone()).context("cannot start a TLS session")
+    }
+
+    /// The same server with its files read again (certificate, key, CAs,
+    /// CRLs). Sessions begun before carry over: their clients may still
+    /// resume them, and their certificates are checked again, against the
+    /// new files, when they do.
+    pub fn reloaded(&self, config: &TlsConfig) -> Result<TlsAcceptor> {
+        let mut fresh = config.acceptor()?;
+        let server = Arc::make_mut(&mut fresh.config);
+        server.session_storage = self.config.session_storage.clone();
+        server.ticketer = self.config.ticketer.clone();
+        Ok(fresh)
     }
 
     /// The verifier to check a resumed session's client certificate with.

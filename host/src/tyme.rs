@@ -5,7 +5,24 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+/// The longest setting in seconds the host takes (about 31 years): longer
+/// is a mistake, and far longer does not fit a `Duration`.
+pub const MAX_SECONDS: f64 = 1e9;
+
+/// A setting of `value` seconds as a `Duration`, or an error naming it:
+/// finite, at most `MAX_SECONDS`, more than 0 (or 0 itself if `zero_ok`).
+pub fn seconds(name: &str, value: f64, zero_ok: bool) -> Result<Duration> {
+    let least = if zero_ok { value >= 0.0 } else { value > 0.0 };
+    if !(least && value <= MAX_SECONDS) {
+        let floor = if zero_ok { ">= 0" } else { "> 0" };
+        bail!("{name} must be a number of seconds {floor} and at most {MAX_SECONDS}, not {value}");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
 
 /// Where tyme comes from.
 #[derive(Clone, Debug)]
@@ -78,6 +95,16 @@ mod tests {
         v.tick(0.25);
         assert_eq!(clock.tyme(), 0.75);
         assert!(clock.is_virtual());
+    }
+
+    #[test]
+    fn settings_in_seconds_are_checked_before_they_become_durations() {
+        assert_eq!(seconds("tock", 1.5, false).unwrap(), Duration::from_millis(1500));
+        assert_eq!(seconds("linger", 0.0, true).unwrap(), Duration::ZERO);
+        for (bad, zero_ok) in [(0.0, false), (-1.0, true), (f64::NAN, true), (f64::INFINITY, true), (1e30, true)] {
+            let err = seconds("tock", bad, zero_ok).unwrap_err().to_string();
+            assert!(err.starts_with("tock must be"), "{err}");
+        }
     }
 
     #[test]

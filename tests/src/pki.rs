@@ -160,6 +160,12 @@ impl Pki {
         }
     }
 
+    /// Write a revocation list from the CA to `path`, revoking the client
+    /// certificates named (by CN).
+    pub fn write_crl(&self, path: &Path, revoked: &[&str]) {
+        crl(path, &self.root, revoked);
+    }
+
     /// A client certificate from the CA (CN=`name`) that expires `secs`
     /// seconds from now.
     pub fn expiring(&self, name: &str, secs: i64) -> (PathBuf, PathBuf) {

@@ -2,7 +2,7 @@
 //! guest; real clients: rustls, openssl s_client, Python ssl, hio ClientTls.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -351,8 +351,8 @@ fn tls_connections_survive_hot_swaps_with_their_identity() {
 /// Connect with `config` (whose session cache it shares with earlier
 /// connections) and echo once; the handshake's kind and whether the echo
 /// came back.
-fn connect_and_echo(server: &TestServer, config: &Arc<rustls::ClientConfig>) -> (Option<HandshakeKind>, bool) {
-    match TlsClient::connect(server.addr, config.clone()) {
+fn connect_and_echo(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> (Option<HandshakeKind>, bool) {
+    match TlsClient::connect(addr, config.clone()) {
         Err(_) => (None, false),
         Ok(mut c) => {
             let kind = c.tls.conn.handshake_kind();
@@ -369,15 +369,15 @@ fn session_resumption_never_admits_a_client_a_full_handshake_would_refuse() {
     let valid_until = Instant::now() + Duration::from_secs(3);
     let sessions: Vec<_> = [12, 13].map(|v| pki.client(Some(&brief), Some(v))).into();
     for config in &sessions {
-        assert_eq!(connect_and_echo(&server, config), (Some(HandshakeKind::Full), true));
+        assert_eq!(connect_and_echo(server.addr, config), (Some(HandshakeKind::Full), true));
         // Resumption works (and saves the full handshake) while the certificate is valid.
-        assert_eq!(connect_and_echo(&server, config), (Some(HandshakeKind::Resumed), true));
+        assert_eq!(connect_and_echo(server.addr, config), (Some(HandshakeKind::Resumed), true));
     }
     std::thread::sleep(valid_until.saturating_duration_since(Instant::now()) + Duration::from_millis(1500));
     for (config, version) in sessions.iter().zip([12, 13]) {
-        let full = connect_and_echo(&server, &pki.client(Some(&brief), Some(version)));
+        let full = connect_and_echo(server.addr, &pki.client(Some(&brief), Some(version)));
         assert!(!full.1, "TLS 1.{version}: a full handshake admitted an expired certificate");
-        let (kind, served) = connect_and_echo(&server, config);
+        let (kind, served) = connect_and_echo(server.addr, config);
         assert_eq!(kind, Some(HandshakeKind::Resumed), "TLS 1.{version}: the client did not try to resume");
         assert!(!served, "TLS 1.{version}: a resumed session admitted an expired certificate");
     }
@@ -389,11 +389,11 @@ fn a_revoked_client_certificate_is_refused() {
     let pki = Pki::new("crl");
     let server = tls_server("echo", &pki, |t| t.client_crls = vec![pki.crl.clone()]);
     for version in [12, 13] {
-        let (_, served) = connect_and_echo(&server, &pki.client(Some(&pki.revoked), Some(version)));
+        let (_, served) = connect_and_echo(server.addr, &pki.client(Some(&pki.revoked), Some(version)));
         assert!(!served, "TLS 1.{version}: a revoked certificate was admitted");
         let alice = pki.client(Some(&pki.alice), Some(version));
-        assert_eq!(connect_and_echo(&server, &alice), (Some(HandshakeKind::Full), true));
-        assert_eq!(connect_and_echo(&server, &alice), (Some(HandshakeKind::Resumed), true));
+        assert_eq!(connect_and_echo(server.addr, &alice), (Some(HandshakeKind::Full), true));
+        assert_eq!(connect_and_echo(server.addr, &alice), (Some(HandshakeKind::Resumed), true));
     }
     // A CRL file that holds none is one clear startup error.
     let out = Command::new(host_binary())
@@ -408,4 +408,38 @@ fn a_revoked_client_certificate_is_refused() {
     assert!(!out.status.success());
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("hio-host:")).collect();
     assert!(errors.len() == 1 && errors[0].contains("no CRL in"), "{stderr}");
+}
+
+#[test]
+fn a_revocation_takes_effect_on_sighup_even_for_resumed_sessions() {
+    let pki = Pki::new("reload");
+    let crl = pki.dir.join("live.crl");
+    pki.write_crl(&crl, &[]);
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (cert, key, ca, crl_arg) = (path(&pki.server_cert), path(&pki.server_key), path(&pki.ca), path(&crl));
+    let flags = ["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca, "--client-crl", &crl_arg];
+    let host = hio_tests::HostProcess::spawn(&hio_tests::guest("echo"), &flags);
+    let sessions: Vec<_> = [12, 13].map(|v| pki.client(Some(&pki.alice), Some(v))).into();
+    for config in &sessions {
+        assert_eq!(connect_and_echo(host.addr(), config), (Some(HandshakeKind::Full), true));
+        assert_eq!(connect_and_echo(host.addr(), config), (Some(HandshakeKind::Resumed), true));
+    }
+    // Alice is revoked while the host runs; SIGHUP reads the files again.
+    pki.write_crl(&crl, &["alice"]);
+    host.signal("HUP");
+    hio_tests::eventually("the reload", || host.log().contains("CRLs reloaded"));
+    for (config, version) in sessions.iter().zip([12, 13]) {
+        let (kind, served) = connect_and_echo(host.addr(), config);
+        assert_eq!(kind, Some(HandshakeKind::Resumed), "TLS 1.{version}: sessions carry over a reload");
+        assert!(!served, "TLS 1.{version}: a revoked client resumed its session\n{}", host.log());
+        let full = connect_and_echo(host.addr(), &pki.client(Some(&pki.alice), Some(version)));
+        assert!(!full.1, "TLS 1.{version}: a revoked client was admitted");
+    }
+    assert_eq!(connect_and_echo(host.addr(), &pki.client(Some(&pki.mallory), None)).1, true, "others still are");
+    // A file that does not load keeps the old ones.
+    std::fs::write(&crl, "not a CRL").unwrap();
+    host.signal("HUP");
+    hio_tests::eventually("the refusal", || host.log().contains("TLS files not reloaded"));
+    assert_eq!(connect_and_echo(host.addr(), &pki.client(Some(&pki.mallory), None)).1, true);
+    assert!(!connect_and_echo(host.addr(), &pki.client(Some(&pki.alice), None)).1);
 }

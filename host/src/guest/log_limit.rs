@@ -35,12 +35,9 @@ impl LogLimit {
     /// so once, and how many lines it dropped when the next second begins.
     pub fn admit(&mut self) -> bool {
         if self.window.elapsed() >= WINDOW {
-            if self.dropped > 0 {
-                tracing::warn!(target: "guest", output = self.output, dropped = self.dropped, "guest log lines dropped (over {LINES_PER_SECOND} a second)");
-            }
+            self.say_dropped();
             self.window = Instant::now();
             self.in_window = 0;
-            self.dropped = 0;
         }
         if self.in_window < LINES_PER_SECOND {
             self.in_window += 1;
@@ -52,6 +49,30 @@ impl LogLimit {
         self.dropped += 1;
         self.stats.guest_log_dropped.add(1);
         false
+    }
+}
+
+impl LogLimit {
+    /// Once the second in which lines were dropped is over, say how many
+    /// (called after every guest call, so the count comes even if the guest
+    /// logs nothing more).
+    pub fn report(&mut self) {
+        if self.dropped > 0 && self.window.elapsed() >= WINDOW {
+            self.say_dropped();
+        }
+    }
+
+    fn say_dropped(&mut self) {
+        if self.dropped > 0 {
+            tracing::warn!(target: "guest", output = self.output, dropped = self.dropped, "guest log lines dropped (over {LINES_PER_SECOND} a second)");
+            self.dropped = 0;
+        }
+    }
+}
+
+impl Drop for LogLimit {
+    fn drop(&mut self) {
+        self.say_dropped();
     }
 }
 
@@ -92,7 +113,11 @@ mod tests {
         let admitted = (0..3 * LINES_PER_SECOND).filter(|_| limit.admit()).count();
         assert_eq!(admitted, LINES_PER_SECOND as usize);
         assert_eq!(stats.guest_log_dropped.get(), 2 * u64::from(LINES_PER_SECOND));
+        limit.report();
+        assert_eq!(limit.dropped, 2 * u64::from(LINES_PER_SECOND), "counted until the second is over");
         limit.window -= WINDOW;
+        limit.report();
+        assert_eq!(limit.dropped, 0, "reported once the second is over");
         assert!(limit.admit(), "a new second admits again");
     }
 

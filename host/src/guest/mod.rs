@@ -55,6 +55,8 @@ pub struct State {
     wasi: wasmtime_wasi::WasiCtx,
     /// The rate limit of the guest's `host.log` calls.
     log_limit: log_limit::LogLimit,
+    /// Its stdout and stderr, for their own rate limits' reports.
+    outputs: [wasi::GuestOutput; 2],
 }
 
 /// What one guest instance may use. A guest that exceeds a limit traps; the
@@ -79,6 +81,13 @@ impl Default for Limits {
 }
 
 impl State {
+    /// After a guest call: say how many log lines were dropped in a second
+    /// that is over.
+    fn report_dropped_logs(&mut self) {
+        self.log_limit.report();
+        self.outputs.iter().for_each(wasi::GuestOutput::report);
+    }
+
     fn conn_ref(&self, handle: &Resource<ConnRef>) -> Result<&ConnRef, WitError> {
         // wasmtime has already validated the handle; a missing entry can only
         // mean the host dropped it, which it treats as closed.
@@ -227,8 +236,10 @@ impl Runtime {
             .instances(16)
             .trap_on_grow_failure(true)
             .build();
-        let (wasi, log_limit) = (wasi::context(&core.stats), log_limit::LogLimit::new("log", core.stats.clone()));
-        let mut store = Store::new(&self.engine, State { table: ResourceTable::new(), core, limits, wasi, log_limit });
+        let ((wasi, outputs), log_limit) =
+            (wasi::context(&core.stats), log_limit::LogLimit::new("log", core.stats.clone()));
+        let state = State { table: ResourceTable::new(), core, limits, wasi, log_limit, outputs };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         let deadline = self.deadline_ticks();
@@ -352,8 +363,10 @@ impl Generation {
     }
 
     /// Give the next call its full deadline and fuel, and keep the epoch
-    /// advancing while it runs.
+    /// advancing while it runs. (Also the moment to report log lines the
+    /// last calls had dropped.)
     fn arm(&mut self) -> Result<InCall> {
+        self.store.data_mut().report_dropped_logs();
         self.store.set_epoch_deadline(self.deadline);
         if let Some(fuel) = self.limits.fuel {
             self.store.set_fuel(fuel)?;

@@ -16,14 +16,17 @@ use super::State;
 use super::log_limit::{LogLimit, MAX_LINE, clean};
 use crate::stats::Stats;
 
-pub fn context(stats: &Arc<Stats>) -> WasiCtx {
-    WasiCtxBuilder::new()
-        .stdout(GuestOutput::new("stdout", stats.clone()))
-        .stderr(GuestOutput::new("stderr", stats.clone()))
+/// A WASI context granting nothing, and the guest's two output streams.
+pub fn context(stats: &Arc<Stats>) -> (WasiCtx, [GuestOutput; 2]) {
+    let outputs = [GuestOutput::new("stdout", stats.clone()), GuestOutput::new("stderr", stats.clone())];
+    let ctx = WasiCtxBuilder::new()
+        .stdout(outputs[0].clone())
+        .stderr(outputs[1].clone())
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
-        .build()
+        .build();
+    (ctx, outputs)
 }
 
 impl WasiView for State {
@@ -34,7 +37,7 @@ impl WasiView for State {
 
 /// One of a guest's output streams, shared by every handle it opens to it.
 #[derive(Clone)]
-struct GuestOutput {
+pub struct GuestOutput {
     inner: Arc<Mutex<Lines>>,
 }
 
@@ -49,6 +52,11 @@ impl GuestOutput {
         GuestOutput {
             inner: Arc::new(Mutex::new(Lines { name, partial: Vec::new(), limit: LogLimit::new(name, stats) })),
         }
+    }
+
+    /// See [`LogLimit::report`].
+    pub fn report(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).limit.report();
     }
 }
 
