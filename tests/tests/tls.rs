@@ -435,11 +435,11 @@ fn a_revocation_takes_effect_on_sighup_even_for_resumed_sessions() {
         let full = connect_and_echo(host.addr(), &pki.client(Some(&pki.alice), Some(version)));
         assert!(!full.1, "TLS 1.{version}: a revoked client was admitted");
     }
-    assert_eq!(connect_and_echo(host.addr(), &pki.client(Some(&pki.mallory), None)).1, true, "others still are");
+    assert!(connect_and_echo(host.addr(), &pki.client(Some(&pki.mallory), None)).1, "others still are");
     // A file that does not load keeps the old ones.
     std::fs::write(&crl, "not a CRL").unwrap();
     host.signal("HUP");
     hio_tests::eventually("the refusal", || host.log().contains("TLS files not reloaded"));
-    assert_eq!(connect_and_echo(host.addr(), &pki.client(Some(&pki.mallory), None)).1, true);
+    assert!(connect_and_echo(host.addr(), &pki.client(Some(&pki.mallory), None)).1);
     assert!(!connect_and_echo(host.addr(), &pki.client(Some(&pki.alice), None)).1);
 }
