@@ -133,9 +133,13 @@ impl Acceptor {
 /// share it with SO_REUSEPORT (which any process of the same user could
 /// join, splitting the connections between two servers without a word).
 /// Binds `ha` without SO_REUSEPORT, which the kernel refuses while anyone
-/// listens there; hold the result until the workers listen: they may bind
-/// beside it, another process's check may not bind beside them.
-pub fn claim(ha: SocketAddr) -> Result<Socket> {
+/// listens there. Hold the claim until the workers listen: they may bind
+/// beside its socket, another process's claim may not bind beside them.
+/// Two hosts starting at the same moment could both bind before either
+/// listens, so the claim also holds a lock on the port that another
+/// host's claim waits for.
+pub fn claim(ha: SocketAddr) -> Result<Claim> {
+    let lock = lock_port(ha);
     let socket = Socket::new(Domain::for_address(ha), Type::STREAM, Some(Protocol::TCP))
         .context("cannot create listen socket")?;
     socket.set_reuse_address(true)?;
@@ -143,7 +147,39 @@ pub fn claim(ha: SocketAddr) -> Result<Socket> {
         socket.set_only_v6(true)?;
     }
     socket.bind(&ha.into()).map_err(|e| bind_error(ha, e))?;
-    Ok(socket)
+    Ok(Claim { _socket: socket, _lock: lock })
+}
+
+/// See [`claim`]; dropping it lets go of the address.
+#[derive(Debug)]
+pub struct Claim {
+    _socket: Socket,
+    _lock: Option<std::fs::File>,
+}
+
+/// An exclusive lock on a file named for this user and `ha`'s family and
+/// port, waiting for whoever holds it. Without one (a directory that cannot
+/// be written), the bind alone still refuses a host started after this one.
+fn lock_port(ha: SocketAddr) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    let family = if ha.is_ipv6() { 6 } else { 4 };
+    let path = std::env::temp_dir().join(format!("hio-host-{uid}-tcp{family}-{}.lock", ha.port()));
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(path = %path.display(), "cannot lock the port: {e}");
+            return None;
+        }
+    };
+    // SAFETY: flock on a descriptor this function owns; blocks until free.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        tracing::debug!(path = %path.display(), "cannot lock the port: {}", io::Error::last_os_error());
+        return None;
+    }
+    Some(file)
 }
 
 fn bind_error(ha: SocketAddr, e: io::Error) -> anyhow::Error {

@@ -125,9 +125,13 @@ pub struct Conn {
     stalled_since: Option<Instant>,
     /// Listed in the core's stall deadlines.
     pub stall_listed: bool,
-    /// Bytes not yet taken by the peer (queued, and in the kernel) at the
-    /// last look: fewer now is progress.
-    last_undelivered: u64,
+    /// Bytes written to the socket, ever.
+    written: u64,
+    /// Bytes the peer's TCP had acknowledged at the last look: more now is
+    /// progress.
+    last_delivered: u64,
+    /// Wrote to the socket since the last look.
+    wrote: bool,
     /// Wait before the next look, while lingering.
     linger_look: Duration,
 }
@@ -213,7 +217,9 @@ impl Conn {
             starved: false,
             stalled_since: None,
             stall_listed: false,
-            last_undelivered: u64::MAX,
+            written: 0,
+            last_delivered: 0,
+            wrote: false,
             linger_look: LINGER_FIRST_LOOK,
         }
     }
@@ -562,7 +568,7 @@ impl Conn {
     }
 
     /// hio's `send`: write now unless queued bytes must go first.
-    pub fn send_now(&mut self, data: &[u8], wl: Option<&mut WireLog>, now: Instant) -> io::Result<usize> {
+    pub fn send_now(&mut self, data: &[u8], wl: Option<&mut WireLog>) -> io::Result<usize> {
         if self.queued() > 0 || self.write_broken {
             return Ok(0);
         }
@@ -574,40 +580,43 @@ impl Conn {
             if let Some(wl) = wl {
                 wl.tx(self.ca, &data[..n]);
             }
-            self.flush(None, now)?;
+            self.flush(None)?;
             return Ok(n);
         }
         let n = match write_some(&mut self.sock, data) {
             Ok(n) => n,
             Err(e) => return self.broken(e).map(|_| 0),
         };
+        self.wrote(n);
         if let Some(wl) = wl {
             wl.tx(self.ca, &data[..n]);
         }
         Ok(n)
     }
 
+    /// `n` bytes went into the socket.
+    fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+        self.wrote |= n > 0;
+    }
+
     /// Send queued bytes until done or the socket would block; then send a
-    /// FIN if one is wanted. Returns bytes sent. `now` dates any progress.
-    pub fn flush(&mut self, wl: Option<&mut WireLog>, now: Instant) -> io::Result<u64> {
+    /// FIN if one is wanted. Returns bytes sent.
+    pub fn flush(&mut self, wl: Option<&mut WireLog>) -> io::Result<u64> {
         let sent = if self.tls.is_some() { self.flush_tls(wl) } else { self.flush_plain(wl) };
         self.account();
-        self.note_output(*sent.as_ref().unwrap_or(&0), now);
         sent
     }
 
-    /// Keep `stalled_since` up to date after a flush sent `sent` bytes.
-    fn note_output(&mut self, sent: u64, now: Instant) {
-        if !(self.output_waits() || self.lingering()) {
-            self.stalled_since = None;
-            self.last_undelivered = u64::MAX;
-        } else if sent > 0 || self.stalled_since.is_none() {
-            self.stalled_since = Some(now);
-        }
+    /// Whether to look at this connection's output in a while (see
+    /// [`Conn::check_output`]): something waits for the peer, or it wrote
+    /// since the last look (what it wrote may sit in the kernel, unread).
+    pub fn output_to_watch(&mut self) -> bool {
+        std::mem::take(&mut self.wrote) || self.output_waits() || self.lingering()
     }
 
     /// Bytes queued in the host (or TLS records) wait for the socket.
-    fn output_waits(&self) -> bool {
+    pub fn output_waits(&self) -> bool {
         !self.write_broken && (self.queued() > 0 || self.tls_wants_write())
     }
 
@@ -619,27 +628,28 @@ impl Conn {
         self.closing && self.fin_sent && !self.write_broken && !self.cutoff
     }
 
-    /// Whether the peer is late taking its output (see [`OutputCheck`]).
-    /// Progress is any byte it took: sent from the host's queue, or gone
-    /// from the kernel's (which can drain for a long while before the
-    /// socket reports room for more). A closed connection lingers until the
-    /// kernel has handed the peer everything.
+    /// Whether the peer is late taking its output (see [`OutputCheck`]):
+    /// output waits for it in the host's queue or in the kernel's (which a
+    /// peer that never reads can fill with megabytes before the host's
+    /// queue grows at all). Progress is any byte its TCP acknowledged since
+    /// the last look. A closed connection lingers until the kernel has
+    /// handed the peer everything, its FIN included.
     pub fn check_output(&mut self, now: Instant, limits: &StallLimits) -> OutputCheck {
+        self.wrote = false;
         let lingering = self.lingering();
-        if !lingering && !self.output_waits() {
-            self.stalled_since = None;
-            self.last_undelivered = u64::MAX;
-            return OutputCheck::Nothing;
-        }
         let unsent = u64::from(kernel_unsent(&self.sock));
         if lingering && unsent == 0 {
             return OutputCheck::Release;
         }
-        let undelivered = self.queued() + unsent;
-        if undelivered < self.last_undelivered || self.stalled_since.is_none() {
+        if !lingering && !self.output_waits() && unsent == 0 {
+            self.stalled_since = None;
+            return OutputCheck::Nothing;
+        }
+        let delivered = self.written.saturating_sub(unsent);
+        if delivered > self.last_delivered || self.stalled_since.is_none() {
             self.stalled_since = Some(now);
         }
-        self.last_undelivered = undelivered;
+        self.last_delivered = delivered;
         let (limit, stall) = match (self.closing, limits.send_timeout) {
             (true, _) => (limits.linger, Stall::Linger),
             (false, Some(t)) => (t, Stall::SendTimeout),
@@ -656,16 +666,29 @@ impl Conn {
             self.linger_look = (look * 2).min(LINGER_MAX_LOOK);
             look
         } else {
-            (limit / 4).max(LINGER_FIRST_LOOK)
+            Self::look_every(limit)
         };
         OutputCheck::Wait((now + look).min(deadline))
     }
 
-    /// Bytes the peer will never get if the connection ends now: queued in
-    /// the host, and, once closed, still in the kernel.
+    /// The first look at a connection that only wrote: in a while, without
+    /// asking the kernel now (most writes are taken at once).
+    pub fn first_look(&self, now: Instant, limits: &StallLimits) -> OutputCheck {
+        match (self.closing, limits.send_timeout) {
+            (true, _) => OutputCheck::Wait(now + LINGER_FIRST_LOOK),
+            (false, Some(t)) => OutputCheck::Wait(now + Self::look_every(t)),
+            (false, None) => OutputCheck::Nothing,
+        }
+    }
+
+    fn look_every(limit: Duration) -> Duration {
+        (limit / 4).max(LINGER_FIRST_LOOK)
+    }
+
+    /// Bytes the peer has not taken: queued in the host, and in the kernel
+    /// (sent and not yet acknowledged, or not yet sent).
     pub fn undelivered(&self) -> u64 {
-        let kernel = if self.lingering() { u64::from(kernel_unsent(&self.sock)) } else { 0 };
-        self.queued() + kernel
+        self.queued() + u64::from(kernel_unsent(&self.sock))
     }
 
     /// Read and drop what the peer sends: the guest closed the connection.
@@ -714,6 +737,7 @@ impl Conn {
             }
             self.tx_off += n;
             sent += n as u64;
+            self.wrote(n);
         }
         if self.tx_off == self.tx.len() {
             self.tx = Vec::new();
@@ -734,7 +758,7 @@ impl Conn {
     /// edge-triggered readiness, stopping while the socket still has room
     /// would leave queued bytes waiting for an event that never comes.
     fn flush_tls(&mut self, mut wl: Option<&mut WireLog>) -> io::Result<u64> {
-        let mut sent = 0u64;
+        let (mut sent, mut records) = (0u64, 0usize);
         let tls = self.tls.as_mut().expect("a TLS connection");
         let connected = matches!(tls.state, TlsState::Connected(_));
         loop {
@@ -763,7 +787,7 @@ impl Conn {
             let mut blocked = false;
             while tls.session.wants_write() {
                 match tls.session.write_tls(&mut self.sock) {
-                    Ok(_) => {}
+                    Ok(n) => records += n,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         blocked = true;
                         break;
@@ -782,6 +806,7 @@ impl Conn {
             self.fin_sent = true;
             let _ = self.sock.shutdown(Shutdown::Write);
         }
+        self.wrote(records);
         Ok(sent)
     }
 
@@ -981,7 +1006,7 @@ mod tests {
         assert!(c.cutoff);
         // Writing to the reset peer breaks the connection quietly and drops the queue.
         c.queue(b"lost".to_vec());
-        assert!(c.flush(None, Instant::now()).is_ok());
+        assert!(c.flush(None).is_ok());
         assert_eq!(c.queued(), 0);
     }
 
@@ -993,7 +1018,7 @@ mod tests {
         assert_eq!(c.queued(), 7);
         c.close();
         assert!(!c.accepts_tx());
-        assert_eq!(c.flush(None, Instant::now()).unwrap(), 7);
+        assert_eq!(c.flush(None).unwrap(), 7);
         assert!(c.finished());
         let mut got = Vec::new();
         peer.read_to_end(&mut got).unwrap();
@@ -1016,7 +1041,7 @@ mod tests {
         });
         let start = Instant::now();
         while c.queued() > 0 {
-            c.flush(None, Instant::now()).unwrap();
+            c.flush(None).unwrap();
             assert!(start.elapsed() < Duration::from_secs(5));
         }
         let _peer = reader.join().unwrap();
@@ -1030,9 +1055,9 @@ mod tests {
     fn send_now_waits_behind_queued_bytes() {
         let (mut c, mut peer) = pair();
         c.queue(b"first".to_vec());
-        assert_eq!(c.send_now(b"second", None, Instant::now()).unwrap(), 0, "must not overtake the queue");
-        c.flush(None, Instant::now()).unwrap();
-        assert_eq!(c.send_now(b"second", None, Instant::now()).unwrap(), 6);
+        assert_eq!(c.send_now(b"second", None).unwrap(), 0, "must not overtake the queue");
+        c.flush(None).unwrap();
+        assert_eq!(c.send_now(b"second", None).unwrap(), 6);
         let mut got = [0u8; 11];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"firstsecond");
@@ -1103,7 +1128,7 @@ mod tests {
     fn stalled_pair(queued: usize) -> (Conn, StdStream) {
         let (mut c, peer) = pair();
         c.queue(vec![7u8; queued]);
-        c.flush(None, Instant::now()).unwrap();
+        c.flush(None).unwrap();
         assert!(c.queued() > 0, "the kernel took it all");
         (c, peer)
     }
@@ -1124,7 +1149,7 @@ mod tests {
         assert_eq!(c.check_output(late, &StallLimits { send_timeout: None, ..LIMITS }), OutputCheck::Nothing);
         // Closed by the guest (late), it gets the linger time from then.
         c.close();
-        c.flush(None, late).unwrap();
+        c.flush(None).unwrap();
         assert!(matches!(c.check_output(late, &LIMITS), OutputCheck::Wait(at) if at <= late + LIMITS.linger));
         assert_eq!(c.stalled_since, Some(late));
         assert_eq!(c.check_output(late + LIMITS.linger, &LIMITS), OutputCheck::Stalled(Stall::Linger));
@@ -1133,23 +1158,28 @@ mod tests {
     #[test]
     fn progress_restarts_the_clock_and_a_closed_connection_lingers_until_its_peer_has_everything() {
         let (mut c, mut peer) = stalled_pair(16 << 20);
-        let t0 = c.stalled_since.unwrap();
+        let mut now = Instant::now();
         c.close();
-        // The peer reads everything, slowly: each flush that moves bytes is progress.
+        assert!(matches!(c.check_output(now, &LIMITS), OutputCheck::Wait(_)));
+        // The peer reads everything: every look sees bytes acknowledged, so
+        // the linger clock keeps starting again.
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             peer.read_to_end(&mut got).unwrap();
             got.len()
         });
-        let mut now = t0;
+        let mut progress = 0;
         while !c.finished() {
-            now += Duration::from_secs(1);
-            let sent = c.flush(None, now).unwrap();
-            if sent > 0 {
-                assert_eq!(c.stalled_since, Some(now));
+            c.flush(None).unwrap();
+            now += Duration::from_millis(10);
+            let before = c.stalled_since;
+            match c.check_output(now, &LIMITS) {
+                OutputCheck::Wait(_) => progress += usize::from(c.stalled_since != before),
+                other => panic!("{other:?} while the peer reads"),
             }
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_millis(1));
         }
+        assert!(progress > 0, "no progress seen");
         // FIN sent: until the kernel has handed the peer everything, the
         // connection lingers; then it is released, never reset.
         let mut looks = 0;

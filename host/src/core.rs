@@ -196,10 +196,7 @@ impl Core {
                 break;
             }
             self.stalls.pop();
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.stall_listed = false;
-                self.watch_output(id);
-            }
+            self.look_at_output(id);
         }
     }
 
@@ -212,14 +209,33 @@ impl Core {
     /// again in time (see [`Conn::check_output`]).
     fn watch_output(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else { return };
-        if c.stall_listed {
+        if c.stall_listed || !c.output_to_watch() {
             return;
         }
-        match c.check_output(self.now, &self.stall_limits) {
+        let check = if c.output_waits() || c.lingering() {
+            c.check_output(self.now, &self.stall_limits)
+        } else {
+            c.first_look(self.now, &self.stall_limits)
+        };
+        self.act_on(id, check);
+    }
+
+    /// Look at a listed connection whose time came.
+    fn look_at_output(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        c.stall_listed = false;
+        let check = c.check_output(self.now, &self.stall_limits);
+        self.act_on(id, check);
+    }
+
+    fn act_on(&mut self, id: u64, check: OutputCheck) {
+        match check {
             OutputCheck::Nothing => {}
             OutputCheck::Wait(at) => {
-                c.stall_listed = true;
-                self.stalls.push(Reverse((at, id)));
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.stall_listed = true;
+                    self.stalls.push(Reverse((at, id)));
+                }
             }
             OutputCheck::Release => self.release(id),
             OutputCheck::Stalled(stall) => self.give_up(id, GiveUp::Stalled(stall)),
@@ -231,22 +247,22 @@ impl Core {
     /// (queued, or received and not consumed) is reset instead.
     pub fn close_all(&mut self, scratch: &mut [u8]) {
         let (mut closed, mut reset, mut dropped) = (0u64, 0u64, 0u64);
-        let now = Instant::now();
         for (_, mut c) in self.conns.drain() {
             closed += 1;
             // Decided before any FIN goes out: a FIN first would tell the
             // peer its stream ended complete, whatever follows.
-            if let Err(e) = c.flush(self.wirelog.as_mut(), now) {
+            if let Err(e) = c.flush(self.wirelog.as_mut()) {
                 tracing::debug!(ca = %c.ca, "final send failed: {e}");
             }
             let lost = c.queued() + c.pending() + c.discard_input(scratch);
-            if lost > 0 {
+            // TLS records rustls could not hand the socket count too.
+            if lost > 0 || c.output_waits() {
                 reset += 1;
                 dropped += lost;
                 c.reset();
             } else {
                 c.close();
-                let _ = c.flush(self.wirelog.as_mut(), now);
+                let _ = c.flush(self.wirelog.as_mut());
             }
         }
         self.stats.given_up.add(reset);
@@ -305,7 +321,7 @@ impl Core {
             };
             c.in_dirty = false;
             let was_cutoff = c.cutoff;
-            if let Err(e) = c.flush(self.wirelog.as_mut(), self.now) {
+            if let Err(e) = c.flush(self.wirelog.as_mut()) {
                 tracing::warn!(ca = %c.ca, "send failed: {e}");
             }
             if c.wants_read_resume() {

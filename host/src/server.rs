@@ -197,16 +197,21 @@ impl Tenant {
 /// not consumed are suspects: each is handed its bytes alone from now on. A
 /// suspect that holds them again at a failure crashed the guest twice: the
 /// host resets it, so one peer cannot keep the guest down for everyone.
-fn quarantine(core: &mut Core) {
+/// Returns whether it found such a culprit.
+fn quarantine(core: &mut Core) -> bool {
     let conns = &core.conns;
     match core.handing.failed(|id| conns.get(&id).is_some_and(Conn::owes_guest)) {
-        Verdict::NoneHeld => {}
-        Verdict::Culprit(id) => core.give_up(id, GiveUp::Poison),
+        Verdict::NoneHeld => false,
+        Verdict::Culprit(id) => {
+            core.give_up(id, GiveUp::Poison);
+            true
+        }
         Verdict::Isolated(n) => {
             tracing::warn!(
                 suspects = n,
                 "guest failed holding these connections' bytes: each is now handed its bytes alone"
             );
+            false
         }
     }
 }
@@ -617,7 +622,7 @@ impl Server {
         let mut news = false;
         if writable
             && (c.queued() > 0 || c.needs_flush())
-            && let Err(e) = c.flush(core.wirelog.as_mut(), core.now)
+            && let Err(e) = c.flush(core.wirelog.as_mut())
         {
             tracing::warn!(ca = %c.ca, "send failed: {e}");
         }
@@ -689,8 +694,8 @@ impl Server {
             Err(e) => {
                 tracing::error!("{e}");
                 let mut core = std::mem::replace(&mut self.tenant, Tenant::Moving).into_core().expect("was up");
-                quarantine(&mut core);
-                self.go_down(core)
+                let culprit = quarantine(&mut core);
+                self.go_down(core, culprit)
             }
         }
     }
@@ -698,8 +703,14 @@ impl Server {
     /// The guest failed: keep the core and start a guest again after a
     /// back-off that doubles with every failure in a row, or give up at the
     /// limit (the documented fail policy: better a clear exit for a
-    /// supervisor than a guest crashing in a hot loop).
-    fn go_down(&mut self, core: Core) -> Result<()> {
+    /// supervisor than a guest crashing in a hot loop). A failure that
+    /// named its culprit (a peer whose bytes crash the guest, now reset)
+    /// starts the count again: peers sending poison together cannot add
+    /// their failures up to the limit, nor to a long back-off.
+    fn go_down(&mut self, core: Core, culprit: bool) -> Result<()> {
+        if culprit {
+            self.restarts = 0;
+        }
         self.restarts += 1;
         if self.max_restarts > 0 && self.restarts > self.max_restarts {
             let n = core.conns.len();
@@ -732,8 +743,8 @@ impl Server {
                 tracing::error!("{error:#}");
                 // Blamed like a failed cycle: start is handed no bytes, but
                 // a guest may pull some (`receive`) or accept connections.
-                quarantine(&mut core);
-                self.go_down(core)
+                let culprit = quarantine(&mut core);
+                self.go_down(core, culprit)
             }
         }
     }
@@ -811,7 +822,7 @@ impl Server {
                     Ok(generation) => self.tenant = Tenant::Up(generation),
                     Err(again) => {
                         tracing::error!("the old guest could not take back its state: {:#}", again.error);
-                        if let Err(e) = self.go_down(again.core) {
+                        if let Err(e) = self.go_down(again.core, false) {
                             tracing::error!("{e:#}");
                         }
                     }

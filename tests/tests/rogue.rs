@@ -93,3 +93,28 @@ fn a_poison_connection_costs_two_restarts_wherever_its_bytes_reach_the_guest() {
         assert!(failures <= 2, "the guest failed {failures} times for one poison connection\n{}", host.log());
     }
 }
+
+#[test]
+fn many_poison_connections_at_once_cost_only_themselves() {
+    // Each poison connection is reset after its own turn; their failures do
+    // not add up to the fail policy (8 in a row by default).
+    let mut host = HostProcess::spawn(&guest("rogue"), &[]);
+    let mut bystanders: Vec<Client> = (0..3).map(|_| host.connect()).collect();
+    for b in &mut bystanders {
+        b.echo(b"before");
+    }
+    let mut poison: Vec<Client> = (0..12).map(|_| host.connect()).collect();
+    for p in &mut poison {
+        p.echo(b"harmless");
+    }
+    for p in &mut poison {
+        p.send(b"VENOM");
+    }
+    for p in &mut poison {
+        assert_eq!(p.recv_until_end(), (Vec::new(), Ending::Reset), "poison not reset\n{}", host.log());
+    }
+    for b in &mut bystanders {
+        b.echo(b"after");
+    }
+    still_serves(&mut host, &mut bystanders[0]);
+}

@@ -176,3 +176,44 @@ fn the_send_timeout_holds_across_a_hot_swap_and_while_the_guest_is_down() {
     assert!(was_reset(writer), "not reset while the guest was down");
     assert_eq!(server.stats.send_timeouts.get(), 2);
 }
+
+#[test]
+fn a_peer_that_never_reads_is_reset_even_when_its_output_fits_in_the_kernel() {
+    // 1.5 MB of echo fits in the kernel's send buffer: the host's own queue
+    // stays empty, yet the peer takes nothing. The idle tymeout is off.
+    let host = HostProcess::spawn(&guest("echo"), &["--tymeout", "0", "--send-timeout", "1", "--max-conns", "2"]);
+    let mut parked: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut c = Client::connect_with(host.addr(), Some(4096));
+            c.send(&vec![b'k'; 1_500_000]);
+            c
+        })
+        .collect();
+    hio_tests::eventually("two send timeouts", || host.log().matches("(send timeout)").count() == 2);
+    for c in &mut parked {
+        let (got, ending) = c.recv_until_end();
+        assert_eq!(ending, Ending::Reset, "ended with a FIN after {} bytes", got.len());
+    }
+    host.connect().echo(b"their slots are free");
+}
+
+#[test]
+fn the_idle_tymeout_never_cuts_a_slow_reader_whose_reply_is_in_the_kernel() {
+    let host = HostProcess::spawn(&guest("echo"), &["--tymeout", "1"]);
+    let mut c = Client::connect_with(host.addr(), Some(4096));
+    let size = 512 << 10;
+    c.send(&vec![b's'; size]);
+    // Reads a little at a time for longer than the tymeout.
+    let mut got = 0;
+    let mut buf = [0u8; 16 << 10];
+    while got < size {
+        std::thread::sleep(Duration::from_millis(100));
+        match c.stream.read(&mut buf) {
+            Ok(0) => panic!("closed after {got} bytes\n{}", host.log()),
+            Ok(n) => got += n,
+            Err(e) => panic!("after {got} bytes: {e}"),
+        }
+    }
+    c.echo(b"still open");
+    assert!(!host.log().contains("idle for"), "{}", host.log());
+}

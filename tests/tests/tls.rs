@@ -443,3 +443,52 @@ fn a_revocation_takes_effect_on_sighup_even_for_resumed_sessions() {
     assert!(connect_and_echo(host.addr(), &pki.client(Some(&pki.mallory), None)).1);
     assert!(!connect_and_echo(host.addr(), &pki.client(Some(&pki.alice), None)).1);
 }
+
+#[test]
+fn a_tls_stream_cut_at_shutdown_ends_with_a_reset_not_a_fin() {
+    let pki = Pki::new("cut");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (cert, key) = (path(&pki.server_cert), path(&pki.server_key));
+    let mut host = hio_tests::HostProcess::spawn(
+        &hio_tests::guest("echo"),
+        &["--tls-cert", &cert, "--tls-key", &key, "--certify", "none"],
+    );
+    let sock = Client::connect_with(host.addr(), Some(4096)).stream;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = rustls::StreamOwned::new(rustls::ClientConnection::new(pki.client(None, None), name).unwrap(), sock);
+    // Write without reading until the host's kernel send queue stops
+    // growing, then a little more: its echo is left as TLS records in
+    // rustls, none of it in the host's plaintext queue.
+    let send_queue = || -> u64 {
+        let out = Command::new("ss").args(["-tnH", "state", "established"]).output().unwrap();
+        let port = format!(":{}", host.port);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2].ends_with(&port))
+            .and_then(|f| f[1].parse().ok())
+            .unwrap_or(0)
+    };
+    let (start, mut last) = (Instant::now(), u64::MAX);
+    loop {
+        tls.write_all(&[b'z'; 8 << 10]).and_then(|_| tls.flush()).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let now = send_queue();
+        if now == last {
+            break;
+        }
+        last = now;
+        assert!(start.elapsed() < Duration::from_secs(30), "the host's send queue never filled");
+    }
+    for _ in 0..2 {
+        tls.write_all(&[b'z'; 8 << 10]).and_then(|_| tls.flush()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    host.signal("TERM");
+    assert!(host.child.0.wait().unwrap().success());
+    // How the TCP stream ended, under the TLS records.
+    let mut raw = Client { stream: tls.sock };
+    raw.stream.set_read_timeout(Some(hio_tests::PATIENCE)).unwrap();
+    let (_, ending) = raw.recv_until_end();
+    assert_eq!(ending, hio_tests::Ending::Reset, "a cut TLS stream ended with a FIN\n{}", host.log());
+}

@@ -62,3 +62,29 @@ fn a_second_process_cannot_share_the_port_whatever_the_workers() {
         }
     }
 }
+
+#[test]
+fn of_two_hosts_started_at_once_on_one_port_only_one_serves() {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let start = || {
+            let mut cmd = std::process::Command::new(hio_tests::host_binary());
+            cmd.args(["run", guest("echo").to_str().unwrap(), "--listen", &listen, "--workers", "2"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            hio_tests::KillOnDrop(cmd.spawn().unwrap())
+        };
+        let mut hosts = [start(), start()];
+        // One of them exits 1; the other serves until killed.
+        let mut exited = Vec::new();
+        hio_tests::eventually("one host to give up", || {
+            exited = hosts.iter_mut().filter_map(|h| h.0.try_wait().unwrap()).collect();
+            !exited.is_empty()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        exited = hosts.iter_mut().filter_map(|h| h.0.try_wait().unwrap()).collect();
+        assert_eq!(exited.len(), 1, "both exited, or both serve: {exited:?}");
+        assert_eq!(exited[0].code(), Some(1));
+    }
+}

@@ -219,7 +219,8 @@ impl Remoter {
         Ok(self.handle.flush()?)
     }
 
-    /// Bytes queued in the host and not yet sent.
+    /// Bytes the peer has not yet taken: queued in the host, and in the
+    /// kernel's send buffer (hio's txbs, and what the socket holds).
     pub fn queued(&self) -> Result<u64, Error> {
         self.check_open()?;
         Ok(self.handle.queued()?)

@@ -339,8 +339,8 @@ impl Server {
     }
 
     /// Close and remove connections idle past the tymeout. Only tymers that
-    /// came due are looked at. A connection whose output still waits in
-    /// the host is not idle: its peer is only slow to read it (the host
+    /// came due are looked at. A connection whose output its peer has not
+    /// yet taken is not idle: its peer is only slow to read it (the host
     /// bounds that with its send timeout), so its tymer starts again.
     pub fn service_tymeouts(&mut self) {
         let tyme = self.tyme();

@@ -87,12 +87,11 @@ impl HostRemoter for State {
     }
 
     fn send(&mut self, h: Resource<ConnRef>, data: Vec<u8>) -> Result<u32, Error> {
-        let now = self.core.now;
         let (c, wl, id) = self.open_conn(&h)?;
         if !c.accepts_tx() {
             return Err(Error::Closed);
         }
-        let res = c.send_now(&data, wl, now);
+        let res = c.send_now(&data, wl);
         if c.cutoff {
             self.core.mark_ready(id);
         }
@@ -128,16 +127,15 @@ impl HostRemoter for State {
     }
 
     fn flush(&mut self, h: Resource<ConnRef>) -> Result<u64, Error> {
-        let now = self.core.now;
         let (c, wl, id) = self.open_conn(&h)?;
-        let res = c.flush(wl, now);
+        let res = c.flush(wl);
         // The loop fixes interest (more to send) or reports a cutoff.
         self.core.mark_dirty(id);
         res.map_err(io_error)
     }
 
     fn queued(&mut self, h: Resource<ConnRef>) -> Result<u64, Error> {
-        Ok(self.open_conn(&h)?.0.queued())
+        Ok(self.open_conn(&h)?.0.undelivered())
     }
 
     fn shutdown(&mut self, h: Resource<ConnRef>, how: ShutdownHow) -> Result<(), Error> {
