@@ -45,7 +45,7 @@ struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = hio_host::DEFAULT_SEND_TIMEOUT, allow_negative_numbers = true)]
     send_timeout: f64,
     /// Reset a connection the guest closed whose peer takes no byte of what
-    /// is left to send (queued, then in the kernel) for this many seconds.
+    /// is left to send (queued, then in the kernel) for this many seconds (> 0).
     #[arg(long, value_name = "SECS", default_value_t = hio_host::DEFAULT_LINGER, allow_negative_numbers = true)]
     linger: f64,
     /// Longest sleep between guest cycles when nothing happens. Readiness and
@@ -77,7 +77,7 @@ struct RunArgs {
     /// Certificate revocation lists (PEM) for client certificates; repeat for
     /// more files. A revoked client is refused, on full handshakes and on
     /// session resumption; with CRLs, every certificate of a client's chain
-    /// below the CA must be covered by one.
+    /// below the CA must be covered by one. Read again on SIGHUP.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     client_crl: Vec<PathBuf>,
     /// Client certificates: none (not asked for), optional (checked if sent),
@@ -99,7 +99,8 @@ struct RunArgs {
     max_conns: usize,
     /// Most bytes, in MiB, held across all connections (received and not yet
     /// consumed, queued and not yet sent); at it the host stops reading from
-    /// peers until bytes drain, and a guest queuing past twice it is told `full`.
+    /// peers that hold 4 KiB or more until bytes drain (peers that read their
+    /// replies keep being served), and a guest queuing past twice it is told `full`.
     #[arg(long, value_name = "MIB", default_value_t = hio_host::DEFAULT_MAX_BUFFERED >> 20)]
     max_buffered_mib: usize,
     /// A crashed guest is restarted after a back-off (10 ms, doubling up to
@@ -109,8 +110,9 @@ struct RunArgs {
     max_restarts: u32,
     /// Event loops, each on its own thread with its own listen socket on the
     /// same address (SO_REUSEPORT), its own guest instance and its own
-    /// connections. --max-conns and --max-buffered-mib are split between them;
-    /// --wirelog writes DIR/worker-N.
+    /// connections (1 to 1024). --max-conns and --max-buffered-mib are split
+    /// between them; --wirelog writes DIR/worker-N. Another process on the
+    /// same address is refused, whatever its workers.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: u16,
     /// Longest one call into the guest may run before it is stopped (and restarted).

@@ -61,6 +61,14 @@ fn malformed_address() {
 fn bad_numbers() {
     fails_with(&["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0", "--tymeout", "-1"], "tymeout");
     fails_with(&["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0", "--tock", "0"], "tock");
+    for (flag, value, needle) in [
+        ("--send-timeout", "1e30", "send timeout"),
+        ("--tock", "1e30", "tock"),
+        ("--linger", "0", "linger"),
+        ("--max-conns", "0", "max-conns"),
+    ] {
+        fails_with(&["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0", flag, value], needle);
+    }
 }
 
 #[test]
