@@ -9,10 +9,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Default bound: a generous working set, far below the 10 GiB that
-/// 10,000 connections at their per-connection marks could otherwise hold.
-pub const DEFAULT_MAX_BUFFERED: usize = 256 << 20;
-
 /// Shared by a server's connections; each adds and removes what it holds.
 /// (Atomic only so a server stays `Send`; one thread updates it.)
 #[derive(Clone, Debug)]

@@ -938,7 +938,7 @@ mod tests {
 
     /// A host-side Conn and the peer's blocking socket, over real loopback TCP.
     fn pair() -> (Conn, StdStream) {
-        pair_in(Budget::new(crate::budget::DEFAULT_MAX_BUFFERED))
+        pair_in(Budget::new(crate::config::DEFAULT_MAX_BUFFERED))
     }
 
     fn pair_in(budget: Budget) -> (Conn, StdStream) {

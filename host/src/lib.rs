@@ -10,6 +10,7 @@
 
 pub mod acceptor;
 mod budget;
+pub mod config;
 mod conn;
 mod core;
 mod guest;
@@ -22,16 +23,16 @@ pub mod tls;
 pub mod tyme;
 mod wirelog;
 
-pub use budget::DEFAULT_MAX_BUFFERED;
-pub use guest::{Check, Limits};
+pub use config::{
+    Config, DEFAULT_LINGER, DEFAULT_MAX_BUFFERED, DEFAULT_MAX_CONNS, DEFAULT_MAX_RESTARTS, DEFAULT_SEND_TIMEOUT,
+    DEFAULT_TOCK, DEFAULT_TYMEOUT, Limits,
+};
+pub use guest::Check;
 
 /// Whether the component at `path` fits this host (`hio-host check`), without serving.
 pub fn check(path: &std::path::Path) -> anyhow::Result<Check> {
-    guest::Runtime::new(Limits::default(), guest::cache::default_dir())?.check(path)
+    guest::Runtime::new(Limits::default(), config::default_cache_dir())?.check(path)
 }
-pub use server::{
-    Config, DEFAULT_LINGER, DEFAULT_MAX_CONNS, DEFAULT_MAX_RESTARTS, DEFAULT_SEND_TIMEOUT, DEFAULT_TOCK,
-    DEFAULT_TYMEOUT, Server, Stopper,
-};
+pub use server::{Server, Stopper};
 pub use swap::{SwapOutcome, SwapReport, Swapper};
 pub use tyme::VirtualTyme;

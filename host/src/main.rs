@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hio_host::tls::{self, Certify, TlsConfig, TlsVersion};
-use hio_host::{Config, acceptor};
+use hio_host::Config;
 
 #[derive(Parser)]
 #[command(name = "hio-host", version, about = "Serve TCP with hio's Server logic running in a sandboxed wasm guest")]
@@ -27,87 +26,12 @@ enum Cmd {
     Run(Box<RunArgs>),
 }
 
+/// `hio-host run`: the server's [`Config`] (every flag but these two is
+/// one of its fields) and what surrounds it.
 #[derive(Parser)]
 struct RunArgs {
-    /// The guest component (.wasm) holding the Server logic, e.g. target/wasm/echo.wasm.
-    guest: PathBuf,
-    /// Listen address HOST:PORT, [IPV6]:PORT or :PORT (all IPv4 interfaces).
-    /// Port 0 picks a free port, which is logged.
-    #[arg(long, default_value = "127.0.0.1:56000", value_name = "HOST:PORT")]
-    listen: String,
-    /// Close a connection idle this many seconds (nothing received, nothing
-    /// sent, nothing waiting to be sent: a peer that stops reading its
-    /// replies is bounded by --send-timeout instead); 0 never closes.
-    #[arg(long, default_value_t = hio_host::DEFAULT_TYMEOUT, value_name = "SECS", allow_negative_numbers = true)]
-    tymeout: f64,
-    /// Reset a connection whose peer takes none of the output queued for it
-    /// for this many seconds (it stopped reading); 0: never.
-    #[arg(long, value_name = "SECS", default_value_t = hio_host::DEFAULT_SEND_TIMEOUT, allow_negative_numbers = true)]
-    send_timeout: f64,
-    /// Reset a connection the guest closed whose peer takes no byte of what
-    /// is left to send (queued, then in the kernel) for this many seconds (> 0).
-    #[arg(long, value_name = "SECS", default_value_t = hio_host::DEFAULT_LINGER, allow_negative_numbers = true)]
-    linger: f64,
-    /// Longest sleep between guest cycles when nothing happens. Readiness and
-    /// the guest's own tymers wake it sooner; idle connections cost nothing.
-    #[arg(long, default_value_t = hio_host::DEFAULT_TOCK, value_name = "SECS", allow_negative_numbers = true)]
-    tock: f64,
-    /// Socket send/receive buffer size to raise to, and the guest's read size (hio's bs).
-    #[arg(long, default_value_t = acceptor::DEFAULT_BS, value_name = "BYTES")]
-    bs: u32,
-    /// Listen backlog (hio's bl).
-    #[arg(long, default_value_t = acceptor::DEFAULT_BL, value_name = "N")]
-    bl: u32,
-    /// Write hio-format wire logs of every byte received (rx.log) and sent (tx.log) into DIR.
-    #[arg(long, value_name = "DIR")]
-    wirelog: Option<PathBuf>,
-    /// Hot-swap the guest whenever GUEST changes on disk (SIGHUP swaps on demand).
-    #[arg(long)]
-    watch: bool,
-    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
-    #[arg(long, value_name = "PEM", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// CA certificates (PEM) client certificates must chain to. Without it,
-    /// client certificates are checked against the system trust store (as hio).
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    client_ca: Option<PathBuf>,
-    /// Certificate revocation lists (PEM) for client certificates; repeat for
-    /// more files. A revoked client is refused, on full handshakes and on
-    /// session resumption; with CRLs, every certificate of a client's chain
-    /// below the CA must be covered by one. Read again on SIGHUP.
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    client_crl: Vec<PathBuf>,
-    /// Client certificates: none (not asked for), optional (checked if sent),
-    /// required (hio's default).
-    #[arg(long, value_name = "MODE", default_value = "required", requires = "tls_cert")]
-    certify: Certify,
-    /// Only this TLS version (1.2 or 1.3); both by default.
-    #[arg(long, value_name = "VERSION", requires = "tls_cert")]
-    tls_version: Option<TlsVersion>,
-    /// ALPN protocols to offer, comma-separated, in preference order.
-    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "tls_cert")]
-    alpn: Vec<String>,
-    /// Compile the guest every time instead of using the compiled-guest cache
-    /// ($HIO_CACHE_DIR, else $XDG_CACHE_HOME/hio-host, else ~/.cache/hio-host).
-    #[arg(long)]
-    no_cache: bool,
-    /// Most connections held at once; beyond it new ones are closed at once.
-    #[arg(long, value_name = "N", default_value_t = hio_host::DEFAULT_MAX_CONNS)]
-    max_conns: usize,
-    /// Most bytes, in MiB, held across all connections (received and not yet
-    /// consumed, queued and not yet sent); at it the host stops reading from
-    /// peers that hold 4 KiB or more until bytes drain (peers that read their
-    /// replies keep being served), and a guest queuing past twice it is told `full`.
-    #[arg(long, value_name = "MIB", default_value_t = hio_host::DEFAULT_MAX_BUFFERED >> 20)]
-    max_buffered_mib: usize,
-    /// A crashed guest is restarted after a back-off (10 ms, doubling up to
-    /// 5 s) with every connection handed over; after this many failures in a
-    /// row the host gives up: closes everything and exits 1. 0: never give up.
-    #[arg(long, value_name = "N", default_value_t = hio_host::DEFAULT_MAX_RESTARTS)]
-    max_restarts: u32,
+    #[command(flatten)]
+    config: Config,
     /// Event loops, each on its own thread with its own listen socket on the
     /// same address (SO_REUSEPORT), its own guest instance and its own
     /// connections (1 to 1024). --max-conns and --max-buffered-mib are split
@@ -115,20 +39,10 @@ struct RunArgs {
     /// same address is refused, whatever its workers.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: u16,
-    /// Longest one call into the guest may run before it is stopped (and restarted).
-    #[arg(long, value_name = "MS", default_value_t = 100)]
-    deadline_ms: u64,
-    /// Fuel (about one unit per wasm instruction) each call into the guest may
-    /// burn before it is stopped and restarted; off by default (metering
-    /// slows guest code). A bound on work that does not depend on machine load.
-    #[arg(long, value_name = "N")]
-    fuel: Option<u64>,
-    /// Largest linear memory a guest may grow to, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
-    guest_memory_mib: usize,
-    /// Abort a TLS handshake not finished within this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = tls::DEFAULT_HANDSHAKE_TIMEOUT, allow_negative_numbers = true, requires = "tls_cert")]
-    handshake_timeout: f64,
+    /// Compile the guest every time instead of using the compiled-guest cache
+    /// ($HIO_CACHE_DIR, else $XDG_CACHE_HOME/hio-host, else ~/.cache/hio-host).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 fn main() -> ExitCode {
@@ -138,7 +52,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match cli.command {
         Cmd::Run(args) => serve(*args),
         Cmd::Check { guest } => check(&guest),
@@ -150,6 +67,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A value that does not parse (a malformed address, a word for a number)
+/// is one `hio-host: ...` line and exit 1, like every other bad setting;
+/// the rest (unknown flags, a missing guest, --help) is clap's.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    eprintln!("hio-host: {}", line.strip_prefix("error: ").unwrap_or(line));
+    ExitCode::FAILURE
 }
 
 /// Buffers of a few hundred KiB (a burst's bytes, lifted out of the guest
@@ -199,36 +130,9 @@ fn raise_descriptor_limit(max_conns: usize) {
 }
 
 fn serve(args: RunArgs) -> anyhow::Result<()> {
-    let mut config = Config::new(args.guest);
-    config.ha = acceptor::parse_ha(&args.listen)?;
-    config.tymeout = args.tymeout;
-    config.tock = args.tock;
-    config.send_timeout = args.send_timeout;
-    config.linger = args.linger;
-    config.bs = args.bs;
-    config.bl = args.bl;
-    config.wirelog = args.wirelog;
-    config.watch = args.watch;
-    config.max_conns = args.max_conns;
-    config.max_buffered = args.max_buffered_mib.saturating_mul(1 << 20);
-    config.max_restarts = args.max_restarts;
+    let mut config = args.config;
     if args.no_cache {
         config.cache = None;
-    }
-    config.limits = hio_host::Limits {
-        deadline: std::time::Duration::from_millis(args.deadline_ms),
-        memory: args.guest_memory_mib.saturating_mul(1 << 20),
-        fuel: args.fuel,
-    };
-    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
-        let mut tls = TlsConfig::new(cert, key);
-        tls.client_ca = args.client_ca;
-        tls.client_crls = args.client_crl;
-        tls.certify = args.certify;
-        tls.version = args.tls_version;
-        tls.alpn = args.alpn;
-        tls.handshake_timeout = args.handshake_timeout;
-        config.tls = Some(tls);
     }
     raise_descriptor_limit(config.max_conns);
     hio_host::pool::run(config, args.workers.into(), true)

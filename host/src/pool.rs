@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::server::{Config, Server, Stopper};
+use crate::config::Config;
+use crate::server::{Server, Stopper};
 
 /// Serve `config` with `workers` event loops until stopped (by signals, if
 /// `signals`) or until one of them fails; then close them all. With one

@@ -7,7 +7,7 @@
 //! the connections it touched. Idle connections cost nothing.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -19,14 +19,15 @@ use wasmtime::component::Component;
 
 use crate::acceptor::{self, Acceptor, Shed};
 use crate::budget::Budget;
-use crate::conn::{Conn, StallLimits};
+use crate::config::Config;
+use crate::conn::Conn;
 use crate::core::{Core, GiveUp};
 use crate::guest::cache::Origin;
-use crate::guest::{self, Arrival, Cycle, Failed, Generation, GuestConfig, Limits, Runtime};
+use crate::guest::{self, Arrival, Cycle, Failed, Generation, GuestConfig, Runtime};
 use crate::handing::Verdict;
 use crate::swap::{Loaded, SwapOutcome, SwapReport, Swapper, stamp};
 use crate::tls::TlsConfig;
-use crate::tyme::{Clock, VirtualTyme, seconds};
+use crate::tyme::Clock;
 use crate::wirelog::WireLog;
 
 const LISTENER: Token = Token(0);
@@ -40,8 +41,6 @@ const SCRATCH: usize = 64 * 1024;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How often `--watch` looks at the guest file.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
-/// Default for [`Config::max_restarts`].
-pub const DEFAULT_MAX_RESTARTS: u32 = 8;
 /// The first restart waits this long; each further one in a row twice as
 /// long as the one before, up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -52,103 +51,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(1);
 /// How late the loop may wake for a look at a connection's output.
 const STALL_SLACK: Duration = Duration::from_millis(250);
-
-/// Everything needed to open a server; `Config::new(guest)` gives hio's defaults.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// The guest component (`.wasm`).
-    pub guest: PathBuf,
-    /// Listen address (hio's ha). Default `127.0.0.1:56000`.
-    pub ha: SocketAddr,
-    /// Socket buffer size and per-read size (hio's bs). Default 8096.
-    pub bs: u32,
-    /// Listen backlog (hio's bl). Default 128.
-    pub bl: u32,
-    /// Idle timeout per connection in seconds, enforced by the guest; 0 disables it.
-    pub tymeout: f64,
-    /// Longest the host sleeps between guest cycles when nothing happens.
-    pub tock: f64,
-    /// Write hio-format rx/tx wire logs into this directory.
-    pub wirelog: Option<PathBuf>,
-    /// Drive tyme by hand instead of by the real clock (tests).
-    pub virtual_tyme: Option<VirtualTyme>,
-    /// Swap the guest whenever its file changes on disk.
-    pub watch: bool,
-    /// Terminate TLS (hio's ServerTls) with this context.
-    pub tls: Option<TlsConfig>,
-    /// What each guest instance may use.
-    pub limits: Limits,
-    /// Most connections held at once; more are accepted and closed at once.
-    pub max_conns: usize,
-    /// Directory of compiled guests (`None`: compile every time).
-    pub cache: Option<PathBuf>,
-    /// Most bytes held across all connections (received and not consumed,
-    /// queued and not sent); at it the host stops reading.
-    pub max_buffered: usize,
-    /// Let other listeners bind `ha` too (SO_REUSEPORT), as workers do.
-    pub reuse_port: bool,
-    /// Failed restarts in a row after which the host gives up (closes
-    /// everything and `run` returns an error); 0 never gives up.
-    pub max_restarts: u32,
-    /// Seconds an open connection's peer may leave the output queued for it
-    /// untaken (not a byte accepted by its socket) before the host resets
-    /// the connection: peers that stop reading get this bound, not the idle
-    /// tymeout (whose clock output still waiting to go out does not run
-    /// down). Default `DEFAULT_SEND_TIMEOUT`; 0: never.
-    pub send_timeout: f64,
-    /// Seconds a connection the guest closed may wait for its peer to take
-    /// a byte of what is left to send (queued in the host, then in the
-    /// kernel) before the host resets it; more than 0. Default
-    /// `DEFAULT_LINGER`.
-    pub linger: f64,
-}
-
-/// Default for [`Config::send_timeout`], in seconds: long enough for a peer
-/// that pauses, short enough that peers that stop reading cannot hold
-/// connection slots and buffers for long (nginx's `send_timeout` is 60 s).
-pub const DEFAULT_SEND_TIMEOUT: f64 = 30.0;
-/// Default for [`Config::linger`], in seconds.
-pub const DEFAULT_LINGER: f64 = 10.0;
-
-/// Default idle timeout. hio's Server means 1.0 s (and by a bug really runs
-/// with 0, i.e. never); a production server closes idle peers, but 1 s would
-/// cut off any client that pauses, so the default is 30 s.
-pub const DEFAULT_TYMEOUT: f64 = 30.0;
-pub const DEFAULT_TOCK: f64 = 1.0;
-/// Default connection cap: well under the usual 20k-65k descriptor limits.
-pub const DEFAULT_MAX_CONNS: usize = 10_000;
-
-impl Config {
-    pub fn new(guest: impl Into<PathBuf>) -> Config {
-        Config {
-            guest: guest.into(),
-            ha: SocketAddr::from(([127, 0, 0, 1], acceptor::DEFAULT_PORT)),
-            bs: acceptor::DEFAULT_BS,
-            bl: acceptor::DEFAULT_BL,
-            tymeout: DEFAULT_TYMEOUT,
-            tock: DEFAULT_TOCK,
-            wirelog: None,
-            virtual_tyme: None,
-            watch: false,
-            tls: None,
-            limits: Limits::default(),
-            max_conns: DEFAULT_MAX_CONNS,
-            cache: crate::guest::cache::default_dir(),
-            max_buffered: crate::budget::DEFAULT_MAX_BUFFERED,
-            max_restarts: DEFAULT_MAX_RESTARTS,
-            reuse_port: false,
-            send_timeout: DEFAULT_SEND_TIMEOUT,
-            linger: DEFAULT_LINGER,
-        }
-    }
-
-    /// The bounds on peers that do not take their output.
-    fn stall_limits(&self) -> Result<StallLimits> {
-        let send_timeout = seconds("send timeout", self.send_timeout, true)?;
-        let linger = seconds("linger", self.linger, false)?;
-        Ok(StallLimits { send_timeout: (!send_timeout.is_zero()).then_some(send_timeout), linger })
-    }
-}
 
 /// Stops a running [`Server`] from any thread.
 #[derive(Clone)]
@@ -269,20 +171,8 @@ impl Server {
     /// Load the guest, open the listen socket and start the guest
     /// (hio's `openServer` + `reopen`).
     pub fn open(config: Config) -> Result<Server> {
-        seconds("tymeout", config.tymeout, true)?;
-        let tock = seconds("tock", config.tock, false)?;
-        if config.max_conns == 0 {
-            bail!("max-conns must be at least 1");
-        }
-        if config.limits.deadline.is_zero() || config.limits.memory < (1 << 20) {
-            bail!("guest limits too small: deadline must be > 0 and memory at least 1 MiB");
-        }
-        if config.limits.fuel == Some(0) {
-            bail!("guest fuel must be more than 0 (or off)");
-        }
-        if config.max_buffered < (1 << 20) {
-            bail!("the bound on buffered bytes must be at least 1 MiB");
-        }
+        config.validate()?;
+        let tock = config.tock()?;
         let tls = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
         let stall_limits = config.stall_limits()?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), config.cache.clone())?);

@@ -16,7 +16,7 @@ use rustls::{HandshakeKind, RootCertStore};
 use sha2::{Digest, Sha256};
 
 /// hio's `certify`: whether a client must present a certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Certify {
     /// No client certificate is asked for (hio's CERT_NONE).
     None,
@@ -26,58 +26,50 @@ pub enum Certify {
     Required,
 }
 
-impl std::str::FromStr for Certify {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Certify> {
-        match s {
-            "none" => Ok(Certify::None),
-            "optional" => Ok(Certify::Optional),
-            "required" => Ok(Certify::Required),
-            _ => bail!("certify must be none, optional or required, not {s:?}"),
-        }
-    }
-}
-
 /// hio's `version`: one protocol version, or both when unset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TlsVersion {
+    #[value(name = "1.2")]
     Tls12,
+    #[value(name = "1.3")]
     Tls13,
 }
 
-impl std::str::FromStr for TlsVersion {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<TlsVersion> {
-        match s {
-            "1.2" => Ok(TlsVersion::Tls12),
-            "1.3" => Ok(TlsVersion::Tls13),
-            _ => bail!("TLS version must be 1.2 or 1.3, not {s:?}"),
-        }
-    }
-}
-
-/// Everything `initServerContext` takes.
-#[derive(Clone, Debug)]
+/// Everything `initServerContext` takes; on the command line, the `--tls-*`
+/// group (`--tls-cert` turns TLS on).
+#[derive(Clone, Debug, clap::Args)]
+#[group(requires_all = ["cert", "key"], multiple = true)]
 pub struct TlsConfig {
-    /// Certificate chain (PEM), leaf first (hio's certpath).
+    /// Serve TLS with this certificate chain (PEM, leaf first; hio's certpath); needs --tls-key.
+    #[arg(long = "tls-cert", value_name = "PEM", required = false)]
     pub cert: PathBuf,
-    /// Private key (PEM) matching the leaf (hio's keypath).
+    /// Private key (PEM) of --tls-cert (hio's keypath).
+    #[arg(long = "tls-key", value_name = "PEM", required = false)]
     pub key: PathBuf,
-    /// CA certificates (PEM) that client certificates must chain to (hio's
-    /// cafilepath). Unset: the system trust store, as in hio.
+    /// CA certificates (PEM) client certificates must chain to (hio's
+    /// cafilepath). Without it, client certificates are checked against the
+    /// system trust store (as hio).
+    #[arg(long, value_name = "PEM")]
     pub client_ca: Option<PathBuf>,
-    /// Certificate revocation lists (PEM files, each with one or more
-    /// CRLs): a client certificate they revoke is refused. When any is
-    /// given, every certificate of a client's chain below the trust anchor
-    /// must be covered by one (as with nginx's `ssl_crl`), else it is
-    /// refused too.
+    /// Certificate revocation lists (PEM) for client certificates; repeat for
+    /// more files. A revoked client is refused, on full handshakes and on
+    /// session resumption; with CRLs, every certificate of a client's chain
+    /// below the CA must be covered by one (as nginx's `ssl_crl`). Read
+    /// again on SIGHUP.
+    #[arg(long = "client-crl", value_name = "PEM")]
     pub client_crls: Vec<PathBuf>,
+    /// Client certificates: none (not asked for), optional (checked if sent),
+    /// required (hio's default).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Certify::Required)]
     pub certify: Certify,
-    /// Unset: TLS 1.2 and 1.3.
+    /// Only this TLS version (1.2 or 1.3); both by default.
+    #[arg(long = "tls-version", value_name = "VERSION", value_enum)]
     pub version: Option<TlsVersion>,
-    /// ALPN protocols offered, in preference order.
+    /// ALPN protocols to offer, comma-separated, in preference order.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub alpn: Vec<String>,
-    /// Seconds a handshake may take before the connection is aborted.
+    /// Abort a TLS handshake not finished within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT, allow_negative_numbers = true)]
     pub handshake_timeout: f64,
 }
 
@@ -101,6 +93,11 @@ impl TlsConfig {
 
     /// hio's `initServerContext`: one rustls server context for every
     /// connection, and the handshake deadline.
+    /// The checks [`TlsConfig::acceptor`] makes before reading any file.
+    pub fn validate(&self) -> Result<()> {
+        crate::tyme::seconds("handshake timeout", self.handshake_timeout, false).map(|_| ())
+    }
+
     pub fn acceptor(&self) -> Result<TlsAcceptor> {
         let handshake_timeout = crate::tyme::seconds("handshake timeout", self.handshake_timeout, false)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -20,17 +20,6 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// `$HIO_CACHE_DIR`, else `$XDG_CACHE_HOME/hio-host`, else `~/.cache/hio-host`.
-pub fn default_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("HIO_CACHE_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("hio-host"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hio-host"))
-}
-
 /// Where a compiled component came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -79,7 +68,8 @@ pub fn component(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> Result<(C
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(c) => {
                 // A use, for the eviction order.
-                let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+                let _ =
+                    std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
                 return Ok((c, Origin::Cached));
             }
             Err(e) => {
@@ -157,10 +147,8 @@ mod tests {
         }
         // "a" is the oldest but was just written: it stays; "b" and "c" go.
         evict(&dir, 2000, &dir.join("a.cwasm"));
-        let mut left: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         left.sort();
         assert_eq!(left, ["a.cwasm", "d.cwasm"]);
         std::fs::remove_dir_all(dir).unwrap();

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use std::sync::Arc;
-use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
+pub use crate::config::Limits;
 use crate::core::Core;
 use ticker::{EPOCH_TICK, InCall, Ticker};
 
@@ -57,27 +57,6 @@ pub struct State {
     log_limit: log_limit::LogLimit,
     /// Its stdout and stderr, for their own rate limits' reports.
     outputs: [wasi::GuestOutput; 2],
-}
-
-/// What one guest instance may use. A guest that exceeds a limit traps; the
-/// host restarts it and hands it every connection, so no byte is lost.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Longest one call into the guest (start, service, save) may run: a
-    /// guest cannot stall the event loop for longer.
-    pub deadline: Duration,
-    /// Largest linear memory, in bytes.
-    pub memory: usize,
-    /// Fuel (roughly, wasm instructions) one call may burn: a limit on work
-    /// that, unlike the deadline, does not depend on how busy the machine
-    /// is. Off by default: metering costs guest code some speed.
-    pub fuel: Option<u64>,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits { deadline: Duration::from_millis(100), memory: 64 << 20, fuel: None }
-    }
 }
 
 impl State {
