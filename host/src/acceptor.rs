@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::unix::net::{UnixListener, UnixStream};
 
 use anyhow::{Context, Result, anyhow};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -133,13 +134,14 @@ impl Acceptor {
 /// share it with SO_REUSEPORT (which any process of the same user could
 /// join, splitting the connections between two servers without a word).
 /// Binds `ha` without SO_REUSEPORT, which the kernel refuses while anyone
-/// listens there. Hold the claim until the workers listen: they may bind
-/// beside its socket, another process's claim may not bind beside them.
-/// Two hosts starting at the same moment could both bind before either
-/// listens, so the claim also holds a lock on the port that another
-/// host's claim waits for.
+/// listens there; this process's workers may bind beside that socket while
+/// it lives, another process's check may not bind beside them once they
+/// listen. Two hosts starting at the same moment could both bind before
+/// either listens, so the claim also holds, for as long as it is kept, a
+/// lock on the port: an abstract Unix socket named for the port's family
+/// and number (one per network namespace, gone with the process, no file).
 pub fn claim(ha: SocketAddr) -> Result<Claim> {
-    let lock = lock_port(ha);
+    let lock = lock_port(ha)?;
     let socket = Socket::new(Domain::for_address(ha), Type::STREAM, Some(Protocol::TCP))
         .context("cannot create listen socket")?;
     socket.set_reuse_address(true)?;
@@ -154,32 +156,56 @@ pub fn claim(ha: SocketAddr) -> Result<Claim> {
 #[derive(Debug)]
 pub struct Claim {
     _socket: Socket,
-    _lock: Option<std::fs::File>,
+    _lock: Option<UnixListener>,
 }
 
-/// An exclusive lock on a file named for this user and `ha`'s family and
-/// port, waiting for whoever holds it. Without one (a directory that cannot
-/// be written), the bind alone still refuses a host started after this one.
-fn lock_port(ha: SocketAddr) -> Option<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: getuid cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
+/// The port's lock, or an error if another host of this user holds it. One
+/// held by another user (anyone may bind an abstract name) is not trusted:
+/// the bind check alone then guards the port.
+fn lock_port(ha: SocketAddr) -> Result<Option<UnixListener>> {
+    use std::os::linux::net::SocketAddrExt;
     let family = if ha.is_ipv6() { 6 } else { 4 };
-    let path = std::env::temp_dir().join(format!("hio-host-{uid}-tcp{family}-{}.lock", ha.port()));
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path);
-    let file = match file {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::debug!(path = %path.display(), "cannot lock the port: {e}");
-            return None;
+    let name = format!("hio-host/tcp{family}/{}", ha.port());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            // SAFETY: getuid cannot fail and touches no memory.
+            let me = unsafe { libc::getuid() };
+            match holder_uid(&addr) {
+                Some(uid) if uid == me => {
+                    Err(anyhow!("cannot listen on {ha}: another hio-host is serving or starting on port {}", ha.port()))
+                }
+                holder => {
+                    tracing::warn!(lock = %name, ?holder, "the port's lock is held by another user; relying on the bind check alone");
+                    Ok(None)
+                }
+            }
         }
-    };
-    // SAFETY: flock on a descriptor this function owns; blocks until free.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        tracing::debug!(path = %path.display(), "cannot lock the port: {}", io::Error::last_os_error());
-        return None;
+        Err(e) => {
+            tracing::debug!(lock = %name, "cannot take the port's lock: {e}");
+            Ok(None)
+        }
     }
-    Some(file)
+}
+
+/// The user id of the process holding an abstract Unix socket.
+fn holder_uid(addr: &std::os::unix::net::SocketAddr) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let stream = UnixStream::connect_addr(addr).ok()?;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes one ucred into the buffer, whose size is passed.
+    let ok = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    } == 0;
+    ok.then_some(cred.uid)
 }
 
 fn bind_error(ha: SocketAddr, e: io::Error) -> anyhow::Error {

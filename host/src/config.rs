@@ -193,10 +193,18 @@ impl Default for Limits {
     }
 }
 
+/// The longest deadline a guest call may have: beyond it a guest that loops
+/// would hold the event loop (and the signals that stop it) for longer
+/// than any operator wants.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
+
 impl Limits {
     pub fn validate(&self) -> Result<()> {
         if self.deadline.is_zero() || self.memory < (1 << 20) {
             bail!("guest limits too small: deadline must be > 0 and memory at least 1 MiB");
+        }
+        if self.deadline > MAX_DEADLINE {
+            bail!("the guest deadline must be at most {} ms", MAX_DEADLINE.as_millis());
         }
         if self.fuel == Some(0) {
             bail!("guest fuel must be more than 0 (or off)");

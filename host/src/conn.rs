@@ -123,8 +123,10 @@ pub struct Conn {
     /// (queued in the host, or, once closed, in the kernel); `None` when
     /// nothing waits.
     stalled_since: Option<Instant>,
-    /// Listed in the core's stall deadlines.
-    pub stall_listed: bool,
+    /// When the core's stall deadlines will look at it next, and in which
+    /// phase it was listed: a connection that has since begun closing, or
+    /// lingering, needs an earlier look.
+    listed: Option<(Instant, Phase)>,
     /// Bytes written to the socket, ever.
     written: u64,
     /// Bytes the peer's TCP had acknowledged at the last look: more now is
@@ -158,6 +160,17 @@ pub enum Stall {
     Linger,
 }
 
+/// Where a connection's output stands, as the stall deadlines see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Open: bounded by the send timeout.
+    Open,
+    /// Closed by the guest, its queue still going out: bounded by linger.
+    Closing,
+    /// Its FIN sent: looked at often, to be let go once the peer has it all.
+    Lingering,
+}
+
 /// How long a peer may leave its output untaken.
 #[derive(Debug, Clone, Copy)]
 pub struct StallLimits {
@@ -165,6 +178,15 @@ pub struct StallLimits {
     pub send_timeout: Option<Duration>,
     /// Closing connections.
     pub linger: Duration,
+}
+
+impl StallLimits {
+    /// How late a look may come: at most 250 ms, and an eighth of the
+    /// shortest limit.
+    pub fn slack(&self) -> Duration {
+        let shortest = self.send_timeout.map_or(self.linger, |t| t.min(self.linger));
+        (shortest / 8).min(Duration::from_millis(250))
+    }
 }
 
 /// Errors that hio maps to "cutoff" instead of raising.
@@ -216,7 +238,7 @@ impl Conn {
             held: 0,
             starved: false,
             stalled_since: None,
-            stall_listed: false,
+            listed: None,
             written: 0,
             last_delivered: 0,
             wrote: false,
@@ -610,9 +632,36 @@ impl Conn {
 
     /// Whether to look at this connection's output in a while (see
     /// [`Conn::check_output`]): something waits for the peer, or it wrote
-    /// since the last look (what it wrote may sit in the kernel, unread).
+    /// since the last look (what it wrote may sit in the kernel, unread);
+    /// and no look is due soon enough already.
     pub fn output_to_watch(&mut self) -> bool {
+        if self.listed.is_some_and(|(_, phase)| phase >= self.phase()) {
+            return false;
+        }
         std::mem::take(&mut self.wrote) || self.output_waits() || self.lingering()
+    }
+
+    fn phase(&self) -> Phase {
+        match (self.closing, self.lingering()) {
+            (_, true) => Phase::Lingering,
+            (true, false) => Phase::Closing,
+            (false, false) => Phase::Open,
+        }
+    }
+
+    /// A look is due at `at`.
+    pub fn list(&mut self, at: Instant) {
+        self.listed = Some((at, self.phase()));
+    }
+
+    /// Whether a look due at `at` is the one it waits for (an earlier look
+    /// replaced a later one when it began closing).
+    pub fn take_look(&mut self, at: Instant) -> bool {
+        let current = self.listed.is_some_and(|(when, _)| when == at);
+        if current {
+            self.listed = None;
+        }
+        current
     }
 
     /// Bytes queued in the host (or TLS records) wait for the socket.
@@ -620,12 +669,14 @@ impl Conn {
         !self.write_broken && (self.queued() > 0 || self.tls_wants_write())
     }
 
-    /// Closed and its FIN sent, and the peer is still there: it may not have
-    /// taken all the kernel holds for it yet. Until it has (or ends its own
-    /// side), closing the socket would let a late byte from the peer reset
-    /// the connection and destroy what it has not yet received.
+    /// Closed and its FIN sent: the peer may not have taken all the kernel
+    /// holds for it yet. Until it has, the host keeps the socket: closing it
+    /// would let a late byte from the peer reset the connection and destroy
+    /// what the peer has not yet received, and would leave what it holds to
+    /// the kernel, outside the host's bounds (a half-closed peer that never
+    /// reads could park megabytes there, connection after connection).
     pub fn lingering(&self) -> bool {
-        self.closing && self.fin_sent && !self.write_broken && !self.cutoff
+        self.closing && self.fin_sent && !self.write_broken
     }
 
     /// Whether the peer is late taking its output (see [`OutputCheck`]):
@@ -672,8 +723,11 @@ impl Conn {
     }
 
     /// The first look at a connection that only wrote: in a while, without
-    /// asking the kernel now (most writes are taken at once).
-    pub fn first_look(&self, now: Instant, limits: &StallLimits) -> OutputCheck {
+    /// asking the kernel now (most writes are taken at once). Its clock
+    /// starts now, with nothing of what it wrote taken yet.
+    pub fn first_look(&mut self, now: Instant, limits: &StallLimits) -> OutputCheck {
+        self.stalled_since = Some(now);
+        self.last_delivered = self.written;
         match (self.closing, limits.send_timeout) {
             (true, _) => OutputCheck::Wait(now + LINGER_FIRST_LOOK),
             (false, Some(t)) => OutputCheck::Wait(now + Self::look_every(t)),
@@ -1153,6 +1207,18 @@ mod tests {
         assert!(matches!(c.check_output(late, &LIMITS), OutputCheck::Wait(at) if at <= late + LIMITS.linger));
         assert_eq!(c.stalled_since, Some(late));
         assert_eq!(c.check_output(late + LIMITS.linger, &LIMITS), OutputCheck::Stalled(Stall::Linger));
+    }
+
+    #[test]
+    fn the_clock_starts_when_the_connection_wrote_not_at_its_first_look() {
+        let (mut c, _peer) = stalled_pair(16 << 20);
+        let wrote = Instant::now();
+        assert!(c.output_to_watch());
+        assert!(matches!(c.first_look(wrote, &LIMITS), OutputCheck::Wait(_)));
+        let first_look = wrote + Duration::from_secs(7);
+        assert!(matches!(c.check_output(first_look, &LIMITS), OutputCheck::Wait(_)));
+        let timeout = LIMITS.send_timeout.unwrap();
+        assert_eq!(c.check_output(wrote + timeout, &LIMITS), OutputCheck::Stalled(Stall::SendTimeout));
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub fn run(config: Config, workers: usize, signals: bool) -> Result<()> {
         return server.run();
     }
     let mut config = config;
-    // Port 0 is a fresh port: nobody else can be there.
+    // Port 0 is a fresh port: nobody else can be there. The claim is kept
+    // until the workers are done.
     let claim = if config.ha.port() != 0 { Some(crate::acceptor::claim(config.ha)?) } else { None };
     config.reuse_port = true;
     // Caps are per worker: each holds its share.
@@ -51,12 +52,13 @@ pub fn run(config: Config, workers: usize, signals: bool) -> Result<()> {
             }
         }
     }
-    drop((done_tx, claim));
+    drop(done_tx);
     // The first to end (a signal reaches every worker; a failure only one)
     // ends them all.
     let first = done_rx.recv().unwrap_or_else(|_| Err(anyhow!("every worker vanished")));
     stop_all(running);
     let rest: Vec<Result<()>> = done_rx.iter().collect();
+    drop(claim);
     first?;
     rest.into_iter().collect()
 }

@@ -49,8 +49,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// guest that asks to be woken again at once cannot hold the loop (and a
 /// core) when nothing happens. Readiness and accepts are not held back.
 pub const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(1);
-/// How late the loop may wake for a look at a connection's output.
-const STALL_SLACK: Duration = Duration::from_millis(250);
 
 /// Stops a running [`Server`] from any thread.
 #[derive(Clone)]
@@ -372,11 +370,8 @@ impl Server {
         if let Some(&(deadline, _)) = self.core().handshakes.front() {
             t = t.min(deadline.saturating_duration_since(now));
         }
-        if let Some(deadline) = self.core().next_stall() {
-            // Looks at output are not urgent: waking a little late lets one
-            // pass take every look due by then (10,000 connections that each
-            // wrote once are looked at in a few passes, not 10,000).
-            t = t.min((deadline + STALL_SLACK).saturating_duration_since(now));
+        if let Some(at) = self.core().next_stall() {
+            t = t.min(at.saturating_duration_since(now));
         }
         if let Some(retry) = self.accept_retry {
             t = t.min(retry.saturating_duration_since(now));

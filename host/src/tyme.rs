@@ -13,13 +13,17 @@ use anyhow::{Result, bail};
 /// is a mistake, and far longer does not fit a `Duration`.
 pub const MAX_SECONDS: f64 = 1e9;
 
+/// The shortest setting in seconds the host takes, other than 0: shorter
+/// rounds to nothing (or spins the loop).
+pub const MIN_SECONDS: f64 = 0.001;
+
 /// A setting of `value` seconds as a `Duration`, or an error naming it:
-/// finite, at most `MAX_SECONDS`, more than 0 (or 0 itself if `zero_ok`).
+/// from `MIN_SECONDS` to `MAX_SECONDS` (or 0 itself if `zero_ok`).
 pub fn seconds(name: &str, value: f64, zero_ok: bool) -> Result<Duration> {
-    let least = if zero_ok { value >= 0.0 } else { value > 0.0 };
-    if !(least && value <= MAX_SECONDS) {
-        let floor = if zero_ok { ">= 0" } else { "> 0" };
-        bail!("{name} must be a number of seconds {floor} and at most {MAX_SECONDS}, not {value}");
+    let ok = (zero_ok && value == 0.0) || (MIN_SECONDS..=MAX_SECONDS).contains(&value);
+    if !ok {
+        let zero = if zero_ok { "0 or " } else { "" };
+        bail!("{name} must be {zero}a number of seconds from {MIN_SECONDS} to {MAX_SECONDS}, not {value}");
     }
     Ok(Duration::from_secs_f64(value))
 }
@@ -101,7 +105,9 @@ mod tests {
     fn settings_in_seconds_are_checked_before_they_become_durations() {
         assert_eq!(seconds("tock", 1.5, false).unwrap(), Duration::from_millis(1500));
         assert_eq!(seconds("linger", 0.0, true).unwrap(), Duration::ZERO);
-        for (bad, zero_ok) in [(0.0, false), (-1.0, true), (f64::NAN, true), (f64::INFINITY, true), (1e30, true)] {
+        for (bad, zero_ok) in
+            [(0.0, false), (-1.0, true), (f64::NAN, true), (f64::INFINITY, true), (1e30, true), (1e-12, true)]
+        {
             let err = seconds("tock", bad, zero_ok).unwrap_err().to_string();
             assert!(err.starts_with("tock must be"), "{err}");
         }

@@ -217,3 +217,24 @@ fn the_idle_tymeout_never_cuts_a_slow_reader_whose_reply_is_in_the_kernel() {
     c.echo(b"still open");
     assert!(!host.log().contains("idle for"), "{}", host.log());
 }
+
+#[test]
+fn a_half_closed_peer_that_never_reads_does_not_leave_replies_parked_in_the_kernel() {
+    // Each peer sends its request and its FIN and never reads: the echo
+    // guest answers and closes, and its reply sits in the kernel. The host
+    // keeps the socket (and its bound) until the peer takes it, then resets.
+    let host = HostProcess::spawn(&guest("echo"), &["--linger", "1", "--send-timeout", "60"]);
+    let mut peers: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut c = Client::connect_with(host.addr(), Some(4096));
+            c.send(&vec![b'h'; 300_000]);
+            c.stream.shutdown(Shutdown::Write).unwrap();
+            c
+        })
+        .collect();
+    hio_tests::eventually("three linger resets", || host.log().matches("(linger)").count() == 3);
+    for c in &mut peers {
+        let (got, ending) = c.recv_until_end();
+        assert_eq!(ending, Ending::Reset, "ended with a FIN after {} of 300000 bytes", got.len());
+    }
+}

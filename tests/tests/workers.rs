@@ -68,14 +68,19 @@ fn of_two_hosts_started_at_once_on_one_port_only_one_serves() {
     for _ in 0..5 {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let listen = format!("127.0.0.1:{port}");
-        let start = || {
+        // Each with a temporary directory of its own, as under systemd's
+        // PrivateTmp: the port's lock must not live there.
+        let start = |tmp: &str| {
+            let tmp = std::env::temp_dir().join(format!("hio-race-{tmp}-{}", std::process::id()));
+            std::fs::create_dir_all(&tmp).unwrap();
             let mut cmd = std::process::Command::new(hio_tests::host_binary());
+            cmd.env("TMPDIR", tmp);
             cmd.args(["run", guest("echo").to_str().unwrap(), "--listen", &listen, "--workers", "2"])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null());
             hio_tests::KillOnDrop(cmd.spawn().unwrap())
         };
-        let mut hosts = [start(), start()];
+        let mut hosts = [start("a"), start("b")];
         // One of them exits 1; the other serves until killed.
         let mut exited = Vec::new();
         hio_tests::eventually("one host to give up", || {
