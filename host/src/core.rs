@@ -12,7 +12,7 @@ use mio::{Registry, Token};
 use rustc_hash::FxHashMap;
 
 use crate::acceptor::Acceptor;
-use crate::budget::Budget;
+use crate::backpressure::Budget;
 use crate::conn::{Conn, OutputCheck, Stall, StallLimits};
 use crate::handing::Handing;
 use crate::stats::Stats;
@@ -155,7 +155,7 @@ impl Core {
             self.handing.forget(id);
             // Dropping closes the socket, which also takes it out of
             // epoll: no deregister call needed.
-            tracing::debug!(ca = %c.ca, id, "closed");
+            tracing::debug!(ca = %c.peer, id, "closed");
         }
     }
 
@@ -165,7 +165,7 @@ impl Core {
         let Some(c) = self.conns.remove(&id) else { return };
         self.handing.forget(id);
         let (unsent, unconsumed) = (c.undelivered(), c.pending());
-        let ca = c.ca;
+        let ca = c.peer;
         match why {
             GiveUp::Stalled(Stall::SendTimeout) => {
                 self.stats.send_timeouts.add(1);
@@ -258,7 +258,7 @@ impl Core {
             // Decided before any FIN goes out: a FIN first would tell the
             // peer its stream ended complete, whatever follows.
             if let Err(e) = c.flush(self.wirelog.as_mut()) {
-                tracing::debug!(ca = %c.ca, "final send failed: {e}");
+                tracing::debug!(ca = %c.peer, "final send failed: {e}");
             }
             let (unconsumed, discarded) = (c.pending(), c.discard_input(scratch));
             // TLS records rustls could not hand the socket count too.
@@ -327,9 +327,9 @@ impl Core {
                 continue;
             };
             c.in_dirty = false;
-            let was_cutoff = c.cutoff;
+            let was_cutoff = c.cutoff();
             if let Err(e) = c.flush(self.wirelog.as_mut()) {
-                tracing::warn!(ca = %c.ca, "send failed: {e}");
+                tracing::warn!(ca = %c.peer, "send failed: {e}");
             }
             if c.wants_read_resume() {
                 c.clear_read_pause();
@@ -351,10 +351,10 @@ impl Core {
             if want != c.interest {
                 match registry.reregister(&mut c.sock, Token(id as usize), want) {
                     Ok(()) => c.interest = want,
-                    Err(e) => tracing::warn!(ca = %c.ca, "cannot change interest: {e}"),
+                    Err(e) => tracing::warn!(ca = %c.peer, "cannot change interest: {e}"),
                 }
             }
-            if c.cutoff && !was_cutoff && c.adopted {
+            if c.cutoff() && !was_cutoff && c.adopted {
                 self.mark_ready(id);
             }
             self.watch_output(id);
@@ -372,7 +372,7 @@ mod tests {
     use mio::net::TcpStream;
 
     use super::*;
-    use crate::conn::{FLOOR, RX_HIGH_WATER};
+    use crate::backpressure::{FLOOR, RX_HIGH_WATER};
 
     fn core_with(limit: usize) -> Core {
         let acceptor = Acceptor::open("127.0.0.1:0".parse().unwrap(), 0, 16, false).unwrap();

@@ -9,7 +9,7 @@
 //! ```
 
 pub mod acceptor;
-mod budget;
+mod backpressure;
 pub mod config;
 mod conn;
 mod core;

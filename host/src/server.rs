@@ -18,7 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use wasmtime::component::Component;
 
 use crate::acceptor::{self, Acceptor, Shed};
-use crate::budget::Budget;
+use crate::backpressure::Budget;
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::core::{Core, GiveUp};
@@ -508,19 +508,19 @@ impl Server {
     fn serve_io(&mut self, id: u64, readable: bool, writable: bool) {
         let core = self.tenant.core();
         let Some(c) = core.conns.get_mut(&id) else { return };
-        let was_cutoff = c.cutoff;
+        let was_cutoff = c.cutoff();
         let mut news = false;
         if writable
             && (c.queued() > 0 || c.needs_flush())
             && let Err(e) = c.flush(core.wirelog.as_mut())
         {
-            tracing::warn!(ca = %c.ca, "send failed: {e}");
+            tracing::warn!(ca = %c.peer, "send failed: {e}");
         }
         if readable {
             let got = c.read(&mut self.scratch, core.wirelog.as_mut());
             news = got.bytes > 0 || got.new_cutoff || got.tls_changed;
         }
-        news |= c.cutoff != was_cutoff;
+        news |= c.cutoff() != was_cutoff;
         let (adopted, dirty) = (c.adopted, writable || c.needs_flush());
         if c.list_starved() {
             core.starved.push_back(id);

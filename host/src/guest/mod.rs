@@ -79,7 +79,7 @@ impl State {
     pub fn give_connection(&mut self, id: u64, lend: bool) -> wasmtime::Result<Connection> {
         let c = self.core.conns.get_mut(&id).ok_or_else(|| wasmtime::format_err!("connection {id} vanished"))?;
         c.adopted = true;
-        let (ha, ca, tls) = (c.ha, c.ca, remoter::tls_state(c));
+        let (ha, ca, tls) = (c.local, c.peer, remoter::tls_state(c));
         let (data, cutoff) = if lend {
             self.core.hand(id, usize::MAX).unwrap_or_default()
         } else {

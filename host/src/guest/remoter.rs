@@ -27,7 +27,7 @@ fn io_error(e: std::io::Error) -> Error {
 
 /// Where a connection's TLS stands, as the guest sees it.
 pub(super) fn tls_state(c: &Conn) -> TlsState {
-    match c.tls.as_ref().map(|t| &t.state) {
+    match c.tls_state() {
         None => TlsState::Plain,
         Some(ConnTls::Handshaking) => TlsState::Handshaking,
         Some(ConnTls::Aborted(why)) => TlsState::Aborted(why.clone()),
@@ -92,7 +92,7 @@ impl HostRemoter for State {
             return Err(Error::Closed);
         }
         let res = c.send_now(&data, wl);
-        if c.cutoff {
+        if c.cutoff() {
             self.core.mark_ready(id);
         }
         res.map(|n| n as u32).map_err(io_error)

@@ -1,0 +1,790 @@
+//! One accepted connection (the host half of hio's Remoter): a socket, a
+//! transport over it (plain, or TLS in `tls`), what was received and not
+//! consumed and what is queued and not sent (`buffers`), where each
+//! direction stands, and the looks at whether the peer takes its output
+//! (`output`). How much it may hold is `crate::backpressure`'s.
+//!
+//! The host holds every byte in flight. Received bytes stay until the guest
+//! consumes them (a replacement guest is lent them again); queued bytes stay
+//! until the socket takes them.
+
+mod buffers;
+mod output;
+mod tls;
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::Interest;
+use mio::net::TcpStream;
+use rustls::server::danger::ClientCertVerifier;
+
+use self::buffers::{RxBuf, TxQueue};
+use self::output::OutputWatch;
+pub use self::output::{OutputCheck, Stall, StallLimits};
+use self::tls::Tls;
+pub use self::tls::TlsState;
+use crate::backpressure::{self, Budget, Share};
+use crate::wirelog::WireLog;
+
+/// Spare room in rx worth reading into directly rather than through the
+/// loop's scratch buffer (a kept, emptied rx buffer has this much).
+const DIRECT_READ: usize = 4 << 10;
+
+/// What a read pass found worth telling the guest.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReadOutcome {
+    pub bytes: usize,
+    pub new_cutoff: bool,
+    /// A TLS handshake finished or was aborted.
+    pub tls_changed: bool,
+}
+
+/// Where receiving stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadSide {
+    Open,
+    /// Stopped at a mark or at the server-wide bound; resumed as it drains.
+    Paused,
+    /// hio's shutdownReceive: the guest wants no more.
+    Shut,
+    /// The peer closed or reset (hio's cutoff): nothing more will come.
+    Ended,
+}
+
+/// Where sending stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteSide {
+    Open,
+    /// Send FIN once the queue is empty.
+    FinWanted,
+    FinSent,
+    /// Writing failed: queued bytes can never be delivered.
+    Broken,
+}
+
+/// How bytes reach the socket.
+enum Transport {
+    Plain,
+    Tls(Box<Tls>),
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+    /// The local address the peer connected to (hio's ha).
+    pub local: SocketAddr,
+    /// The peer's address (hio's ca).
+    pub peer: SocketAddr,
+    rx: RxBuf,
+    tx: TxQueue,
+    read: ReadSide,
+    write: WriteSide,
+    /// The guest closed it: finish sending, then release.
+    pub closing: bool,
+    /// A guest holds a handle to it (it left the axes).
+    pub adopted: bool,
+    transport: Transport,
+    /// This connection's part of the server-wide bound.
+    share: Share,
+    output: OutputWatch,
+    pub interest: Interest,
+    /// Already listed in the host's ready / dirty lists.
+    pub in_ready: bool,
+    pub in_dirty: bool,
+    /// Listed in the host's starved queue (reading waits for the
+    /// server-wide bound to drain).
+    pub starved: bool,
+}
+
+/// Errors that hio maps to "cutoff" instead of raising.
+pub fn is_cutoff_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::BrokenPipe
+            | ErrorKind::TimedOut
+            | ErrorKind::NetworkUnreachable
+            | ErrorKind::HostUnreachable
+            | ErrorKind::NetworkDown
+            | ErrorKind::NotConnected
+            | ErrorKind::UnexpectedEof
+    ) || matches!(e.raw_os_error(), Some(libc::ENETRESET | libc::EHOSTDOWN))
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, local: SocketAddr, peer: SocketAddr, budget: Budget) -> Conn {
+        Conn {
+            sock,
+            local,
+            peer,
+            rx: RxBuf::default(),
+            tx: TxQueue::default(),
+            read: ReadSide::Open,
+            write: WriteSide::Open,
+            closing: false,
+            adopted: false,
+            transport: Transport::Plain,
+            share: Share::new(budget),
+            output: OutputWatch::default(),
+            interest: Interest::READABLE,
+            in_ready: false,
+            in_dirty: false,
+            starved: false,
+        }
+    }
+
+    /// A connection whose bytes go through a TLS session.
+    pub fn new_tls(
+        sock: TcpStream,
+        local: SocketAddr,
+        peer: SocketAddr,
+        budget: Budget,
+        session: rustls::ServerConnection,
+        verifier: Option<Arc<dyn ClientCertVerifier>>,
+    ) -> Conn {
+        let mut c = Conn::new(sock, local, peer, budget);
+        c.transport = Transport::Tls(Box::new(Tls::new(session, verifier)));
+        c
+    }
+
+    /// The peer closed or reset: nothing more will be received (hio's cutoff).
+    pub fn cutoff(&self) -> bool {
+        self.read == ReadSide::Ended
+    }
+
+    fn end_read(&mut self) {
+        self.read = ReadSide::Ended;
+    }
+
+    /// A read stopped at a mark (or the bound).
+    fn paused(&mut self, out: ReadOutcome) -> ReadOutcome {
+        if self.read == ReadSide::Open {
+            self.read = ReadSide::Paused;
+        }
+        out
+    }
+
+    /// A read found the end.
+    fn ended(&mut self, mut out: ReadOutcome) -> ReadOutcome {
+        self.end_read();
+        out.new_cutoff = true;
+        out
+    }
+
+    /// The server-wide bound now counts what its buffers hold.
+    fn account(&mut self) {
+        self.share.set(self.rx.capacity() + self.tx.capacity());
+    }
+
+    /// Read until the socket would block, the peer closes, or the guest has
+    /// too much unconsumed. `scratch` is the loop's shared read buffer: bytes
+    /// are copied into rx only as far as they arrived. Once the guest
+    /// closed it, what arrives is read and dropped.
+    pub fn read(&mut self, scratch: &mut [u8], wl: Option<&mut WireLog>) -> ReadOutcome {
+        if matches!(self.read, ReadSide::Ended | ReadSide::Shut) {
+            return ReadOutcome::default();
+        }
+        if self.closing {
+            self.discard_input(scratch);
+            return ReadOutcome { new_cutoff: self.cutoff(), ..ReadOutcome::default() };
+        }
+        let out = match self.transport {
+            Transport::Plain => self.read_plain(scratch, wl),
+            Transport::Tls(_) => self.read_tls(scratch, wl),
+        };
+        self.account();
+        out
+    }
+
+    fn read_plain(&mut self, scratch: &mut [u8], mut wl: Option<&mut WireLog>) -> ReadOutcome {
+        let mut out = ReadOutcome::default();
+        loop {
+            // Never past the mark, so rx never outgrows it.
+            let room = self.read_room();
+            if room == 0 {
+                return self.paused(out);
+            }
+            let got = if self.rx.spare() >= DIRECT_READ {
+                // Straight into rx's spare capacity: one copy fewer.
+                self.rx.recv_from(&self.sock, room)
+            } else {
+                let room = room.min(scratch.len());
+                self.sock.read(&mut scratch[..room]).inspect(|&n| self.rx.extend(&scratch[..n]))
+            };
+            match got {
+                Ok(0) => return self.ended(out),
+                Ok(n) => {
+                    if let Some(wl) = wl.as_deref_mut() {
+                        wl.rx(self.peer, self.rx.tail(n));
+                    }
+                    out.bytes += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return out,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if is_cutoff_error(&e) {
+                        tracing::debug!(ca = %self.peer, "peer cut off: {e}");
+                    } else {
+                        tracing::warn!(ca = %self.peer, "receive failed: {e}");
+                    }
+                    return self.ended(out);
+                }
+            }
+        }
+    }
+
+    /// How many more bytes may be read now (see `backpressure::read_room`).
+    fn read_room(&self) -> usize {
+        backpressure::read_room(self.rx.len(), self.tx.len(), self.share.budget().full())
+    }
+
+    /// Reading is paused only because the server-wide bound is reached.
+    pub fn waits_for_budget(&self) -> bool {
+        let own_marks_allow = backpressure::read_room(self.rx.len(), self.tx.len(), false) > 0;
+        self.read == ReadSide::Paused && own_marks_allow && self.read_room() == 0
+    }
+
+    /// Whether to list this connection in the host's starved queue now:
+    /// its reading waits only for the bound, and it is not listed yet.
+    /// Asked wherever its reading or its own marks change: a paused
+    /// connection left off the queue would never read again, as its peer,
+    /// pushed back by TCP, sends nothing to wake it.
+    pub fn list_starved(&mut self) -> bool {
+        let list = !self.starved && self.waits_for_budget();
+        self.starved |= list;
+        list
+    }
+
+    /// Something for the socket that only a flush will send (TLS records).
+    pub fn needs_flush(&self) -> bool {
+        self.tls_wants_write() || self.closing
+    }
+
+    /// Reading stopped at a mark that has since been drained.
+    pub fn wants_read_resume(&self) -> bool {
+        self.read == ReadSide::Paused && self.read_room() > 0
+    }
+
+    pub fn clear_read_pause(&mut self) {
+        if self.read == ReadSide::Paused {
+            self.read = ReadSide::Open;
+        }
+    }
+
+    /// Lend up to `max` bytes the guest has not been given yet.
+    /// Returns them and whether the stream has ended after them.
+    #[cfg(test)]
+    pub fn hand(&mut self, max: usize) -> (Vec<u8>, bool) {
+        let mut data = Vec::new();
+        let cutoff = self.hand_into(max, &mut data);
+        (data, cutoff)
+    }
+
+    /// `hand`, appending to `data`.
+    pub fn hand_into(&mut self, max: usize, data: &mut Vec<u8>) -> bool {
+        self.rx.lend_into(max, data);
+        self.cutoff() && self.rx.unhanded() == 0
+    }
+
+    /// Drop up to `count` lent bytes; only bytes a guest has seen can be consumed.
+    pub fn consume(&mut self, count: u64) -> u64 {
+        let n = self.rx.consume(count);
+        self.account();
+        n
+    }
+
+    /// A new guest takes over: everything unconsumed will be lent again.
+    pub fn rewind(&mut self) {
+        self.rx.rewind();
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.rx.len() as u64
+    }
+
+    /// Holds bytes (or an end) the guest was lent and has not finished
+    /// with: if the guest fails now, this connection is a suspect.
+    pub fn owes_guest(&self) -> bool {
+        !self.closing && (self.rx.handed() > 0 || (self.cutoff() && self.rx.is_empty()))
+    }
+
+    /// Has received bytes not yet lent.
+    pub fn unhanded(&self) -> bool {
+        self.rx.unhanded() > 0
+    }
+
+    pub fn unhanded_len(&self) -> usize {
+        self.rx.unhanded()
+    }
+
+    /// Has received bytes not yet lent, or an end not yet seen by the guest.
+    pub fn has_news(&self) -> bool {
+        self.unhanded() || self.cutoff()
+    }
+
+    /// Bytes queued in the host and not yet taken by the socket.
+    pub fn queued(&self) -> u64 {
+        self.tx.len() as u64
+    }
+
+    /// Whether queuing is still allowed.
+    pub fn accepts_tx(&self) -> bool {
+        !self.closing && matches!(self.write, WriteSide::Open | WriteSide::Broken)
+    }
+
+    /// Whether `more` bytes may be queued (see `backpressure::may_queue`).
+    pub fn has_room(&self, more: usize) -> bool {
+        backpressure::may_queue(self.tx.len(), more, self.share.budget())
+    }
+
+    pub fn queue(&mut self, data: Vec<u8>) {
+        if self.write == WriteSide::Broken {
+            return;
+        }
+        self.tx.push(data);
+        self.account();
+    }
+
+    /// hio's `send`: write now unless queued bytes must go first.
+    pub fn send_now(&mut self, data: &[u8], wl: Option<&mut WireLog>) -> io::Result<usize> {
+        if !self.tx.is_empty() || self.write == WriteSide::Broken {
+            return Ok(0);
+        }
+        if let Transport::Tls(_) = self.transport {
+            return self.send_tls(data, wl);
+        }
+        let n = match write_some(&mut self.sock, data) {
+            Ok(n) => n,
+            Err(e) => return self.broken(e).map(|_| 0),
+        };
+        self.output.wrote(n);
+        if let Some(wl) = wl {
+            wl.tx(self.peer, &data[..n]);
+        }
+        Ok(n)
+    }
+
+    /// Send queued bytes until done or the socket would block; then send a
+    /// FIN if one is wanted. Returns bytes sent.
+    pub fn flush(&mut self, wl: Option<&mut WireLog>) -> io::Result<u64> {
+        let sent = match self.transport {
+            Transport::Plain => self.flush_plain(wl),
+            Transport::Tls(_) => self.flush_tls(wl),
+        };
+        self.account();
+        sent
+    }
+
+    fn flush_plain(&mut self, mut wl: Option<&mut WireLog>) -> io::Result<u64> {
+        let mut sent = 0u64;
+        while !self.tx.is_empty() {
+            let pending = self.tx.pending();
+            let n = match write_some(&mut self.sock, pending) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => return self.broken(e).map(|_| sent),
+            };
+            if let Some(wl) = wl.as_deref_mut() {
+                wl.tx(self.peer, &pending[..n]);
+            }
+            self.tx.advance(n);
+            self.output.wrote(n);
+            sent += n as u64;
+        }
+        if self.tx.is_empty() && self.write == WriteSide::FinWanted {
+            self.write = WriteSide::FinSent;
+            // A peer that is already gone makes this fail; nothing is lost.
+            let _ = self.sock.shutdown(Shutdown::Write);
+        }
+        Ok(sent)
+    }
+
+    /// Writing failed: the peer is gone (hio's cutoff) and what is queued can
+    /// never be delivered. Only errors hio would raise are returned.
+    fn broken(&mut self, e: io::Error) -> io::Result<()> {
+        tracing::debug!(ca = %self.peer, "send failed: {e}");
+        self.write = WriteSide::Broken;
+        self.end_read();
+        self.tx.clear();
+        self.account();
+        if is_cutoff_error(&e) { Ok(()) } else { Err(e) }
+    }
+
+    /// hio's shutdown(how). Errors are ignored, as in hio.
+    pub fn shutdown(&mut self, read: bool, write: bool) {
+        if read {
+            if self.read != ReadSide::Ended {
+                self.read = ReadSide::Shut;
+            }
+            let _ = self.sock.shutdown(Shutdown::Read);
+        }
+        if write && self.write == WriteSide::Open {
+            self.write = WriteSide::FinWanted;
+        }
+    }
+
+    /// The guest is done with this connection: what is queued is still
+    /// sent, then FIN. What it did not consume is dropped, and what the
+    /// peer sends from now on is read and dropped.
+    pub fn close(&mut self) {
+        self.closing = true;
+        if self.write == WriteSide::Open {
+            self.write = WriteSide::FinWanted;
+        }
+        self.rx.clear();
+        self.clear_read_pause();
+        self.account();
+        self.output.closed();
+    }
+
+    /// A closing connection is done once everything queued went out (or never can).
+    pub fn finished(&self) -> bool {
+        self.closing && (self.write == WriteSide::Broken || (self.tx.is_empty() && !self.tls_wants_write()))
+    }
+
+    /// The readiness this connection needs now.
+    pub fn wanted_interest(&self) -> Interest {
+        if self.output_waits() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE }
+    }
+
+    /// Read and drop what the peer sends: the guest closed the connection.
+    /// Kept unread, it would make the kernel reset the connection when the
+    /// socket is closed, destroying replies the peer has not yet received
+    /// (RFC 1122 4.2.2.13; nginx's lingering close does the same). Returns
+    /// how many bytes were dropped; the peer's end or reset is a cutoff.
+    pub fn discard_input(&mut self, scratch: &mut [u8]) -> u64 {
+        let mut dropped = 0;
+        loop {
+            match self.sock.read(scratch) {
+                Ok(0) => break,
+                Ok(n) => dropped += n as u64,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return dropped,
+                Err(_) => break,
+            }
+        }
+        self.end_read();
+        dropped
+    }
+
+    /// Give up on the connection: an abortive close (RST), so the peer
+    /// learns its stream did not end complete.
+    pub fn reset(self) {
+        if let Err(e) = socket2::SockRef::from(&self.sock).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(ca = %self.peer, "cannot arm the reset: {e}");
+        }
+    }
+}
+
+/// One write: WouldBlock is 0 bytes.
+fn write_some(sock: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match sock.write(data) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(0),
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backpressure::{FLOOR, RX_HIGH_WATER, TX_HIGH_WATER};
+    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::time::{Duration, Instant};
+
+    /// A host-side Conn and the peer's blocking socket, over real loopback TCP.
+    fn pair() -> (Conn, StdStream) {
+        pair_in(Budget::new(crate::config::DEFAULT_MAX_BUFFERED))
+    }
+
+    fn pair_in(budget: Budget) -> (Conn, StdStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = StdStream::connect(l.local_addr().unwrap()).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (s, ca) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        let ha = s.local_addr().unwrap();
+        (Conn::new(TcpStream::from_std(s), ha, ca, budget), peer)
+    }
+
+    /// Read until `want` bytes arrived or the deadline passes.
+    fn read_until(c: &mut Conn, scratch: &mut [u8], want: u64) -> ReadOutcome {
+        let start = Instant::now();
+        let mut total = ReadOutcome::default();
+        while c.pending() < want && !c.cutoff() {
+            let o = c.read(scratch, None);
+            total.bytes += o.bytes;
+            total.new_cutoff |= o.new_cutoff;
+            assert!(start.elapsed() < Duration::from_secs(5), "bytes never arrived");
+        }
+        total
+    }
+
+    #[test]
+    fn handed_bytes_stay_until_consumed_and_rewind_hands_them_again() {
+        let (mut c, mut peer) = pair();
+        let mut scratch = vec![0; 4096];
+        peer.write_all(b"hello world").unwrap();
+        read_until(&mut c, &mut scratch, 11);
+        assert_eq!(c.hand(5), (b"hello".to_vec(), false));
+        assert_eq!(c.hand(100), (b" world".to_vec(), false));
+        assert_eq!(c.hand(100), (Vec::new(), false), "nothing new to hand");
+        // Only handed bytes can be consumed.
+        assert_eq!(c.consume(6), 6);
+        assert_eq!(c.pending(), 5);
+        c.rewind();
+        assert!(c.has_news());
+        assert_eq!(c.hand(100), (b"world".to_vec(), false), "a new guest sees the unconsumed rest");
+        assert_eq!(c.consume(u64::MAX), 5);
+        assert_eq!(c.pending(), 0);
+        assert!(!c.has_news());
+    }
+
+    #[test]
+    fn eof_is_a_cutoff_reported_after_the_last_byte() {
+        let (mut c, mut peer) = pair();
+        let mut scratch = vec![0; 4096];
+        peer.write_all(b"last").unwrap();
+        peer.shutdown(Shutdown::Write).unwrap();
+        let got = read_until(&mut c, &mut scratch, u64::MAX);
+        assert!(got.new_cutoff && c.cutoff());
+        assert_eq!(c.hand(2), (b"la".to_vec(), false), "not ended while bytes remain");
+        assert_eq!(c.hand(2), (b"st".to_vec(), true));
+    }
+
+    #[test]
+    fn reset_is_a_cutoff_not_an_error() {
+        let (mut c, peer) = pair();
+        let mut scratch = vec![0; 4096];
+        socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(peer);
+        read_until(&mut c, &mut scratch, u64::MAX);
+        assert!(c.cutoff());
+        // Writing to the reset peer breaks the connection quietly and drops the queue.
+        c.queue(b"lost".to_vec());
+        assert!(c.flush(None).is_ok());
+        assert_eq!(c.queued(), 0);
+    }
+
+    #[test]
+    fn queue_flush_then_fin_on_close() {
+        let (mut c, mut peer) = pair();
+        c.queue(b"one ".to_vec());
+        c.queue(b"two".to_vec());
+        assert_eq!(c.queued(), 7);
+        c.close();
+        assert!(!c.accepts_tx());
+        assert_eq!(c.flush(None).unwrap(), 7);
+        assert!(c.finished());
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"one two", "every queued byte, then a clean FIN");
+    }
+
+    #[test]
+    fn reading_pauses_while_the_peer_does_not_read_its_replies() {
+        let (mut c, mut peer) = pair();
+        let mut scratch = vec![0; 4096];
+        c.queue(vec![1u8; TX_HIGH_WATER]);
+        peer.write_all(b"more").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(c.read(&mut scratch, None).bytes, 0, "no reading while replies pile up");
+        assert!(!c.wants_read_resume());
+        let mut sink = vec![0u8; TX_HIGH_WATER];
+        let reader = std::thread::spawn(move || {
+            peer.read_exact(&mut sink).unwrap();
+            peer
+        });
+        let start = Instant::now();
+        while c.queued() > 0 {
+            c.flush(None).unwrap();
+            assert!(start.elapsed() < Duration::from_secs(5));
+        }
+        let _peer = reader.join().unwrap();
+        assert!(c.wants_read_resume());
+        c.clear_read_pause();
+        read_until(&mut c, &mut scratch, 4);
+        assert_eq!(c.hand(10).0, b"more");
+    }
+
+    #[test]
+    fn send_now_waits_behind_queued_bytes() {
+        let (mut c, mut peer) = pair();
+        c.queue(b"first".to_vec());
+        assert_eq!(c.send_now(b"second", None).unwrap(), 0, "must not overtake the queue");
+        c.flush(None).unwrap();
+        assert_eq!(c.send_now(b"second", None).unwrap(), 6);
+        let mut got = [0u8; 11];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"firstsecond");
+    }
+
+    #[test]
+    fn reading_pauses_at_high_water_and_resumes_when_consumed() {
+        let (mut c, peer) = pair();
+        let mut scratch = vec![0; 64 * 1024];
+        let total = RX_HIGH_WATER * 2;
+        let mut writer = peer.try_clone().unwrap();
+        let t = std::thread::spawn(move || writer.write_all(&vec![9u8; total]).unwrap());
+        read_until(&mut c, &mut scratch, RX_HIGH_WATER as u64);
+        // More is waiting in the kernel, but the host holds at most the mark (plus one read).
+        assert!(c.pending() < (RX_HIGH_WATER + scratch.len()) as u64);
+        assert!(c.read(&mut scratch, None).bytes == 0 && !c.wants_read_resume());
+        let (data, _) = c.hand(usize::MAX);
+        c.consume(data.len() as u64);
+        assert!(c.wants_read_resume());
+        c.clear_read_pause();
+        let mut seen = data.len();
+        let start = Instant::now();
+        while seen < total {
+            c.read(&mut scratch, None);
+            let (d, _) = c.hand(usize::MAX);
+            seen += d.len();
+            c.consume(d.len() as u64);
+            c.clear_read_pause();
+            assert!(start.elapsed() < Duration::from_secs(10), "stalled at {seen} of {total}");
+        }
+        assert_eq!(seen, total);
+        t.join().unwrap();
+        drop(peer);
+    }
+
+    #[test]
+    fn connections_share_one_bound_on_what_they_hold() {
+        let budget = Budget::new(100_000);
+        let (mut a, mut peer_a) = pair_in(budget.clone());
+        let (mut b, mut peer_b) = pair_in(budget.clone());
+        let mut scratch = vec![0; 64 * 1024];
+        peer_a.write_all(&[1u8; 150_000]).unwrap();
+        read_until(&mut a, &mut scratch, 100_000);
+        assert!(budget.full(), "one connection filled the server's budget");
+        // Under the floor, a connection still reads at the bound, up to the floor.
+        let more = vec![2u8; 2 * FLOOR];
+        peer_b.write_all(&more).unwrap();
+        read_until(&mut b, &mut scratch, FLOOR as u64);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(b.read(&mut scratch, None).bytes, 0, "no reading past the floor while the server is at its bound");
+        assert_eq!(b.pending(), FLOOR as u64);
+        assert!(b.waits_for_budget() && !b.wants_read_resume());
+        assert!(!b.has_room(150_000), "queuing past twice the bound is refused");
+        assert!(b.has_room(FLOOR), "a queue under the floor always fits");
+        let (data, _) = a.hand(usize::MAX);
+        a.consume(data.len() as u64);
+        assert!(!budget.full() && b.wants_read_resume());
+        b.clear_read_pause();
+        read_until(&mut b, &mut scratch, more.len() as u64);
+        assert_eq!(b.hand(usize::MAX).0, more);
+        drop(a);
+        b.queue(vec![0; 10]);
+        assert_eq!(budget.held(), b.rx.capacity() + b.tx.capacity(), "a dropped connection gives its share back");
+    }
+
+    /// A connection whose peer reads nothing, with `queued` bytes waiting
+    /// in the host after the kernel's buffers filled.
+    fn stalled_pair(queued: usize) -> (Conn, StdStream) {
+        let (mut c, peer) = pair();
+        c.queue(vec![7u8; queued]);
+        c.flush(None).unwrap();
+        assert!(c.queued() > 0, "the kernel took it all");
+        (c, peer)
+    }
+
+    const LIMITS: StallLimits =
+        StallLimits { send_timeout: Some(Duration::from_secs(30)), linger: Duration::from_secs(5) };
+
+    #[test]
+    fn a_peer_that_takes_nothing_is_given_up_on_after_the_send_timeout() {
+        let (mut c, _peer) = stalled_pair(16 << 20);
+        let t0 = Instant::now();
+        let OutputCheck::Wait(look) = c.check_output(t0, &LIMITS) else { panic!("not watched") };
+        let since = c.output.stalled_since.unwrap();
+        assert!(look > t0 && look <= since + Duration::from_secs(30), "looks again within the timeout");
+        let late = since + Duration::from_secs(30);
+        assert!(matches!(c.check_output(late - Duration::from_secs(1), &LIMITS), OutputCheck::Wait(_)));
+        assert_eq!(c.check_output(late, &LIMITS), OutputCheck::Stalled(Stall::SendTimeout));
+        assert_eq!(c.check_output(late, &StallLimits { send_timeout: None, ..LIMITS }), OutputCheck::Nothing);
+        // Closed by the guest (late), it gets the linger time from then.
+        c.close();
+        c.flush(None).unwrap();
+        assert!(matches!(c.check_output(late, &LIMITS), OutputCheck::Wait(at) if at <= late + LIMITS.linger));
+        assert_eq!(c.output.stalled_since, Some(late));
+        assert_eq!(c.check_output(late + LIMITS.linger, &LIMITS), OutputCheck::Stalled(Stall::Linger));
+    }
+
+    #[test]
+    fn the_clock_starts_when_the_connection_wrote_not_at_its_first_look() {
+        let (mut c, _peer) = stalled_pair(16 << 20);
+        let wrote = Instant::now();
+        assert!(c.output_to_watch());
+        assert!(matches!(c.first_look(wrote, &LIMITS), OutputCheck::Wait(_)));
+        let first_look = wrote + Duration::from_secs(7);
+        assert!(matches!(c.check_output(first_look, &LIMITS), OutputCheck::Wait(_)));
+        let timeout = LIMITS.send_timeout.unwrap();
+        assert_eq!(c.check_output(wrote + timeout, &LIMITS), OutputCheck::Stalled(Stall::SendTimeout));
+    }
+
+    #[test]
+    fn progress_restarts_the_clock_and_a_closed_connection_lingers_until_its_peer_has_everything() {
+        let (mut c, mut peer) = stalled_pair(16 << 20);
+        let mut now = Instant::now();
+        c.close();
+        assert!(matches!(c.check_output(now, &LIMITS), OutputCheck::Wait(_)));
+        // The peer reads everything: every look sees bytes acknowledged, so
+        // the linger clock keeps starting again.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).unwrap();
+            got.len()
+        });
+        let mut progress = 0;
+        while !c.finished() {
+            c.flush(None).unwrap();
+            now += Duration::from_millis(10);
+            let before = c.output.stalled_since;
+            match c.check_output(now, &LIMITS) {
+                OutputCheck::Wait(_) => progress += usize::from(c.output.stalled_since != before),
+                other => panic!("{other:?} while the peer reads"),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(progress > 0, "no progress seen");
+        // FIN sent: until the kernel has handed the peer everything, the
+        // connection lingers; then it is released, never reset.
+        let mut looks = 0;
+        loop {
+            match c.check_output(now, &LIMITS) {
+                OutputCheck::Release => break,
+                OutputCheck::Wait(_) => looks += 1,
+                other => panic!("{other:?} after {looks} looks"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            assert!(looks < 1000);
+        }
+        assert_eq!(reader.join().unwrap(), 16 << 20, "every byte, then a clean FIN");
+    }
+
+    #[test]
+    fn a_closed_connection_drops_unconsumed_input_and_discards_what_comes_after() {
+        let (mut c, mut peer) = pair();
+        let mut scratch = vec![0; 4096];
+        peer.write_all(b"unconsumed").unwrap();
+        read_until(&mut c, &mut scratch, 10);
+        c.close();
+        assert_eq!(c.pending(), 0);
+        assert!(!c.owes_guest(), "a closed connection is nobody's suspect");
+        peer.write_all(b"late").unwrap();
+        peer.shutdown(Shutdown::Write).unwrap();
+        let start = Instant::now();
+        while !c.cutoff() {
+            assert_eq!(c.read(&mut scratch, None).bytes, 0, "nothing joins rx once closed");
+            assert!(start.elapsed() < Duration::from_secs(5));
+        }
+        assert_eq!(c.pending(), 0);
+    }
+}
