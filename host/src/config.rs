@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::acceptor;
-use crate::conn::StallLimits;
-use crate::tls::TlsConfig;
+use crate::net::acceptor;
+use crate::net::conn::StallLimits;
+use crate::net::tls::TlsConfig;
 use crate::tyme::{VirtualTyme, seconds};
 
 /// Default idle tymeout, in seconds. hio's Server means 1.0 s (and by a bug
@@ -43,7 +43,7 @@ pub struct Config {
     /// The guest component (.wasm) holding the Server logic, e.g. target/wasm/echo.wasm.
     #[arg(value_name = "GUEST")]
     pub guest: PathBuf,
-    /// Listen address (hio's ha): HOST:PORT, [IPV6]:PORT or :PORT (all IPv4
+    /// Listen address (hio's ha): HOST:PORT (an IPv6 host in brackets) or :PORT (all IPv4
     /// interfaces); HOST alone means port 56000. Port 0 picks a free port,
     /// which is logged.
     #[arg(long = "listen", value_name = "HOST:PORT", default_value = "127.0.0.1:56000", value_parser = address)]
@@ -139,7 +139,7 @@ impl Config {
     /// the first that fails.
     pub fn validate(&self) -> Result<()> {
         seconds("tymeout", self.tymeout, true)?;
-        self.tock()?;
+        self.tock_period()?;
         self.stall_limits()?;
         if self.max_conns == 0 {
             bail!("max-conns must be at least 1");
@@ -155,7 +155,7 @@ impl Config {
     }
 
     /// [`Config::tock`] as a duration.
-    pub(crate) fn tock(&self) -> Result<Duration> {
+    pub(crate) fn tock_period(&self) -> Result<Duration> {
         seconds("tock", self.tock, false)
     }
 
@@ -293,7 +293,10 @@ mod tests {
         assert_eq!(c.max_buffered, 4 << 20);
         assert_eq!((c.limits.deadline, c.limits.memory), (Duration::from_millis(50), 16 << 20));
         let tls = c.tls.expect("TLS flags make a TLS config");
-        assert_eq!((tls.certify, tls.version), (crate::tls::Certify::Optional, Some(crate::tls::TlsVersion::Tls13)));
+        assert_eq!(
+            (tls.certify, tls.version),
+            (crate::net::tls::Certify::Optional, Some(crate::net::tls::TlsVersion::Tls13))
+        );
         assert_eq!(tls.alpn, ["h2", "http/1.1"]);
         assert_eq!(tls.client_crls.len(), 2);
         assert!(

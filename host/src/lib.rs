@@ -8,20 +8,15 @@
 //! # anyhow::Ok(())
 //! ```
 
-pub mod acceptor;
-mod backpressure;
 pub mod config;
-mod conn;
-mod core;
 mod guest;
-mod handing;
-pub mod pool;
+mod net;
 mod server;
 pub mod stats;
-mod swap;
-pub mod tls;
 pub mod tyme;
-mod wirelog;
+
+pub use net::{acceptor, tls};
+pub use server::pool;
 
 pub use config::{
     Config, DEFAULT_LINGER, DEFAULT_MAX_BUFFERED, DEFAULT_MAX_CONNS, DEFAULT_MAX_RESTARTS, DEFAULT_SEND_TIMEOUT,
@@ -33,6 +28,6 @@ pub use guest::Check;
 pub fn check(path: &std::path::Path) -> anyhow::Result<Check> {
     guest::Runtime::new(Limits::default(), config::default_cache_dir())?.check(path)
 }
+pub use guest::swap::{SwapOutcome, SwapReport, Swapper};
 pub use server::{Server, Stopper};
-pub use swap::{SwapOutcome, SwapReport, Swapper};
 pub use tyme::VirtualTyme;

@@ -3,9 +3,11 @@
 
 mod acceptor;
 pub mod cache;
+pub mod handing;
 mod host;
 mod log_limit;
 mod remoter;
+pub mod swap;
 mod ticker;
 mod wasi;
 
@@ -19,7 +21,7 @@ use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 pub use crate::config::Limits;
-use crate::core::Core;
+use crate::server::state::Core;
 use ticker::{EPOCH_TICK, InCall, Ticker};
 
 wasmtime::component::bindgen!({

@@ -7,8 +7,8 @@ use wasmtime::component::Resource;
 use super::hio::tcp::remoter::{Host, HostRemoter, PeerCertificate, Receipt, TlsInfo, TlsState};
 use super::hio::tcp::types::{Address, Error, ShutdownHow};
 use super::{ConnRef, State, address};
-use crate::conn::{Conn, TlsState as ConnTls};
-use crate::wirelog::WireLog;
+use crate::net::conn::{Conn, TlsState as ConnTls};
+use crate::net::wirelog::WireLog;
 
 impl State {
     /// The live connection behind a handle, unless the guest closed it.

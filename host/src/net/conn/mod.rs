@@ -2,7 +2,7 @@
 //! transport over it (plain, or TLS in `tls`), what was received and not
 //! consumed and what is queued and not sent (`buffers`), where each
 //! direction stands, and the looks at whether the peer takes its output
-//! (`output`). How much it may hold is `crate::backpressure`'s.
+//! (`output`). How much it may hold is `crate::net::backpressure`'s.
 //!
 //! The host holds every byte in flight. Received bytes stay until the guest
 //! consumes them (a replacement guest is lent them again); queued bytes stay
@@ -26,8 +26,8 @@ use self::output::OutputWatch;
 pub use self::output::{OutputCheck, Stall, StallLimits};
 use self::tls::Tls;
 pub use self::tls::TlsState;
-use crate::backpressure::{self, Budget, Share};
-use crate::wirelog::WireLog;
+use crate::net::backpressure::{self, Budget, Share};
+use crate::net::wirelog::WireLog;
 
 /// Spare room in rx worth reading into directly rather than through the
 /// loop's scratch buffer (a kept, emptied rx buffer has this much).
@@ -494,7 +494,7 @@ fn write_some(sock: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backpressure::{FLOOR, RX_HIGH_WATER, TX_HIGH_WATER};
+    use crate::net::backpressure::{FLOOR, RX_HIGH_WATER, TX_HIGH_WATER};
     use std::net::{TcpListener, TcpStream as StdStream};
     use std::time::{Duration, Instant};
 

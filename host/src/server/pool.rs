@@ -26,7 +26,7 @@ pub fn run(config: Config, workers: usize, signals: bool) -> Result<()> {
     let mut config = config;
     // Port 0 is a fresh port: nobody else can be there. The claim is kept
     // until the workers are done.
-    let claim = if config.ha.port() != 0 { Some(crate::acceptor::claim(config.ha)?) } else { None };
+    let claim = if config.ha.port() != 0 { Some(crate::net::acceptor::claim(config.ha)?) } else { None };
     config.reuse_port = true;
     // Caps are per worker: each holds its share.
     config.max_conns = config.max_conns.div_ceil(workers).max(1);

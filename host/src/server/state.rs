@@ -11,14 +11,14 @@ use std::time::Instant;
 use mio::{Registry, Token};
 use rustc_hash::FxHashMap;
 
-use crate::acceptor::Acceptor;
-use crate::backpressure::Budget;
-use crate::conn::{Conn, OutputCheck, Stall, StallLimits};
-use crate::handing::Handing;
+use crate::guest::handing::Handing;
+use crate::net::acceptor::Acceptor;
+use crate::net::backpressure::Budget;
+use crate::net::conn::{Conn, OutputCheck, Stall, StallLimits};
+use crate::net::tls::TlsAcceptor;
+use crate::net::wirelog::WireLog;
 use crate::stats::Stats;
-use crate::tls::TlsAcceptor;
 use crate::tyme::Clock;
-use crate::wirelog::WireLog;
 
 pub struct Core {
     pub acceptor: Acceptor,
@@ -372,7 +372,7 @@ mod tests {
     use mio::net::TcpStream;
 
     use super::*;
-    use crate::backpressure::{FLOOR, RX_HIGH_WATER};
+    use crate::net::backpressure::{FLOOR, RX_HIGH_WATER};
 
     fn core_with(limit: usize) -> Core {
         let acceptor = Acceptor::open("127.0.0.1:0".parse().unwrap(), 0, 16, false).unwrap();

@@ -6,6 +6,9 @@
 //! news; then act on what the guest did (flush queues, FINs, closes) for only
 //! the connections it touched. Idle connections cost nothing.
 
+pub mod pool;
+pub mod state;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,18 +20,18 @@ use anyhow::{Context, Result, bail};
 use mio::{Events, Interest, Poll, Token, Waker};
 use wasmtime::component::Component;
 
-use crate::acceptor::{self, Acceptor, Shed};
-use crate::backpressure::Budget;
+use self::state::{Core, GiveUp};
 use crate::config::Config;
-use crate::conn::Conn;
-use crate::core::{Core, GiveUp};
 use crate::guest::cache::Origin;
+use crate::guest::handing::Verdict;
+use crate::guest::swap::{Loaded, SwapOutcome, SwapReport, Swapper, stamp};
 use crate::guest::{self, Arrival, Cycle, Failed, Generation, GuestConfig, Runtime};
-use crate::handing::Verdict;
-use crate::swap::{Loaded, SwapOutcome, SwapReport, Swapper, stamp};
-use crate::tls::TlsConfig;
+use crate::net::acceptor::{self, Acceptor, Shed};
+use crate::net::backpressure::Budget;
+use crate::net::conn::Conn;
+use crate::net::tls::TlsConfig;
+use crate::net::wirelog::WireLog;
 use crate::tyme::Clock;
-use crate::wirelog::WireLog;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -170,7 +173,7 @@ impl Server {
     /// (hio's `openServer` + `reopen`).
     pub fn open(config: Config) -> Result<Server> {
         config.validate()?;
-        let tock = config.tock()?;
+        let tock = config.tock_period()?;
         let tls = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
         let stall_limits = config.stall_limits()?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), config.cache.clone())?);
@@ -456,7 +459,7 @@ impl Server {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // A peer that reset before we got to it: nothing to serve.
-                Err(e) if crate::conn::is_cutoff_error(&e) => continue,
+                Err(e) if crate::net::conn::is_cutoff_error(&e) => continue,
                 Err(e) if acceptor::out_of_descriptors(&e) => {
                     self.shed += 1;
                     if self.shed.is_power_of_two() {

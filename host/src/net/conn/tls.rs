@@ -2,7 +2,7 @@
 //! from the socket into rustls and plaintext into rx; queued plaintext into
 //! rustls and records to the socket; the handshake and its outcome. What a
 //! session starts from (context, verifier) and who the peer is live in
-//! `crate::tls`.
+//! `crate::net::tls`.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -11,8 +11,8 @@ use std::sync::Arc;
 use rustls::server::danger::ClientCertVerifier;
 
 use super::{Conn, ReadOutcome, Transport, WriteSide};
-use crate::tls::{PeerInfo, check_resumed, peer_info};
-use crate::wirelog::WireLog;
+use crate::net::tls::{PeerInfo, check_resumed, peer_info};
+use crate::net::wirelog::WireLog;
 
 /// Where a TLS connection stands (hio's cxes -> ixes promotion).
 #[derive(Clone, Debug, PartialEq, Eq)]
