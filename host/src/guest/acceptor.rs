@@ -5,35 +5,31 @@ use wasmtime::component::Resource;
 use super::hio::tcp::acceptor::{Host, HostListener};
 use super::hio::tcp::remoter::Connection;
 use super::hio::tcp::types::{Address, Error};
-use super::{ListenerRef, State, address};
+use super::{ListenerRef, StoreData, address};
 
-impl State {
+impl StoreData {
     /// Take the next accepted connection the guest has not been given.
     fn take_axe(&mut self) -> Result<Option<Connection>, Error> {
-        while let Some(id) = self.core.axes.pop_front() {
-            if self.core.conns.contains_key(&id) {
-                return self.give_connection(id, true).map(Some).map_err(|e| Error::Io(e.to_string()));
-            }
-        }
-        Ok(None)
+        let Some(id) = self.host.take_axe() else { return Ok(None) };
+        self.give_connection(id, true).map(Some).map_err(|e| Error::Io(e.to_string()))
     }
 }
 
-impl HostListener for State {
+impl HostListener for StoreData {
     fn ha(&mut self, _: Resource<ListenerRef>) -> Address {
-        address(self.core.acceptor.ha)
+        address(self.host.acceptor().ha)
     }
 
     fn eha(&mut self, _: Resource<ListenerRef>) -> Address {
-        address(self.core.acceptor.eha())
+        address(self.host.acceptor().eha())
     }
 
     fn bs(&mut self, _: Resource<ListenerRef>) -> u32 {
-        self.core.acceptor.bs
+        self.host.acceptor().bs
     }
 
     fn bl(&mut self, _: Resource<ListenerRef>) -> u32 {
-        self.core.acceptor.bl
+        self.host.acceptor().bl
     }
 
     fn opened(&mut self, _: Resource<ListenerRef>) -> bool {
@@ -43,7 +39,7 @@ impl HostListener for State {
     }
 
     fn actual_buf_sizes(&mut self, _: Resource<ListenerRef>) -> Result<(u32, u32), Error> {
-        self.core.acceptor.actual_buf_sizes().map_err(|e| Error::Io(e.to_string()))
+        Ok(self.host.acceptor().actual_buf_sizes()?)
     }
 
     fn accept(&mut self, _: Resource<ListenerRef>) -> Result<Option<Connection>, Error> {
@@ -51,7 +47,7 @@ impl HostListener for State {
     }
 
     fn accept_all(&mut self, _: Resource<ListenerRef>) -> Result<Vec<Connection>, Error> {
-        let mut all = Vec::with_capacity(self.core.axes.len());
+        let mut all = Vec::with_capacity(self.host.axes_len());
         while let Some(r) = self.take_axe()? {
             all.push(r);
         }
@@ -64,4 +60,4 @@ impl HostListener for State {
     }
 }
 
-impl Host for State {}
+impl Host for StoreData {}

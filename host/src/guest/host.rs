@@ -1,12 +1,12 @@
 //! `hio:tcp/host` and `hio:tcp/types`: tyme and logging.
 
-use super::State;
+use super::StoreData;
 use super::hio::tcp::host::{Host, Level};
 use super::log_limit::clean;
 
-impl Host for State {
+impl Host for StoreData {
     fn tyme(&mut self) -> f64 {
-        self.core.clock.tyme()
+        self.host.tyme()
     }
 
     /// Rate-limited and cleaned like the guest's stdout (see `log_limit`).
@@ -25,4 +25,4 @@ impl Host for State {
     }
 }
 
-impl super::hio::tcp::types::Host for State {}
+impl super::hio::tcp::types::Host for StoreData {}

@@ -1,28 +1,53 @@
 //! `hio:tcp/remoter`: a guest's operations on one connection. Every call
 //! checks the handle against the host's live connections; a closed one
-//! answers `error::closed`, never a trap or a panic.
+//! answers `error::closed`, never a trap or a panic. The work is the
+//! connection's (`net::conn`); each method here only finds it and converts.
 
 use wasmtime::component::Resource;
 
 use super::hio::tcp::remoter::{Host, HostRemoter, PeerCertificate, Receipt, TlsInfo, TlsState};
 use super::hio::tcp::types::{Address, Error, ShutdownHow};
-use super::{ConnRef, State, address};
-use crate::net::conn::{Conn, TlsState as ConnTls};
+use super::{ConnRef, StoreData, address};
+use crate::net::conn::{Conn, Refused, TlsState as ConnTls};
 use crate::net::wirelog::WireLog;
 
-impl State {
-    /// The live connection behind a handle, unless the guest closed it.
-    fn open_conn(&mut self, handle: &Resource<ConnRef>) -> Result<(&mut Conn, Option<&mut WireLog>, u64), Error> {
-        let id = self.conn_ref(handle)?.id;
-        match self.core.conns.get_mut(&id) {
-            Some(c) if !c.closing => Ok((c, self.core.wirelog.as_mut(), id)),
-            _ => Err(Error::Closed),
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Io(e.to_string())
+    }
+}
+
+impl From<Refused> for Error {
+    fn from(r: Refused) -> Error {
+        match r {
+            Refused::Closed => Error::Closed,
+            Refused::Full => Error::Full,
+            Refused::Io(e) => e.into(),
         }
     }
 }
 
-fn io_error(e: std::io::Error) -> Error {
-    Error::Io(e.to_string())
+impl StoreData {
+    /// Run `op` on the live connection behind a handle, unless the guest
+    /// closed it, and mark the connection for the loop (whatever `op`
+    /// changed, the loop sends, resumes or releases in `settle`).
+    fn on_conn<T>(
+        &mut self,
+        handle: &Resource<ConnRef>,
+        op: impl FnOnce(&mut Conn, Option<&mut WireLog>) -> T,
+    ) -> Result<T, Error> {
+        let id = self.open_id(handle)?;
+        let (c, wl) = self.host.conn_mut(id).ok_or(Error::Closed)?;
+        let out = op(c, wl);
+        self.host.mark_dirty(id);
+        Ok(out)
+    }
+
+    /// The id of the live connection behind a handle, unless the guest closed it.
+    fn open_id(&self, handle: &Resource<ConnRef>) -> Result<u64, Error> {
+        let id = self.conn_ref(handle)?.id;
+        self.host.conn(id).filter(|c| !c.closing).map(|_| id).ok_or(Error::Closed)
+    }
 }
 
 /// Where a connection's TLS stands, as the guest sees it.
@@ -44,13 +69,10 @@ pub(super) fn tls_state(c: &Conn) -> TlsState {
     }
 }
 
-impl HostRemoter for State {
+impl HostRemoter for StoreData {
     fn tls(&mut self, h: Resource<ConnRef>) -> TlsState {
-        let Ok(r) = self.conn_ref(&h) else { return TlsState::Aborted("connection closed".into()) };
-        match self.core.conns.get(&r.id) {
-            Some(c) => tls_state(c),
-            None => TlsState::Aborted("connection closed".into()),
-        }
+        let conn = self.conn_ref(&h).ok().and_then(|r| self.host.conn(r.id));
+        conn.map_or_else(|| TlsState::Aborted("connection closed".into()), tls_state)
     }
 
     fn id(&mut self, h: Resource<ConnRef>) -> u64 {
@@ -65,77 +87,40 @@ impl HostRemoter for State {
         self.conn_ref(&h).map(|r| address(r.ca)).unwrap_or(Address { host: String::new(), port: 0 })
     }
 
+    /// Lent like a cycle's arrivals: within the call's bound, and recorded,
+    /// so a crash after it is blamed on the right peer.
     fn receive(&mut self, h: Resource<ConnRef>, max: u32) -> Result<Receipt, Error> {
-        let id = self.open_conn(&h)?.2;
-        // Lent like a cycle's arrivals: within the call's bound, and
-        // recorded, so a crash after it is blamed on the right peer.
-        let (data, cutoff) = self.core.hand(id, max as usize).unwrap_or_default();
+        let id = self.open_id(&h)?;
+        let (data, cutoff) = self.host.lend(id, max as usize).unwrap_or_default();
         Ok(Receipt { data, cutoff })
     }
 
     fn consume(&mut self, h: Resource<ConnRef>, count: u64) -> Result<u64, Error> {
-        let (c, _, id) = self.open_conn(&h)?;
-        let n = c.consume(count);
-        if c.wants_read_resume() {
-            self.core.mark_dirty(id);
-        }
-        Ok(n)
+        self.on_conn(&h, |c, _| c.consume(count))
     }
 
     fn pending(&mut self, h: Resource<ConnRef>) -> Result<u64, Error> {
-        Ok(self.open_conn(&h)?.0.pending())
+        self.on_conn(&h, |c, _| c.pending())
     }
 
     fn send(&mut self, h: Resource<ConnRef>, data: Vec<u8>) -> Result<u32, Error> {
-        let (c, wl, id) = self.open_conn(&h)?;
-        if !c.accepts_tx() {
-            return Err(Error::Closed);
-        }
-        let res = c.send_now(&data, wl);
-        if c.cutoff() {
-            self.core.mark_ready(id);
-        }
-        res.map(|n| n as u32).map_err(io_error)
+        Ok(self.on_conn(&h, |c, wl| c.guest_send(&data, wl))?? as u32)
     }
 
     fn tx(&mut self, h: Resource<ConnRef>, data: Vec<u8>) -> Result<(), Error> {
-        let (c, _, id) = self.open_conn(&h)?;
-        if !c.accepts_tx() {
-            return Err(Error::Closed);
-        }
-        if !c.has_room(data.len()) {
-            return Err(Error::Full);
-        }
-        c.queue(data);
-        self.core.mark_dirty(id);
-        Ok(())
+        Ok(self.on_conn(&h, |c, _| c.guest_tx(data, 0))??)
     }
 
     fn tx_consume(&mut self, h: Resource<ConnRef>, data: Vec<u8>, count: u64) -> Result<(), Error> {
-        let (c, _, id) = self.open_conn(&h)?;
-        if !c.accepts_tx() {
-            return Err(Error::Closed);
-        }
-        if !c.has_room(data.len()) {
-            return Err(Error::Full);
-        }
-        c.queue(data);
-        c.consume(count);
-        // Queued bytes to send, and maybe reading to resume below the mark.
-        self.core.mark_dirty(id);
-        Ok(())
+        Ok(self.on_conn(&h, |c, _| c.guest_tx(data, count))??)
     }
 
     fn flush(&mut self, h: Resource<ConnRef>) -> Result<u64, Error> {
-        let (c, wl, id) = self.open_conn(&h)?;
-        let res = c.flush(wl);
-        // The loop fixes interest (more to send) or reports a cutoff.
-        self.core.mark_dirty(id);
-        res.map_err(io_error)
+        Ok(self.on_conn(&h, |c, wl| c.flush(wl))??)
     }
 
     fn queued(&mut self, h: Resource<ConnRef>) -> Result<u64, Error> {
-        Ok(self.open_conn(&h)?.0.undelivered())
+        self.on_conn(&h, |c, _| c.undelivered())
     }
 
     fn shutdown(&mut self, h: Resource<ConnRef>, how: ShutdownHow) -> Result<(), Error> {
@@ -144,10 +129,7 @@ impl HostRemoter for State {
             ShutdownHow::Send => (false, true),
             ShutdownHow::Both => (true, true),
         };
-        let (c, _, id) = self.open_conn(&h)?;
-        c.shutdown(read, write);
-        self.core.mark_dirty(id);
-        Ok(())
+        self.on_conn(&h, |c, _| c.shutdown(read, write))
     }
 
     fn shutdown_receive(&mut self, h: Resource<ConnRef>) -> Result<(), Error> {
@@ -159,24 +141,16 @@ impl HostRemoter for State {
     }
 
     fn close(&mut self, h: Resource<ConnRef>) -> Result<(), Error> {
-        let (c, _, id) = self.open_conn(&h)?;
-        c.close();
-        self.core.mark_dirty(id);
-        Ok(())
+        self.on_conn(&h, |c, _| c.close())
     }
 
     /// A guest that lets go of a connection without closing it can never
     /// reach it again, so the host closes it (after sending what is queued).
     fn drop(&mut self, h: Resource<ConnRef>) -> wasmtime::Result<()> {
-        let r = self.table.delete(h)?;
-        if let Some(c) = self.core.conns.get_mut(&r.id)
-            && !c.closing
-        {
-            c.close();
-            self.core.mark_dirty(r.id);
-        }
+        let _ = self.on_conn(&h, |c, _| c.close());
+        self.table.delete(h)?;
         Ok(())
     }
 }
 
-impl Host for State {}
+impl Host for StoreData {}

@@ -12,7 +12,7 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::State;
+use super::StoreData;
 use super::log_limit::{LogLimit, MAX_LINE, clean};
 use crate::stats::Stats;
 
@@ -29,7 +29,7 @@ pub fn context(stats: &Arc<Stats>) -> (WasiCtx, [GuestOutput; 2]) {
     (ctx, outputs)
 }
 
-impl WasiView for State {
+impl WasiView for StoreData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }

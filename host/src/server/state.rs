@@ -1,102 +1,200 @@
-//! Everything the host holds across guest generations: the listener, the
-//! connections with their bytes, and the lists that tell the event loop and
-//! the guest what changed. Guest calls mutate it; only the event loop does
-//! readiness bookkeeping with the poller.
+//! What the host holds across guest generations ([`HostState`]): the
+//! listener, the connections with their bytes, and the lists that tell the
+//! event loop and the guest what changed. It owns their invariants: which
+//! lists a connection is on is decided here only (`after_io`, `mark_*`),
+//! and the guest reaches connections only through its methods. How
+//! connections end is in `ending`, what the guest is lent in `lending`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mio::{Registry, Token};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
 use rustc_hash::FxHashMap;
 
+use super::ending::Stalls;
 use crate::guest::handing::Handing;
 use crate::net::acceptor::Acceptor;
 use crate::net::backpressure::Budget;
-use crate::net::conn::{Conn, OutputCheck, Stall, StallLimits};
-use crate::net::tls::TlsAcceptor;
+use crate::net::conn::{Conn, StallLimits};
+use crate::net::tls::{TlsAcceptor, TlsConfig};
 use crate::net::wirelog::WireLog;
 use crate::stats::Stats;
 use crate::tyme::Clock;
 
-pub struct Core {
-    pub acceptor: Acceptor,
+/// The poller's fixed tokens; connection ids are tokens too, from
+/// `FIRST_CONN_TOKEN` on.
+pub const LISTENER: Token = Token(0);
+pub const WAKER: Token = Token(1);
+pub const SIGNALS: Token = Token(2);
+pub const FIRST_CONN_TOKEN: u64 = 16;
+
+/// One connection's readiness in a pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    pub id: u64,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// A handshake's deadline.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    id: u64,
+}
+
+pub struct HostState {
+    pub(super) acceptor: Acceptor,
     /// Keyed by the host's own ids (never a peer's input), so a fast
     /// unkeyed hash is safe.
-    pub conns: FxHashMap<u64, Conn>,
+    pub(super) conns: FxHashMap<u64, Conn>,
     /// Accepted by the host, not yet taken by the guest (hio's axes).
-    pub axes: VecDeque<u64>,
+    axes: VecDeque<u64>,
     /// Connections with news for the guest's next cycle.
-    pub ready: Vec<u64>,
+    pub(super) ready: Vec<u64>,
     /// Connections whose queue, shutdown or close the loop must act on.
-    pub dirty: Vec<u64>,
-    pub clock: Clock,
-    pub wirelog: Option<WireLog>,
-    pub next_id: u64,
-    /// Where a TLS server's sessions come from.
-    pub tls: Option<TlsAcceptor>,
-    /// Handshake deadlines in accept order, which is deadline order.
-    pub handshakes: VecDeque<(Instant, u64)>,
-    /// The bound on bytes held across connections.
-    pub budget: Budget,
+    dirty: Vec<u64>,
     /// Connections whose reading waits only for the budget to drain,
     /// longest waiting first (served round-robin as room appears). A
-    /// connection is listed here exactly when its `starved` flag is set.
-    pub starved: VecDeque<u64>,
-    /// What the current guest call may be handed, and the suspects.
-    pub handing: Handing,
-    pub stats: Arc<Stats>,
-    /// When to look again at connections whose output waits for their
-    /// peer, earliest first (a connection listed again sooner, as it began
-    /// closing, leaves its later entry behind, to be skipped).
-    stalls: BinaryHeap<Reverse<(Instant, u64)>>,
-    stall_limits: StallLimits,
+    /// connection is listed here exactly when its `starved` mark is set.
+    starved: VecDeque<u64>,
     /// Connections the guest held that the host reset: each is named, with
     /// a cutoff, in the guest's next cycle.
-    pub gone: Vec<u64>,
+    pub(super) gone: Vec<u64>,
+    clock: Clock,
+    pub(super) wirelog: Option<WireLog>,
+    next_id: u64,
+    /// Where a TLS server's sessions come from.
+    tls: Option<TlsAcceptor>,
+    /// Handshake deadlines in accept order, which is deadline order.
+    handshakes: VecDeque<Deadline>,
+    /// The bound on bytes held across connections.
+    budget: Budget,
+    /// What the current guest call may be lent, and the suspects.
+    pub(super) handing: Handing,
+    pub(super) stats: Arc<Stats>,
+    pub(super) stalls: Stalls,
     /// The clock reading of the current pass.
-    pub now: Instant,
+    pub(super) now: Instant,
 }
 
-/// Why the host gives up on a connection (and resets it).
-#[derive(Debug, Clone, Copy)]
-pub enum GiveUp {
-    /// Its peer took none of its output for too long.
-    Stalled(Stall),
-    /// Its bytes crashed the guest twice.
-    Poison,
-}
-
-impl Core {
+impl HostState {
     pub fn new(
         acceptor: Acceptor,
         clock: Clock,
         wirelog: Option<WireLog>,
         budget: Budget,
         stall_limits: StallLimits,
-    ) -> Core {
-        Core {
+        tls: Option<TlsAcceptor>,
+    ) -> HostState {
+        HostState {
             acceptor,
             conns: FxHashMap::default(),
             axes: VecDeque::new(),
             ready: Vec::new(),
             dirty: Vec::new(),
+            starved: VecDeque::new(),
+            gone: Vec::new(),
             clock,
             wirelog,
-            // Ids are mio tokens too; 0 is the listener's.
-            next_id: crate::server::FIRST_CONN_TOKEN,
-            tls: None,
+            next_id: FIRST_CONN_TOKEN,
+            tls,
             handshakes: VecDeque::new(),
             budget,
-            starved: VecDeque::new(),
             handing: Handing::default(),
             stats: Arc::default(),
-            stalls: BinaryHeap::new(),
-            stall_limits,
-            gone: Vec::new(),
+            stalls: Stalls::new(stall_limits),
             now: Instant::now(),
         }
+    }
+
+    /// A new pass begins at `now` (one clock read serves it).
+    pub fn begin_pass(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    pub fn acceptor(&self) -> &Acceptor {
+        &self.acceptor
+    }
+
+    pub fn acceptor_mut(&mut self) -> &mut Acceptor {
+        &mut self.acceptor
+    }
+
+    pub fn tyme(&self) -> f64 {
+        self.clock.tyme()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A live connection.
+    pub fn conn(&self, id: u64) -> Option<&Conn> {
+        self.conns.get(&id)
+    }
+
+    /// A live connection and the wire log, for a guest's call on it.
+    pub fn conn_mut(&mut self, id: u64) -> Option<(&mut Conn, Option<&mut WireLog>)> {
+        let wl = self.wirelog.as_mut();
+        self.conns.get_mut(&id).map(|c| (c, wl))
+    }
+
+    /// Nothing waits for the guest's next cycle.
+    pub fn quiet(&self) -> bool {
+        self.ready.is_empty() && self.gone.is_empty()
+    }
+
+    /// Accepted connections wait for the guest.
+    pub fn accepts_waiting(&self) -> bool {
+        !self.axes.is_empty()
+    }
+
+    /// The next accepted connection the guest has not taken.
+    pub fn take_axe(&mut self) -> Option<u64> {
+        while let Some(id) = self.axes.pop_front() {
+            if self.conns.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    pub fn axes_len(&self) -> usize {
+        self.axes.len()
+    }
+
+    /// The connections a new guest takes over, in id order.
+    pub fn adopted_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.conns.iter().filter(|(_, c)| c.adopted && !c.closing).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Connections a guest holds a handle to.
+    pub fn adopted_count(&self) -> usize {
+        self.conns.values().filter(|c| c.adopted).count()
+    }
+
+    /// When the earliest TLS handshake deadline comes, if any.
+    pub fn next_handshake_deadline(&self) -> Option<Instant> {
+        self.handshakes.front().map(|d| d.at)
     }
 
     pub fn mark_ready(&mut self, id: u64) {
@@ -117,167 +215,107 @@ impl Core {
         }
     }
 
-    /// A guest call begins: set what it may be handed. A suspect whose turn
-    /// it is goes into the ready list, so its bytes are handed this call.
-    pub fn begin_guest_call(&mut self) {
-        let conns = &self.conns;
-        let turn =
-            self.handing.begin_call(|id| conns.get(&id).is_some_and(|c| c.adopted && !c.closing && c.has_news()));
-        if let Some(id) = turn {
+    /// After any I/O on a connection: list it where it belongs now. A
+    /// connection whose reading waits only for the server-wide bound goes
+    /// to the starved queue (left off it, it would never read again: its
+    /// peer, pushed back by TCP, sends nothing to wake it); one with news
+    /// (`news`) is ready for the guest if the guest holds it; one with
+    /// something to send (`flush`) is dirty, for `settle`.
+    fn after_io(&mut self, id: u64, news: bool, flush: bool) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if !c.starved && c.waits_for_budget() {
+            c.starved = true;
+            self.starved.push_back(id);
+        }
+        if news && c.adopted {
             self.mark_ready(id);
+        }
+        if flush {
+            self.mark_dirty(id);
         }
     }
 
-    /// Hand a connection's bytes the guest has not been given, within what
-    /// this call may be handed: the bytes and whether the stream ended after
-    /// them, or `None` if they must wait (the connection is then ready
-    /// again, for the next cycle).
-    /// `most` caps it further (a guest's `receive`).
-    pub fn hand(&mut self, id: u64, most: usize) -> Option<(Vec<u8>, bool)> {
-        let c = self.conns.get_mut(&id)?;
-        let Some(max) = self.handing.allowance(id, c.has_news()) else {
-            self.mark_ready(id);
-            return None;
+    /// A connection the listener accepted joins the host: registered with
+    /// the poller under its id, given a TLS session on a TLS server, and
+    /// waiting in the axes for the guest. The kernel reports bytes that
+    /// arrived before registration, so reading starts at once.
+    pub fn admit(&mut self, mut sock: TcpStream, peer: SocketAddr, registry: &Registry) -> io::Result<u64> {
+        let id = self.next_id;
+        // Bound to one address, that is every connection's local address;
+        // bound to all, ask which one this peer dialled.
+        let bound = self.acceptor.ha;
+        let local = if bound.ip().is_unspecified() { sock.local_addr().unwrap_or(bound) } else { bound };
+        if let Err(e) = sock.set_nodelay(true) {
+            tracing::debug!(ca = %peer, "cannot set TCP_NODELAY: {e}");
+        }
+        let session = self.tls.as_ref().map(|t| Ok::<_, anyhow::Error>((t.session()?, t.verifier())));
+        let session = session.transpose().map_err(io::Error::other)?;
+        registry.register(&mut sock, Token(id as usize), Interest::READABLE)?;
+        self.next_id += 1;
+        let conn = match session {
+            None => Conn::new(sock, local, peer, self.budget.clone()),
+            Some((session, verifier)) => {
+                let deadline = self.tls.as_ref().map_or(self.now, |t| self.now + t.handshake_timeout);
+                self.handshakes.push_back(Deadline { at: deadline, id });
+                Conn::new_tls(sock, local, peer, self.budget.clone(), session, verifier)
+            }
         };
-        let max = max.min(most);
-        let mut data = self.handing.buffer(c.unhanded_len().min(max));
-        let cutoff = c.hand_into(max, &mut data);
-        self.handing.handed(id, data.len(), cutoff);
-        if c.unhanded() {
-            self.mark_ready(id);
-        }
-        Some((data, cutoff))
+        tracing::debug!(ca = %peer, id, "accepted");
+        self.conns.insert(id, conn);
+        self.axes.push_back(id);
+        Ok(id)
     }
 
-    /// The connection is done: closed cleanly (its socket with it).
-    fn release(&mut self, id: u64) {
-        if let Some(c) = self.conns.remove(&id) {
-            self.handing.forget(id);
-            // Dropping closes the socket, which also takes it out of
-            // epoll: no deregister call needed.
-            tracing::debug!(ca = %c.peer, id, "closed");
-        }
-    }
-
-    /// Give up on a connection: reset it (RST), so its peer does not take
-    /// a truncated stream for a complete one, and say how much was lost.
-    pub fn give_up(&mut self, id: u64, why: GiveUp) {
-        let Some(c) = self.conns.remove(&id) else { return };
-        self.handing.forget(id);
-        let (unsent, unconsumed) = (c.undelivered(), c.pending());
-        let ca = c.peer;
-        match why {
-            GiveUp::Stalled(Stall::SendTimeout) => {
-                self.stats.send_timeouts.add(1);
-                let secs = self.stall_limits.send_timeout.unwrap_or_default().as_secs_f64();
-                tracing::warn!(%ca, id, unsent, "connection reset: its peer took none of its output for {secs} s (send timeout)");
-            }
-            GiveUp::Stalled(Stall::Linger) => {
-                self.stats.linger_resets.add(1);
-                let secs = self.stall_limits.linger.as_secs_f64();
-                tracing::warn!(%ca, id, unsent, "closing connection reset: its peer took none of what was left for {secs} s (linger)");
-            }
-            GiveUp::Poison => {
-                self.stats.given_up.add(1);
-                tracing::warn!(%ca, id, unsent, unconsumed, "connection reset: its bytes crashed the guest twice");
-            }
-        }
-        self.stats.bytes_dropped.add(unsent + unconsumed);
-        if c.adopted && !c.closing {
-            self.gone.push(id);
-        }
-        c.reset();
-    }
-
-    /// Look at connections whose stall deadline came: reset those whose
-    /// peer took nothing for too long, release lingering ones that are done.
-    pub fn expire_stalls(&mut self) {
-        while let Some(&Reverse((at, id))) = self.stalls.peek() {
+    /// Abort TLS handshakes past their time limit, so stalled clients cannot
+    /// pin connections. Deadlines are in accept order: only due ones are seen.
+    pub fn expire_handshakes(&mut self) {
+        while let Some(&Deadline { at, id }) = self.handshakes.front() {
             if at > self.now {
                 break;
             }
-            self.stalls.pop();
-            self.look_at_output(id, at);
-        }
-    }
-
-    /// When the loop should wake for the next look at a connection's output,
-    /// if any. Looks are not urgent: waking a little late lets one pass take
-    /// every look due by then (10,000 connections that each wrote once are
-    /// looked at in a few passes, not 10,000).
-    pub fn next_stall(&self) -> Option<Instant> {
-        self.stalls.peek().map(|Reverse((at, _))| *at + self.stall_limits.slack())
-    }
-
-    /// If output waits for this connection's peer, make sure someone looks
-    /// again in time (see [`Conn::check_output`]).
-    fn watch_output(&mut self, id: u64) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
-        if !c.output_to_watch() {
-            return;
-        }
-        let check = if c.output_waits() || c.lingering() {
-            c.check_output(self.now, &self.stall_limits)
-        } else {
-            c.first_look(self.now, &self.stall_limits)
-        };
-        self.act_on(id, check);
-    }
-
-    /// Look at a listed connection whose time (`at`) came.
-    fn look_at_output(&mut self, id: u64, at: Instant) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
-        if !c.take_look(at) {
-            return;
-        }
-        let check = c.check_output(self.now, &self.stall_limits);
-        self.act_on(id, check);
-    }
-
-    fn act_on(&mut self, id: u64, check: OutputCheck) {
-        match check {
-            OutputCheck::Nothing => {}
-            OutputCheck::Wait(at) => {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.list(at);
-                    self.stalls.push(Reverse((at, id)));
-                }
-            }
-            OutputCheck::Release => self.release(id),
-            OutputCheck::Stalled(stall) => self.give_up(id, GiveUp::Stalled(stall)),
-        }
-    }
-
-    /// Close every connection as the server stops: what can be sent now
-    /// is, then FIN; a connection with bytes that will never be delivered
-    /// (queued, or received and not consumed) is reset instead.
-    pub fn close_all(&mut self, scratch: &mut [u8]) {
-        let (mut closed, mut reset, mut dropped) = (0u64, 0u64, 0u64);
-        for (_, mut c) in self.conns.drain() {
-            closed += 1;
-            // Decided before any FIN goes out: a FIN first would tell the
-            // peer its stream ended complete, whatever follows.
-            if let Err(e) = c.flush(self.wirelog.as_mut()) {
-                tracing::debug!(ca = %c.peer, "final send failed: {e}");
-            }
-            let (unconsumed, discarded) = (c.pending(), c.discard_input(scratch));
-            // TLS records rustls could not hand the socket count too.
-            if c.queued() + unconsumed + discarded > 0 || c.output_waits() {
-                reset += 1;
-                // The reset takes what the kernel holds with it.
-                dropped += unconsumed + discarded + c.undelivered();
-                c.reset();
-            } else {
-                c.close();
-                let _ = c.flush(self.wirelog.as_mut());
+            self.handshakes.pop_front();
+            let Some(c) = self.conns.get_mut(&id) else { continue };
+            if c.handshaking() {
+                c.abort("handshake not finished in time".into());
+                self.after_io(id, true, true);
             }
         }
-        self.stats.given_up.add(reset);
-        self.stats.bytes_dropped.add(dropped);
-        if reset > 0 {
-            tracing::warn!(closed, reset, dropped, "closed every connection; those with bytes undelivered were reset");
-        } else {
-            tracing::debug!(closed, "closed every connection");
+    }
+
+    /// Readiness on connections: read into their host buffers, send what is queued.
+    pub fn serve_io(&mut self, touched: &[Readiness], scratch: &mut [u8]) {
+        for &Readiness { id, readable, writable } in touched {
+            let Some(c) = self.conns.get_mut(&id) else { continue };
+            let was_cutoff = c.cutoff();
+            let mut news = false;
+            if writable
+                && (c.queued() > 0 || c.needs_flush())
+                && let Err(e) = c.flush(self.wirelog.as_mut())
+            {
+                tracing::warn!(ca = %c.peer, "send failed: {e}");
+            }
+            if readable {
+                let got = c.read(scratch, self.wirelog.as_mut());
+                news = got.bytes > 0 || got.new_cutoff || got.tls_changed;
+            }
+            news |= c.cutoff() != was_cutoff;
+            // settle sends what is left, fixes interest, releases closed ones.
+            let flush = writable || c.needs_flush();
+            self.after_io(id, news, flush);
+        }
+    }
+
+    /// Read the TLS files again (SIGHUP): new handshakes use them, so a
+    /// certificate can be rotated and a client revoked without a restart.
+    /// Files that do not load leave the old ones in use.
+    pub fn reload_tls(&mut self, config: &TlsConfig) {
+        let Some(old) = &mut self.tls else { return };
+        match old.reloaded(config) {
+            Ok(new) => {
+                *old = new;
+                tracing::info!(cert = %config.cert.display(), "TLS certificate, key, CAs and CRLs reloaded");
+            }
+            Err(e) => tracing::error!("TLS files not reloaded, the old ones stay in use: {e:#}"),
         }
     }
 
@@ -288,6 +326,9 @@ impl Core {
         self.resume_starved(scratch);
         // A resumed TLS session may have records to send.
         self.settle_dirty(registry, scratch);
+        if let Some(wl) = &mut self.wirelog {
+            wl.flush();
+        }
     }
 
     /// Room under the server-wide bound again: resume waiting peers one at a
@@ -307,42 +348,26 @@ impl Core {
             }
             c.clear_read_pause();
             c.read(scratch, self.wirelog.as_mut());
-            let (news, flush) = (c.has_news() && c.adopted, c.needs_flush());
-            if c.list_starved() {
-                self.starved.push_back(id);
-            }
-            if news {
-                self.mark_ready(id);
-            }
-            if flush {
-                self.mark_dirty(id);
-            }
+            let (news, flush) = (c.has_news(), c.needs_flush());
+            self.after_io(id, news, flush);
         }
     }
 
     fn settle_dirty(&mut self, registry: &Registry, scratch: &mut [u8]) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for id in dirty {
-            let Some(c) = self.conns.get_mut(&id) else {
-                continue;
-            };
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(c) = self.conns.get_mut(&id) else { continue };
             c.in_dirty = false;
             let was_cutoff = c.cutoff();
             if let Err(e) = c.flush(self.wirelog.as_mut()) {
                 tracing::warn!(ca = %c.peer, "send failed: {e}");
             }
+            let mut news = false;
             if c.wants_read_resume() {
                 c.clear_read_pause();
                 c.read(scratch, self.wirelog.as_mut());
-                if c.has_news() && c.adopted {
-                    self.mark_ready(id);
-                }
+                news = c.has_news();
             }
-            let c = self.conns.get_mut(&id).expect("present above");
-            // Its own marks may have drained while the bound is reached.
-            if c.list_starved() {
-                self.starved.push_back(id);
-            }
+            news |= c.cutoff() && !was_cutoff;
             if c.finished() && !c.lingering() {
                 self.release(id);
                 continue;
@@ -354,9 +379,8 @@ impl Core {
                     Err(e) => tracing::warn!(ca = %c.peer, "cannot change interest: {e}"),
                 }
             }
-            if c.cutoff() && !was_cutoff && c.adopted {
-                self.mark_ready(id);
-            }
+            // Its own marks may have drained while the bound is reached.
+            self.after_io(id, news, false);
             self.watch_output(id);
         }
     }
@@ -374,14 +398,14 @@ mod tests {
     use super::*;
     use crate::net::backpressure::{FLOOR, RX_HIGH_WATER};
 
-    fn core_with(limit: usize) -> Core {
+    fn core_with(limit: usize) -> HostState {
         let acceptor = Acceptor::open("127.0.0.1:0".parse().unwrap(), 0, 16, false).unwrap();
         let limits = StallLimits { send_timeout: None, linger: Duration::from_secs(10) };
-        Core::new(acceptor, Clock::real(), None, Budget::new(limit), limits)
+        HostState::new(acceptor, Clock::real(), None, Budget::new(limit), limits, None)
     }
 
     /// A connection registered under `id`, and its peer.
-    fn connect(core: &mut Core, poll: &Poll, id: u64) -> StdStream {
+    fn connect(core: &mut HostState, poll: &Poll, id: u64) -> StdStream {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = StdStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, ca) = l.accept().unwrap();
@@ -394,7 +418,7 @@ mod tests {
     }
 
     /// Settle until connection `id` holds `want` bytes or five seconds pass.
-    fn settle_until(core: &mut Core, poll: &Poll, id: u64, want: u64) -> u64 {
+    fn settle_until(core: &mut HostState, poll: &Poll, id: u64, want: u64) -> u64 {
         let mut scratch = vec![0; 64 << 10];
         let start = Instant::now();
         loop {

@@ -98,6 +98,17 @@ pub struct Conn {
     pub starved: bool,
 }
 
+/// Why a guest's operation on a connection was refused.
+#[derive(Debug)]
+pub enum Refused {
+    /// It no longer takes output (closed, or its FIN asked for).
+    Closed,
+    /// Its queue is at its cap, or the server's buffers at their ceiling.
+    Full,
+    /// The socket failed.
+    Io(io::Error),
+}
+
 /// Errors that hio maps to "cutoff" instead of raising.
 pub fn is_cutoff_error(e: &io::Error) -> bool {
     matches!(
@@ -248,17 +259,6 @@ impl Conn {
         self.read == ReadSide::Paused && own_marks_allow && self.read_room() == 0
     }
 
-    /// Whether to list this connection in the host's starved queue now:
-    /// its reading waits only for the bound, and it is not listed yet.
-    /// Asked wherever its reading or its own marks change: a paused
-    /// connection left off the queue would never read again, as its peer,
-    /// pushed back by TCP, sends nothing to wake it.
-    pub fn list_starved(&mut self) -> bool {
-        let list = !self.starved && self.waits_for_budget();
-        self.starved |= list;
-        list
-    }
-
     /// Something for the socket that only a flush will send (TLS records).
     pub fn needs_flush(&self) -> bool {
         self.tls_wants_write() || self.closing
@@ -347,6 +347,31 @@ impl Conn {
         }
         self.tx.push(data);
         self.account();
+    }
+
+    /// A guest queues `data` (an answer, maybe) and consumes the first
+    /// `consumed` bytes it was lent, as one step: refused as a whole if the
+    /// connection no longer takes output or its queue is at its cap.
+    pub fn guest_tx(&mut self, data: Vec<u8>, consumed: u64) -> Result<(), Refused> {
+        if !self.accepts_tx() {
+            return Err(Refused::Closed);
+        }
+        if !self.has_room(data.len()) {
+            return Err(Refused::Full);
+        }
+        self.queue(data);
+        if consumed > 0 {
+            self.consume(consumed);
+        }
+        Ok(())
+    }
+
+    /// hio's `send` for a guest: refused once the connection takes no output.
+    pub fn guest_send(&mut self, data: &[u8], wl: Option<&mut WireLog>) -> Result<usize, Refused> {
+        if !self.accepts_tx() {
+            return Err(Refused::Closed);
+        }
+        self.send_now(data, wl).map_err(Refused::Io)
     }
 
     /// hio's `send`: write now unless queued bytes must go first.

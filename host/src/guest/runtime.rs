@@ -1,0 +1,293 @@
+//! Loading guest components and running one instance of them: the engine
+//! and linker made once per host ([`Runtime`]), and a running instance
+//! with its store ([`Generation`]), each call bounded by a deadline (epoch
+//! interruption), fuel and a memory limit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+use super::ticker::{EPOCH_TICK, InCall, Ticker};
+use super::{Cycle, GuestConfig, ListenerRef, Server, ServerPre, Snapshot, StoreData, cache, log_limit, wasi};
+use crate::config::Limits;
+use crate::server::state::HostState;
+
+/// Interfaces this host gives guests (besides WASI 0.2, linked with nothing
+/// granted; `instantiate_pre` checks those), and the one it needs from them.
+const PROVIDED: &[&str] =
+    &["hio:tcp/types@0.2.0", "hio:tcp/host@0.2.0", "hio:tcp/acceptor@0.2.0", "hio:tcp/remoter@0.2.0"];
+const GUEST_EXPORT: &str = "hio:tcp/guest@0.2.0";
+
+/// What `hio-host check` found.
+#[derive(Debug)]
+pub struct Check {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// Empty when the component fits.
+    pub problems: Vec<String>,
+}
+
+/// A guest that could not start, and the host state it was given back.
+pub struct Failed {
+    pub error: anyhow::Error,
+    pub host: HostState,
+}
+
+/// Engine and linker, made once per host and shared by every guest generation.
+pub struct Runtime {
+    pub engine: Engine,
+    linker: Linker<StoreData>,
+    limits: Limits,
+    ticker: Arc<Ticker>,
+    cache: Option<PathBuf>,
+}
+
+impl Runtime {
+    pub fn new(limits: Limits, cache: Option<PathBuf>) -> Result<Runtime> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.consume_fuel(limits.fuel.is_some());
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        Server::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |s| s)?;
+        // For guests built against WASI (other languages): nothing granted.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        let ticker = Arc::new(Ticker::start(engine.clone())?);
+        Ok(Runtime { engine, linker, limits, ticker, cache })
+    }
+
+    /// Epoch ticks a call may run: the deadline, rounded up, plus the tick
+    /// already under way.
+    fn deadline_ticks(&self) -> u64 {
+        self.limits.deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
+    }
+
+    /// Load and check a guest component from a file.
+    pub fn load(&self, path: &Path) -> Result<Component> {
+        Ok(self.load_from(path)?.0)
+    }
+
+    /// Load a guest (compiled, or from the cache) and check it fits: the
+    /// imports it asks for against the host's, its exports against the
+    /// `hio:tcp/server` world. A guest that does not fit fails here, at load.
+    pub fn load_from(&self, path: &Path) -> Result<(Component, cache::Origin)> {
+        let (component, origin) = self.compile(path)?;
+        self.fit(&component).map_err(|e| anyhow!("{} does not fit the hio:tcp host: {e:#}", path.display()))?;
+        Ok((component, origin))
+    }
+
+    fn compile(&self, path: &Path) -> Result<(Component, cache::Origin)> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read guest {}", path.display()))?;
+        cache::component(&self.engine, &bytes, self.cache.as_deref())
+            .map_err(|e| anyhow!("{} is not a valid wasm component: {e:#}", path.display()))
+    }
+
+    /// Whether the linker can give `component` everything it imports and
+    /// find the exports the host calls.
+    fn fit(&self, component: &Component) -> Result<()> {
+        ServerPre::new(self.linker.instantiate_pre(component)?)?;
+        Ok(())
+    }
+
+    /// What a component imports and exports, and why it does not fit this
+    /// host, if it does not (`hio-host check`).
+    pub fn check(&self, path: &Path) -> Result<Check> {
+        let (component, _) = self.compile(path)?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let mut problems: Vec<String> = imports
+            .iter()
+            .filter(|i| !PROVIDED.contains(&i.as_str()) && !i.starts_with("wasi:"))
+            .map(|i| format!("imports {i}, which this host does not provide"))
+            .collect();
+        if !exports.iter().any(|e| e == GUEST_EXPORT) {
+            problems.push(format!("does not export {GUEST_EXPORT} (start, service, save)"));
+        }
+        if problems.is_empty()
+            && let Err(e) = self.fit(&component)
+        {
+            problems.push(format!("{e:#}"));
+        }
+        Ok(Check { imports, exports, problems })
+    }
+
+    /// Instantiate a component in a fresh store holding `host`. On failure
+    /// the host state comes back in the error, so nothing the host holds is lost.
+    pub fn instantiate(&self, component: &Component, host: HostState) -> Result<Generation, Box<Failed>> {
+        let limiter = GuestLimiter::new(self.limits.memory);
+        let ((wasi, outputs), log_limit) =
+            (wasi::context(host.stats()), log_limit::LogLimit::new("log", host.stats().clone()));
+        let data = StoreData { table: ResourceTable::new(), host, limiter, wasi, log_limit, outputs };
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        let deadline = self.deadline_ticks();
+        store.set_epoch_deadline(deadline);
+        if let Some(fuel) = self.limits.fuel
+            && let Err(e) = store.set_fuel(fuel)
+        {
+            let host = store.into_data().host;
+            return Err(Box::new(Failed { error: anyhow!("cannot give the guest fuel: {e:#}"), host }));
+        }
+        let in_call = self.ticker.enter();
+        let instance = Server::instantiate(&mut store, component, &self.linker);
+        drop(in_call);
+        match instance {
+            Ok(bindings) => {
+                Ok(Generation { store, bindings, deadline, limits: self.limits.clone(), ticker: self.ticker.clone() })
+            }
+            Err(e) => Err(Box::new(Failed {
+                error: anyhow!("guest does not fit the hio:tcp world: {e:#}"),
+                host: store.into_data().host,
+            })),
+        }
+    }
+
+    /// Instantiate and start a component on `host`: a new generation, or
+    /// the host state back with the reason it could not start.
+    pub fn launch(
+        &self,
+        component: &Component,
+        host: HostState,
+        config: &GuestConfig,
+        snapshot: Option<&Snapshot>,
+    ) -> Result<Generation, Box<Failed>> {
+        let mut generation = self.instantiate(component, host)?;
+        match generation.start(config, snapshot) {
+            Ok(()) => Ok(generation),
+            Err(error) => Err(Box::new(Failed { error, host: generation.into_host() })),
+        }
+    }
+}
+
+/// The store's resource limits, remembering whether the guest hit its
+/// memory limit (so a trap is named for its cause, not guessed from text).
+pub(super) struct GuestLimiter {
+    limits: StoreLimits,
+    memory_hit: bool,
+}
+
+impl GuestLimiter {
+    fn new(memory: usize) -> GuestLimiter {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory)
+            .memories(4)
+            .tables(16)
+            .table_elements(1 << 20)
+            .instances(16)
+            .trap_on_grow_failure(true)
+            .build();
+        GuestLimiter { limits, memory_hit: false }
+    }
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let grown = self.limits.memory_growing(current, desired, maximum);
+        self.memory_hit |= !matches!(grown, Ok(true));
+        grown
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+/// One running guest instance and its store.
+pub struct Generation {
+    store: Store<StoreData>,
+    bindings: Server,
+    deadline: u64,
+    limits: Limits,
+    ticker: Arc<Ticker>,
+}
+
+impl Generation {
+    pub fn host(&mut self) -> &mut HostState {
+        &mut self.store.data_mut().host
+    }
+
+    pub fn host_ref(&self) -> &HostState {
+        &self.store.data().host
+    }
+
+    /// End this generation, keeping the host's state.
+    pub fn into_host(self) -> HostState {
+        self.store.into_data().host
+    }
+
+    /// Call the guest's `start`, handing it the listener and every live
+    /// connection. Their unconsumed bytes are lent again in the first
+    /// cycle, not here: a guest that cannot start is never a peer's fault.
+    pub fn start(&mut self, config: &GuestConfig, snapshot: Option<&Snapshot>) -> Result<()> {
+        let data = self.store.data_mut();
+        let ids = data.host.adopted_ids();
+        data.host.guest_replaced();
+        data.host.guest_call_begins();
+        let mut connections = Vec::with_capacity(ids.len());
+        for id in ids {
+            connections.push(data.give_connection(id, false)?);
+        }
+        let listener = data.table.push(ListenerRef)?;
+        let _in_call = self.arm()?;
+        self.bindings
+            .hio_tcp_guest()
+            .call_start(&mut self.store, *config, listener, &connections, snapshot)
+            .map_err(|e| self.trapped("start", e))?
+            .map_err(|e| anyhow!("guest refused to start: {}", log_limit::clean(&e)))
+    }
+
+    /// The guest's state for its successor.
+    pub fn save(&mut self) -> Result<Snapshot> {
+        let _in_call = self.arm()?;
+        self.bindings.hio_tcp_guest().call_save(&mut self.store).map_err(|e| self.trapped("save", e))
+    }
+
+    /// One guest cycle; returns the tyme the guest wants its next cycle at.
+    pub fn service(&mut self, cycle: &Cycle) -> Result<Option<f64>> {
+        let _in_call = self.arm()?;
+        self.bindings.hio_tcp_guest().call_service(&mut self.store, cycle).map_err(|e| self.trapped("service", e))
+    }
+
+    /// Give the next call its full deadline and fuel, and keep the epoch
+    /// advancing while it runs. (Also the moment to report log lines the
+    /// last calls had dropped.)
+    fn arm(&mut self) -> Result<InCall> {
+        self.store.data_mut().report_dropped_logs();
+        self.store.set_epoch_deadline(self.deadline);
+        if let Some(fuel) = self.limits.fuel {
+            self.store.set_fuel(fuel)?;
+        }
+        Ok(self.ticker.enter())
+    }
+
+    /// Name the cause of a trap plainly; the full trace follows.
+    fn trapped(&self, call: &str, e: wasmtime::Error) -> anyhow::Error {
+        let cause = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => format!("ran past its {} ms deadline", self.limits.deadline.as_millis()),
+            Some(Trap::OutOfFuel) => format!("burnt all its fuel ({} per call)", self.limits.fuel.unwrap_or(0)),
+            _ if self.store.data().limiter.memory_hit => {
+                format!("hit its memory limit of {} MiB", self.limits.memory >> 20)
+            }
+            _ => "trapped".to_string(),
+        };
+        anyhow!("guest {cause} in {call}: {e:#}")
+    }
+}

@@ -1,0 +1,134 @@
+//! What the guest is lent, and whose bytes are suspected when it fails:
+//! the host state's side of `guest::handing`, the one place the hand-out
+//! bookkeeping is touched. Received bytes are lent (in a cycle's arrivals,
+//! with an accepted connection, on a `receive`) and stay in the host until
+//! the guest consumes them.
+
+use super::ending::GiveUp;
+use super::state::HostState;
+use crate::guest::Arrival;
+use crate::guest::handing::Verdict;
+
+impl HostState {
+    /// A guest call begins: set what it may be lent. A suspect whose turn
+    /// it is goes into the ready list, so its bytes are lent this call.
+    pub fn guest_call_begins(&mut self) {
+        let conns = &self.conns;
+        let turn =
+            self.handing.begin_call(|id| conns.get(&id).is_some_and(|c| c.adopted && !c.closing && c.has_news()));
+        if let Some(id) = turn {
+            self.mark_ready(id);
+        }
+    }
+
+    /// Lend a connection's bytes the guest has not been given, within what
+    /// this call may be lent (`most` caps it further, for a `receive`): the
+    /// bytes and whether the stream ended after them, or `None` if they must
+    /// wait (the connection is then ready again, for the next cycle).
+    pub fn lend(&mut self, id: u64, most: usize) -> Option<(Vec<u8>, bool)> {
+        let c = self.conns.get_mut(&id)?;
+        let Some(max) = self.handing.allowance(id, c.has_news()) else {
+            self.mark_ready(id);
+            return None;
+        };
+        let max = max.min(most);
+        let mut data = self.handing.buffer(c.unhanded_len().min(max));
+        let cutoff = c.hand_into(max, &mut data);
+        self.handing.handed(id, data.len(), cutoff);
+        if c.unhanded() {
+            self.mark_ready(id);
+        }
+        Some((data, cutoff))
+    }
+
+    /// A guest takes a connection over: it holds a handle to it from now
+    /// on. With `lend`, it is lent its bytes at once; else they come in the
+    /// next cycle (a guest that is starting is lent nothing, so a guest
+    /// that cannot start is never blamed on a peer).
+    pub fn adopt(&mut self, id: u64, lend: bool) -> Option<(Vec<u8>, bool)> {
+        let c = self.conns.get_mut(&id)?;
+        c.adopted = true;
+        if lend {
+            return Some(self.lend(id, usize::MAX).unwrap_or_default());
+        }
+        if c.has_news() {
+            self.mark_ready(id);
+        }
+        Some((Vec::new(), false))
+    }
+
+    /// A new guest takes over every connection the last one held: each
+    /// unconsumed byte will be lent again, and the connections the host
+    /// reset in between were never this guest's.
+    pub fn guest_replaced(&mut self) {
+        self.gone.clear();
+        for c in self.conns.values_mut() {
+            c.rewind();
+        }
+    }
+
+    /// The news for one guest cycle, into `arrivals`: every ready connection
+    /// the guest holds, with its bytes not yet lent, as far as this call may
+    /// be lent them (the rest waits for the next cycle), and every one the
+    /// host reset, with a cutoff. Connections the guest has not taken yet
+    /// are left out: `accept` lends them with their bytes.
+    pub fn take_arrivals(&mut self, arrivals: &mut Vec<Arrival>) {
+        self.guest_call_begins();
+        arrivals.extend(self.gone.drain(..).map(|id| Arrival { id, data: Vec::new(), cutoff: true }));
+        let mut ready = std::mem::take(&mut self.ready);
+        for &id in &ready {
+            let Some(c) = self.conns.get_mut(&id) else { continue };
+            c.in_ready = false;
+            if !c.adopted || c.closing {
+                continue;
+            }
+            if let Some((data, cutoff)) = self.lend(id, usize::MAX) {
+                arrivals.push(Arrival { id, data, cutoff });
+            }
+        }
+        // Keep the list's allocation for the next cycle.
+        if self.ready.is_empty() {
+            ready.clear();
+            self.ready = ready;
+        }
+    }
+
+    /// The guest finished a cycle: what it was lent did not crash it. The
+    /// arrivals' buffers come back for the next cycle.
+    pub fn guest_succeeded(&mut self, arrivals: &mut Vec<Arrival>) {
+        self.handing.succeeded();
+        for arrival in arrivals.drain(..) {
+            self.handing.recycle(arrival.data);
+        }
+    }
+
+    /// The guest failed. Connections that held bytes they were lent and had
+    /// not consumed are suspects: each is lent its bytes alone from now on.
+    /// A suspect that holds them again at a failure crashed the guest twice:
+    /// the host resets it, so one peer cannot keep the guest down for
+    /// everyone. Returns whether it found such a culprit.
+    pub fn guest_failed(&mut self) -> bool {
+        let conns = &self.conns;
+        match self.handing.failed(|id| conns.get(&id).is_some_and(|c| c.owes_guest())) {
+            Verdict::NoneHeld => false,
+            Verdict::Culprit(id) => {
+                self.give_up(id, GiveUp::Poison);
+                true
+            }
+            Verdict::Isolated(n) => {
+                tracing::warn!(
+                    suspects = n,
+                    "guest failed holding these connections' bytes: each is now lent its bytes alone"
+                );
+                false
+            }
+        }
+    }
+
+    /// A guest that failed is thrown away without a verdict (a new guest
+    /// that could not take over at a swap: its failure says nothing of the
+    /// peers, whose bytes go back to the old guest).
+    pub fn guest_discarded(&mut self) {
+        self.handing.discard_lent();
+    }
+}
