@@ -6,7 +6,6 @@
 //!   running instance (`Generation`) with its limits
 //! - `supervisor`: the lifecycle: start, cycles, crash, back-off, restart,
 //!   fail policy, hot swap
-//! - `handing`: how much a guest call is lent, and whose bytes crash it
 //! - `swap`: compiling a new guest off the loop, `--watch`
 //! - `cache`: compiled guests on disk
 //! - `ticker`: the epoch clock behind call deadlines
@@ -19,7 +18,6 @@
 
 mod acceptor;
 pub mod cache;
-pub mod handing;
 mod host;
 mod log_limit;
 mod remoter;
@@ -35,7 +33,7 @@ use wasmtime::component::{Resource, ResourceTable};
 
 use self::runtime::GuestLimiter;
 pub use self::runtime::{Check, Failed, Generation, Runtime};
-use crate::server::state::HostState;
+use crate::state::HostState;
 
 wasmtime::component::bindgen!({
     path: "../wit",

@@ -13,7 +13,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, 
 use super::ticker::{EPOCH_TICK, InCall, Ticker};
 use super::{Cycle, GuestConfig, ListenerRef, Server, ServerPre, Snapshot, StoreData, cache, log_limit, wasi};
 use crate::config::Limits;
-use crate::server::state::HostState;
+use crate::state::HostState;
 
 /// Interfaces this host gives guests (besides WASI 0.2, linked with nothing
 /// granted; `instantiate_pre` checks those), and the one it needs from them.

@@ -13,7 +13,7 @@ use wasmtime::component::Component;
 
 use super::swap::{Loaded, SwapOutcome, SwapReport, Swapper};
 use super::{Arrival, Cycle, Failed, Generation, GuestConfig, Runtime};
-use crate::server::state::HostState;
+use crate::state::HostState;
 
 /// The first restart waits this long; each further one in a row twice as
 /// long as the one before, up to `MAX_BACKOFF`.
@@ -191,7 +191,7 @@ impl Supervisor {
             return Ok(());
         }
         let mut ready = std::mem::take(&mut self.arrivals);
-        self.host().take_arrivals(&mut ready);
+        self.host().take_arrivals(|id, data, cutoff| ready.push(Arrival { id, data, cutoff }));
         let cycle = Cycle { tyme, accepts: self.host_ref().accepts_waiting(), ready };
         self.last_cycle = now;
         let Tenant::Up(generation) = &mut self.tenant else { unreachable!("checked above") };
@@ -200,7 +200,7 @@ impl Supervisor {
                 self.woken(usable_wake(wake), tyme);
                 self.restarts.in_a_row = 0;
                 let mut ready = cycle.ready;
-                self.host().guest_succeeded(&mut ready);
+                self.host().guest_succeeded(ready.drain(..).map(|a| a.data));
                 self.arrivals = ready;
                 Ok(())
             }

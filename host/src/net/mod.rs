@@ -3,7 +3,6 @@
 //! identity, the bounds on what connections hold, and wire logs.
 
 pub mod acceptor;
-pub mod admission;
 pub mod backpressure;
 pub mod conn;
 pub mod tls;

@@ -9,15 +9,14 @@
 //! FINs, closes) for only the connections it touched. Idle connections cost
 //! nothing.
 //!
-//! - `state`: what survives a guest ([`state::HostState`]) and its lists
-//! - `lending`: what the guest is lent, and whose bytes crash it
-//! - `ending`: releasing, resetting and stall looks
+//! - `admission`: who gets in (connection cap, shedding, accept retry)
 //! - `pool`: `--workers N`
+//!
+//! What survives a guest is `crate::state`; the guest's lifecycle is
+//! `crate::guest::supervisor`.
 
-mod ending;
-mod lending;
+mod admission;
 pub mod pool;
-pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,17 +27,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use self::state::{HostState, LISTENER, Readiness, SIGNALS, WAKER};
+use self::admission::Admission;
 use crate::config::Config;
 use crate::guest::cache::Origin;
 use crate::guest::supervisor::Supervisor;
 use crate::guest::swap::{Loaded, Swapper, stamp};
 use crate::guest::{GuestConfig, Runtime};
 use crate::net::acceptor::Acceptor;
-use crate::net::admission::Admission;
 use crate::net::backpressure::Budget;
 use crate::net::tls::TlsConfig;
 use crate::net::wirelog::WireLog;
+use crate::state::{HostState, LISTENER, Readiness, SIGNALS, WAKER};
 use crate::stats::Stats;
 use crate::tyme::Clock;
 

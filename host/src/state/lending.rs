@@ -4,10 +4,9 @@
 //! with an accepted connection, on a `receive`) and stay in the host until
 //! the guest consumes them.
 
+use super::HostState;
 use super::ending::GiveUp;
-use super::state::HostState;
-use crate::guest::Arrival;
-use crate::guest::handing::Verdict;
+use crate::state::handing::Verdict;
 
 impl HostState {
     /// A guest call begins: set what it may be lent. A suspect whose turn
@@ -67,14 +66,17 @@ impl HostState {
         }
     }
 
-    /// The news for one guest cycle, into `arrivals`: every ready connection
-    /// the guest holds, with its bytes not yet lent, as far as this call may
-    /// be lent them (the rest waits for the next cycle), and every one the
-    /// host reset, with a cutoff. Connections the guest has not taken yet
-    /// are left out: `accept` lends them with their bytes.
-    pub fn take_arrivals(&mut self, arrivals: &mut Vec<Arrival>) {
+    /// The news for one guest cycle, each given to `arrive` as (id, bytes,
+    /// cutoff): every ready connection the guest holds, with its bytes not
+    /// yet lent, as far as this call may be lent them (the rest waits for
+    /// the next cycle), and every one the host reset, with a cutoff.
+    /// Connections the guest has not taken yet are left out: `accept` lends
+    /// them with their bytes.
+    pub fn take_arrivals(&mut self, mut arrive: impl FnMut(u64, Vec<u8>, bool)) {
         self.guest_call_begins();
-        arrivals.extend(self.gone.drain(..).map(|id| Arrival { id, data: Vec::new(), cutoff: true }));
+        for id in self.gone.drain(..) {
+            arrive(id, Vec::new(), true);
+        }
         let mut ready = std::mem::take(&mut self.ready);
         for &id in &ready {
             let Some(c) = self.conns.get_mut(&id) else { continue };
@@ -83,7 +85,7 @@ impl HostState {
                 continue;
             }
             if let Some((data, cutoff)) = self.lend(id, usize::MAX) {
-                arrivals.push(Arrival { id, data, cutoff });
+                arrive(id, data, cutoff);
             }
         }
         // Keep the list's allocation for the next cycle.
@@ -94,11 +96,11 @@ impl HostState {
     }
 
     /// The guest finished a cycle: what it was lent did not crash it. The
-    /// arrivals' buffers come back for the next cycle.
-    pub fn guest_succeeded(&mut self, arrivals: &mut Vec<Arrival>) {
+    /// buffers it was lent come back for the next cycle.
+    pub fn guest_succeeded(&mut self, lent: impl Iterator<Item = Vec<u8>>) {
         self.handing.succeeded();
-        for arrival in arrivals.drain(..) {
-            self.handing.recycle(arrival.data);
+        for data in lent {
+            self.handing.recycle(data);
         }
     }
 

@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-use super::state::HostState;
+use super::HostState;
 use crate::net::conn::{OutputCheck, Stall, StallLimits};
 
 /// Why the host gives up on a connection (and resets it).

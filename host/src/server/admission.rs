@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use mio::Registry;
 
-use super::acceptor::{self, Shed};
-use super::conn::is_cutoff_error;
-use crate::server::state::HostState;
+use crate::net::acceptor::{self, Shed};
+use crate::net::conn::is_cutoff_error;
+use crate::state::HostState;
 
 /// How soon to accept again after an accept error.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);

@@ -15,8 +15,12 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use rustc_hash::FxHashMap;
 
-use super::ending::Stalls;
-use crate::guest::handing::Handing;
+mod ending;
+pub mod handing;
+mod lending;
+
+use self::ending::Stalls;
+use self::handing::Handing;
 use crate::net::acceptor::Acceptor;
 use crate::net::backpressure::Budget;
 use crate::net::conn::{Conn, StallLimits};
@@ -48,14 +52,14 @@ struct Deadline {
 }
 
 pub struct HostState {
-    pub(super) acceptor: Acceptor,
+    pub(crate) acceptor: Acceptor,
     /// Keyed by the host's own ids (never a peer's input), so a fast
     /// unkeyed hash is safe.
-    pub(super) conns: FxHashMap<u64, Conn>,
+    pub(crate) conns: FxHashMap<u64, Conn>,
     /// Accepted by the host, not yet taken by the guest (hio's axes).
     axes: VecDeque<u64>,
     /// Connections with news for the guest's next cycle.
-    pub(super) ready: Vec<u64>,
+    pub(crate) ready: Vec<u64>,
     /// Connections whose queue, shutdown or close the loop must act on.
     dirty: Vec<u64>,
     /// Connections whose reading waits only for the budget to drain,
@@ -64,9 +68,9 @@ pub struct HostState {
     starved: VecDeque<u64>,
     /// Connections the guest held that the host reset: each is named, with
     /// a cutoff, in the guest's next cycle.
-    pub(super) gone: Vec<u64>,
+    pub(crate) gone: Vec<u64>,
     clock: Clock,
-    pub(super) wirelog: Option<WireLog>,
+    pub(crate) wirelog: Option<WireLog>,
     next_id: u64,
     /// Where a TLS server's sessions come from.
     tls: Option<TlsAcceptor>,
@@ -75,11 +79,11 @@ pub struct HostState {
     /// The bound on bytes held across connections.
     budget: Budget,
     /// What the current guest call may be lent, and the suspects.
-    pub(super) handing: Handing,
-    pub(super) stats: Arc<Stats>,
-    pub(super) stalls: Stalls,
+    pub(crate) handing: Handing,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) stalls: Stalls,
     /// The clock reading of the current pass.
-    pub(super) now: Instant,
+    pub(crate) now: Instant,
 }
 
 impl HostState {
