@@ -143,6 +143,23 @@ fn a_half_received_line_and_the_line_count_survive_a_swap() {
 }
 
 #[test]
+fn each_connections_state_comes_back_to_that_connection_after_a_swap() {
+    let server = TestServer::start("lines");
+    let mut clients: Vec<_> = (0..3).map(|_| server.connect()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        for n in 1..=i + 1 {
+            c.send(b"x\n");
+            assert_eq!(c.recv_line(), format!("{n} X\n"));
+        }
+    }
+    swap(&server, "lines");
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(b"y\n");
+        assert_eq!(c.recv_line(), format!("{} Y\n", i + 2), "client {i} got another's count");
+    }
+}
+
+#[test]
 fn a_guest_that_does_not_know_the_old_state_starts_fresh_without_losing_bytes() {
     let server = TestServer::start("lines");
     let mut c = server.connect();

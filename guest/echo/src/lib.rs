@@ -5,11 +5,13 @@ use hio_guest::{Error, Remoter, Server, Service};
 struct Echo;
 
 impl Service for Echo {
+    type Conn = ();
+
     fn new(_: &mut Server) -> Self {
         Echo
     }
 
-    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
+    fn received(&mut self, ix: &mut Remoter, _: &mut ()) -> Result<(), Error> {
         ix.echo_rxbs()
     }
 }

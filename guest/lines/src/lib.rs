@@ -2,24 +2,24 @@
 //! "\n") is answered with "<n> <LINE>\n": its number on this connection and
 //! the line upper-cased. A partial line waits in rxbs (and in the host's
 //! buffer) until its end arrives. The line "quit" is answered "bye" and the
-//! connection closed. Line counts survive a hot swap (kind "lines/1").
+//! connection closed. Line counts survive a hot swap (kind "lines/2").
 
-use std::collections::HashMap;
+use hio_guest::{Error, Remoter, Server, Service};
 
-use hio_guest::{Ca, Error, Remoter, Server, Service};
+struct Lines;
 
+/// Lines answered on one connection so far.
 #[derive(Default)]
-struct Lines {
-    counts: HashMap<Ca, u64>,
-}
+struct Count(u64);
 
 impl Service for Lines {
-    fn new(_: &mut Server) -> Self {
-        Lines::default()
+    type Conn = Count;
+
+    fn new(_: &mut Server<Count>) -> Self {
+        Lines
     }
 
-    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
-        let count = self.counts.entry(ix.ca.clone()).or_default();
+    fn received(&mut self, ix: &mut Remoter, count: &mut Count) -> Result<(), Error> {
         let mut reply = Vec::new();
         let mut used = 0;
         let mut quit = false;
@@ -32,8 +32,8 @@ impl Service for Lines {
                 quit = true;
                 break;
             }
-            *count += 1;
-            reply.extend_from_slice(format!("{count} ").as_bytes());
+            count.0 += 1;
+            reply.extend_from_slice(format!("{} ", count.0).as_bytes());
             reply.extend(line.iter().map(u8::to_ascii_uppercase));
             reply.push(b'\n');
         }
@@ -46,34 +46,21 @@ impl Service for Lines {
         Ok(())
     }
 
-    fn removed(&mut self, ca: &Ca) {
-        self.counts.remove(ca);
-    }
-
     fn kind(&self) -> &str {
-        "lines/1"
+        "lines/2"
     }
 
-    /// One "host port count" line per connection.
-    fn save(&self) -> Vec<u8> {
-        self.counts.iter().map(|(ca, n)| format!("{} {} {n}\n", ca.host, ca.port)).collect::<String>().into_bytes()
+    fn restore(&mut self, kind: &str, _: &[u8]) -> bool {
+        kind == "lines/2"
     }
 
-    fn restore(&mut self, kind: &str, state: &[u8]) -> bool {
-        if kind != "lines/1" {
-            return false;
-        }
-        let Ok(text) = std::str::from_utf8(state) else { return false };
-        for line in text.lines() {
-            let mut f = line.split(' ');
-            match (f.next(), f.next().and_then(|p| p.parse().ok()), f.next().and_then(|n| n.parse().ok())) {
-                (Some(host), Some(port), Some(n)) => {
-                    self.counts.insert(Ca::new(host, port), n);
-                }
-                _ => return false,
-            }
-        }
-        true
+    /// The count, as 8 little-endian bytes.
+    fn save_conn(&self, count: &Count) -> Vec<u8> {
+        count.0.to_le_bytes().to_vec()
+    }
+
+    fn restore_conn(&mut self, saved: &[u8]) -> Option<Count> {
+        Some(Count(u64::from_le_bytes(saved.try_into().ok()?)))
     }
 }
 

@@ -2,14 +2,16 @@
 //!
 //! A guest author implements [`Service`] (at least [`Service::received`])
 //! and exports it with [`export_service!`]; this crate holds hio's Server
-//! bookkeeping (ixes keyed by ca, tymers, idle tymeouts, cutoffs) and hides
-//! the WIT bindings.
+//! bookkeeping (ixes keyed by ca, tymers, idle tymeouts, cutoffs), keeps the
+//! policy's state for each connection ([`Service::Conn`]) and carries both
+//! across a hot swap, and hides the WIT bindings.
 //!
 //! ```ignore
 //! struct Echo;
 //! impl hio_guest::Service for Echo {
+//!     type Conn = ();
 //!     fn new(_: &mut hio_guest::Server) -> Self { Echo }
-//!     fn received(&mut self, ix: &mut hio_guest::Remoter) -> Result<(), hio_guest::Error> {
+//!     fn received(&mut self, ix: &mut hio_guest::Remoter, _: &mut ()) -> Result<(), hio_guest::Error> {
 //!         ix.echo_rxbs()
 //!     }
 //! }
@@ -39,7 +41,7 @@ pub mod tyming;
 
 pub use bindings::hio::tcp::remoter::{PeerCertificate, TlsInfo};
 pub use ca::Ca;
-pub use remoter::Remoter;
+pub use remoter::{Received, Remoter};
 pub use server::Server;
 pub use tyming::{Tymer, Tymist, Tymth};
 
@@ -87,25 +89,35 @@ impl From<WitError> for Error {
 /// once per host cycle; its default runs hio's Server cycle and calls
 /// [`Service::received`] for each connection with news.
 pub trait Service: 'static {
-    /// Build the policy when the guest starts.
-    fn new(server: &mut Server) -> Self
-    where
-        Self: Sized;
+    /// The policy's state for one connection (a count, a parser...): made
+    /// with `Default` when the connection joins ixes, handed to
+    /// [`Service::connected`] and [`Service::received`], given to
+    /// [`Service::removed`] and dropped when the connection leaves, carried
+    /// across a hot swap by [`Service::save_conn`] and
+    /// [`Service::restore_conn`]. `()` for none.
+    type Conn: Default + 'static;
+
+    /// Build the policy when the guest starts (after the connections taken
+    /// over from a predecessor joined `server`'s ixes).
+    fn new(server: &mut Server<Self::Conn>) -> Self;
 
     /// A connection has new bytes in `ix.rxbs`, or was cut off. Bytes left in
-    /// rxbs stay there (and in the host) for the next call.
-    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error>;
+    /// rxbs stay there (and in the host) for the next call. An error closes
+    /// and removes the connection, with a warning in the host's log.
+    fn received(&mut self, ix: &mut Remoter, conn: &mut Self::Conn) -> Result<(), Error>;
 
     /// A new connection joined ixes (for TLS: its handshake finished, and
     /// `ix.tls` says who the peer is). Not called for connections handed
     /// over from a previous guest at a swap or restart.
-    fn connected(&mut self, _ix: &mut Remoter) {}
+    fn connected(&mut self, _ix: &mut Remoter, _conn: &mut Self::Conn) {}
 
-    /// A connection left ixes (closed by the policy, cut off, or idle).
-    fn removed(&mut self, _ca: &Ca) {}
+    /// A connection left ixes (closed by the policy, cut off, or idle); its
+    /// state is dropped after this call.
+    fn removed(&mut self, _ca: &Ca, _conn: Self::Conn) {}
 
-    /// Names the layout of what [`Service::save`] returns, e.g. "lines/1".
-    /// Change it whenever the layout changes. Empty: no state to carry.
+    /// Names the layout of what [`Service::save`] and [`Service::save_conn`]
+    /// return, e.g. "lines/2". Change it whenever the layout changes. Empty:
+    /// no state to carry (neither is called).
     fn kind(&self) -> &str {
         ""
     }
@@ -116,36 +128,42 @@ pub trait Service: 'static {
     }
 
     /// Take over a predecessor's state (called after `new`). Return false
-    /// for a `kind` this policy does not understand: it then starts fresh.
+    /// for a `kind` this policy does not understand: it then starts fresh,
+    /// every connection with `Conn::default()`.
     fn restore(&mut self, _kind: &str, _state: &[u8]) -> bool {
         false
     }
 
+    /// One connection's state for a successor at a hot swap.
+    fn save_conn(&self, _conn: &Self::Conn) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Read back what a predecessor's [`Service::save_conn`] made, once
+    /// [`Service::restore`] accepted its kind. `None`: not readable; that
+    /// connection starts with `Conn::default()` and a warning is logged.
+    fn restore_conn(&mut self, _saved: &[u8]) -> Option<Self::Conn> {
+        Some(Self::Conn::default())
+    }
+
     /// One cycle (hio's Doer `recur`). Override for full control; the parts
     /// are the public `Server::service_*` methods.
-    fn recur(&mut self, server: &mut Server) {
+    fn recur(&mut self, server: &mut Server<Self::Conn>) {
         server.service_connects();
-        for ca in server.take_connected() {
-            if let Some(ix) = server.ixes.get_mut(&ca) {
-                self.connected(ix);
+        for id in server.take_connected() {
+            if let Some((ix, conn)) = server.ix_with_conn(id) {
+                self.connected(ix, conn);
             }
         }
         for id in server.service_receives_ready() {
-            let Some(ix) = server.ix_by_id(id) else {
-                continue;
-            };
-            // hio's serviceCutoffs, for this connection, without a second
-            // lookup: one cut off (or closed by the policy) leaves ixes.
-            let ended = match self.received(ix) {
-                Ok(()) => ix.cutoff || ix.closed(),
-                Err(e) => {
-                    log::warn(&format!("service of {} failed, closing it: {e}", ix.ca));
-                    true
+            let Some((ix, conn)) = server.ix_with_conn(id) else { continue };
+            match self.received(ix, conn) {
+                // hio's serviceCutoffs, for this connection: one cut off (or
+                // closed by the policy) leaves ixes.
+                Ok(()) => {
+                    server.service_cutoff(id);
                 }
-            };
-            if ended {
-                let ca = ix.ca.clone();
-                let _ = server.remove_ix(&ca, true);
+                Err(e) => server.fail_ix(id, &e),
             }
         }
         server.service_tymeouts();

@@ -11,6 +11,17 @@ use crate::{Ca, Error, Tymer, Tymth};
 /// Largest rxbs allocation kept once emptied.
 const KEEP: usize = 4 << 10;
 
+/// What one read from the host found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// No bytes now; more may come.
+    Nothing,
+    /// These bytes (never empty).
+    Bytes(Vec<u8>),
+    /// The peer closed or reset: nothing more will arrive (hio's cutoff).
+    Ended,
+}
+
 pub struct Remoter {
     handle: Handle,
     /// The host's key for this connection.
@@ -61,6 +72,13 @@ impl Remoter {
         self.tymer.start(None, None);
     }
 
+    /// Activity: the idle tymer starts again if this connection is refreshable.
+    fn touch(&mut self) {
+        if self.refreshable {
+            self.refresh();
+        }
+    }
+
     fn check_open(&self) -> Result<(), Error> {
         if self.closed { Err(Error::Closed) } else { Ok(()) }
     }
@@ -71,9 +89,7 @@ impl Remoter {
         if data.is_empty() {
             return;
         }
-        if self.refreshable {
-            self.refresh();
-        }
+        self.touch();
         if self.rxbs.is_empty() {
             self.rxbs = data;
         } else {
@@ -83,23 +99,30 @@ impl Remoter {
 
     /// hio's `receive`: one read of up to bs bytes. `None` is nothing now,
     /// `Some(empty)` is cutoff, otherwise the bytes (not added to rxbs).
+    /// [`Remoter::receive_next`] says the same without the empty-means-end
+    /// convention.
     pub fn receive(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        Ok(match self.receive_next()? {
+            Received::Nothing => None,
+            Received::Bytes(data) => Some(data),
+            Received::Ended => Some(Vec::new()),
+        })
+    }
+
+    /// One read of up to bs bytes (not added to rxbs).
+    pub fn receive_next(&mut self) -> Result<Received, Error> {
         self.receive_up_to(self.bs)
     }
 
-    fn receive_up_to(&mut self, max: u32) -> Result<Option<Vec<u8>>, Error> {
+    fn receive_up_to(&mut self, max: u32) -> Result<Received, Error> {
         self.check_open()?;
         let receipt = self.handle.receive(max)?;
-        if receipt.cutoff {
-            self.cutoff = true;
-        }
+        self.cutoff |= receipt.cutoff;
         if !receipt.data.is_empty() {
-            if self.refreshable {
-                self.refresh();
-            }
-            return Ok(Some(receipt.data));
+            self.touch();
+            return Ok(Received::Bytes(receipt.data));
         }
-        Ok(if self.cutoff { Some(Vec::new()) } else { None })
+        Ok(if self.cutoff { Received::Ended } else { Received::Nothing })
     }
 
     /// hio's `serviceReceives`: take everything available into rxbs in one
@@ -108,23 +131,23 @@ impl Remoter {
     /// back.)
     pub fn service_receives(&mut self) -> Result<usize, Error> {
         match self.receive_up_to(u32::MAX)? {
-            Some(data) => {
+            Received::Bytes(data) => {
                 let n = data.len();
                 self.arrived(data, false);
                 Ok(n)
             }
-            None => Ok(0),
+            Received::Nothing | Received::Ended => Ok(0),
         }
     }
 
     /// hio's `serviceReceiveOnce`: one receive of up to bs into rxbs.
     pub fn service_receive_once(&mut self) -> Result<usize, Error> {
-        match self.receive()? {
-            Some(data) => {
+        match self.receive_next()? {
+            Received::Bytes(data) => {
                 self.rxbs.extend_from_slice(&data);
                 Ok(data.len())
             }
-            None => Ok(0),
+            Received::Nothing | Received::Ended => Ok(0),
         }
     }
 
@@ -161,8 +184,8 @@ impl Remoter {
     pub fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
         self.check_open()?;
         let n = self.handle.send(data)? as usize;
-        if n > 0 && self.refreshable {
-            self.refresh();
+        if n > 0 {
+            self.touch();
         }
         Ok(n)
     }
@@ -204,9 +227,7 @@ impl Remoter {
     fn answered(&mut self, txed: bool, consumed: usize) {
         if txed {
             self.txed = true;
-            if self.refreshable {
-                self.refresh();
-            }
+            self.touch();
         }
         self.drop_rxbs(consumed);
     }

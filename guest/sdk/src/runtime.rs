@@ -8,13 +8,19 @@ use crate::bindings::hio::tcp::acceptor::Listener;
 use crate::bindings::hio::tcp::remoter::Connection;
 use crate::{Server, Service, log, snapshot};
 
-struct App {
-    server: Server,
-    service: Box<dyn Service>,
+/// What the exported functions call, whatever the Service's type.
+trait Instance {
+    fn service(&mut self, cycle: Cycle) -> Option<f64>;
+    fn save(&self) -> snapshot::State;
+}
+
+struct App<S: Service> {
+    server: Server<S::Conn>,
+    service: S,
 }
 
 thread_local! {
-    static APP: RefCell<Option<App>> = const { RefCell::new(None) };
+    static APP: RefCell<Option<Box<dyn Instance>>> = const { RefCell::new(None) };
 }
 
 pub fn start<S: Service>(
@@ -30,55 +36,77 @@ pub fn start<S: Service>(
     for conn in connections {
         server.adopt(conn);
     }
-    let state = match predecessor {
-        None => None,
-        Some(s) if s.format == snapshot::FORMAT => {
-            let state = snapshot::State::decode(&s.state);
-            if state.is_none() {
-                log::warn("predecessor's hio-guest/1 state is damaged: starting fresh");
-            }
-            state
-        }
-        Some(s) => {
-            log::warn(&format!("predecessor's state format '{}' is unknown: starting fresh", s.format));
-            None
-        }
-    };
+    let state = predecessor.and_then(decode);
     if let Some(state) = &state {
         server.restore_ixes(&state.ixes);
     }
     let mut service = S::new(&mut server);
-    if let Some(state) = state
-        && !state.kind.is_empty()
-        && !service.restore(&state.kind, &state.service)
-    {
-        log::warn(&format!("predecessor's policy state '{}' is not understood here: policy starts fresh", state.kind));
+    if let Some(state) = state {
+        restore(&mut service, &mut server, state);
     }
     if adopted > 0 {
         log::info(&format!("took over {adopted} connections"));
     }
-    APP.with_borrow_mut(|app| *app = Some(App { server, service: Box::new(service) }));
+    APP.with_borrow_mut(|app| *app = Some(Box::new(App { server, service })));
     Ok(())
 }
 
-pub fn service(cycle: Cycle) -> Option<f64> {
-    APP.with_borrow_mut(|app| {
-        let App { server, service } = app.as_mut()?;
+/// A predecessor's state, if this SDK can read it.
+fn decode(snapshot: Snapshot) -> Option<snapshot::State> {
+    if !snapshot::READS.contains(&snapshot.format.as_str()) {
+        log::warn(&format!("predecessor's state format '{}' is unknown: starting fresh", snapshot.format));
+        return None;
+    }
+    let state = snapshot::State::decode(&snapshot.state);
+    if state.is_none() {
+        log::warn(&format!("predecessor's {} state is damaged: starting fresh", snapshot.format));
+    }
+    state
+}
+
+/// The policy takes over its predecessor's state, then each connection's.
+fn restore<S: Service>(service: &mut S, server: &mut Server<S::Conn>, state: snapshot::State) {
+    if state.kind.is_empty() {
+        return;
+    }
+    if !service.restore(&state.kind, &state.service) {
+        log::warn(&format!("predecessor's policy state '{}' is not understood here: policy starts fresh", state.kind));
+        return;
+    }
+    for ix in state.ixes {
+        let (Some(saved), Some((remoter, conn))) = (ix.conn, server.ix_with_conn(ix.id)) else { continue };
+        match service.restore_conn(&saved) {
+            Some(restored) => *conn = restored,
+            None => log::warn(&format!("{}: predecessor's state for it is not understood: starts fresh", remoter.ca)),
+        }
+    }
+}
+
+impl<S: Service> Instance for App<S> {
+    fn service(&mut self, cycle: Cycle) -> Option<f64> {
+        let App { server, service } = self;
         server.begin_cycle(cycle.tyme, cycle.accepts, cycle.ready);
         service.recur(server);
-        for ca in server.take_removed() {
-            service.removed(&ca);
+        for (ca, conn) in server.take_removed() {
+            service.removed(&ca, conn);
         }
         server.next_wake()
-    })
+    }
+
+    fn save(&self) -> snapshot::State {
+        let App { server, service } = self;
+        let kind = service.kind();
+        let ixes = server.save_ixes(|conn| (!kind.is_empty()).then(|| service.save_conn(conn)));
+        let policy = if kind.is_empty() { Vec::new() } else { service.save() };
+        snapshot::State { ixes, kind: kind.to_string(), service: policy }
+    }
+}
+
+pub fn service(cycle: Cycle) -> Option<f64> {
+    APP.with_borrow_mut(|app| app.as_mut()?.service(cycle))
 }
 
 pub fn save() -> Snapshot {
-    let state = APP.with_borrow(|app| match app {
-        Some(App { server, service }) => {
-            snapshot::State { ixes: server.save_ixes(), kind: service.kind().to_string(), service: service.save() }
-        }
-        None => snapshot::State::default(),
-    });
+    let state = APP.with_borrow(|app| app.as_ref().map(|app| app.save()).unwrap_or_default());
     Snapshot { format: snapshot::FORMAT.to_string(), state: state.encode() }
 }

@@ -1,11 +1,14 @@
 //! hio's Server: ixes keyed by ca, fed by the host's listener.
 //!
-//! Unlike hio, a cycle looks only at connections the host named as ready
-//! and at tymers that came due, so idle connections cost nothing.
+//! Inside, connections are keyed by the host's connection id (what every
+//! cycle names them by), with a ca index for hio's ca-keyed calls; each one
+//! in ixes carries the policy's per-connection state `C` beside its
+//! Remoter. Unlike hio, a cycle looks only at connections the host named as
+//! ready and at tymers that came due, so idle connections cost nothing.
 
 use std::collections::VecDeque;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::bindings::exports::hio::tcp::guest::Arrival;
 use crate::bindings::hio::tcp::acceptor::Listener;
@@ -15,34 +18,45 @@ use crate::snapshot::IxState;
 use crate::tymers::{Due, TymerQueue};
 use crate::{Ca, Error, Remoter, Tymist, log};
 
-pub struct Server {
+/// A connection in ixes and the policy's state for it: made together when
+/// the connection joins, dropped together when it leaves.
+struct Joined<C> {
+    ix: Remoter,
+    conn: C,
+}
+
+/// hio's Server, with `C` the policy's per-connection state
+/// ([`crate::Service::Conn`]; `()` for none).
+pub struct Server<C = ()> {
     listener: Listener,
     /// Listen address (resolved) and its external form.
     pub ha: Ca,
     pub eha: Ca,
+    /// Read size for each Remoter's `receive`, in bytes (hio's bs).
     pub bs: u32,
     /// Idle timeout for each connection in seconds; 0 never times out.
     pub tymeout: f64,
     pub tymist: Tymist,
-    /// Connections keyed by peer address.
-    pub ixes: FxHashMap<Ca, Remoter>,
-    /// TLS connections still handshaking (hio's ServerTls cxes).
-    pub cxes: FxHashMap<Ca, Remoter>,
-    /// Accepted connections not yet made remoters.
-    pub axes: VecDeque<Connection>,
-    /// The host's connection ids to peer addresses.
-    ids: FxHashMap<u64, Ca>,
+    /// hio's ixes, by the host's connection id.
+    ixes: FxHashMap<u64, Joined<C>>,
+    /// hio's key for ixes: peer address to connection id.
+    by_ca: FxHashMap<Ca, u64>,
+    /// TLS connections still handshaking (hio's ServerTls cxes), by id.
+    cxes: FxHashMap<u64, Remoter>,
+    /// Accepted connections not yet made remoters (hio's axes).
+    axes: VecDeque<Connection>,
     tymers: TymerQueue,
-    /// Ids of connections with news this cycle.
+    /// Ids of connections with news this cycle, each once (`listed`).
     ready: Vec<u64>,
+    listed: FxHashSet<u64>,
     /// The host said accepted connections are waiting (cycle.accepts).
     accepts: bool,
-    connected: Vec<Ca>,
-    removed: Vec<Ca>,
+    connected: Vec<u64>,
+    removed: Vec<(Ca, C)>,
 }
 
-impl Server {
-    pub(crate) fn new(tymeout: f64, bs: u32, listener: Listener, tyme: f64) -> Server {
+impl<C: Default> Server<C> {
+    pub(crate) fn new(tymeout: f64, bs: u32, listener: Listener, tyme: f64) -> Self {
         Server {
             ha: listener.ha().into(),
             eha: listener.eha().into(),
@@ -51,11 +65,12 @@ impl Server {
             tymeout,
             tymist: Tymist::new(tyme),
             ixes: FxHashMap::default(),
+            by_ca: FxHashMap::default(),
             cxes: FxHashMap::default(),
             axes: VecDeque::new(),
-            ids: FxHashMap::default(),
             tymers: TymerQueue::default(),
             ready: Vec::new(),
+            listed: FxHashSet::default(),
             accepts: true,
             connected: Vec::new(),
             removed: Vec::new(),
@@ -75,9 +90,20 @@ impl Server {
         self.tymist.set(tyme);
         self.accepts = accepts;
         for Arrival { id, data, cutoff } in ready {
-            let Some(ca) = self.ids.get(&id) else { continue };
-            let Some(ix) = self.ixes.get_mut(ca).or_else(|| self.cxes.get_mut(ca)) else { continue };
+            let ix = match self.ixes.get_mut(&id) {
+                Some(joined) => &mut joined.ix,
+                None => match self.cxes.get_mut(&id) {
+                    Some(cx) => cx,
+                    None => continue,
+                },
+            };
             ix.arrived(data, cutoff);
+            self.list(id);
+        }
+    }
+
+    fn list(&mut self, id: u64) {
+        if self.listed.insert(id) {
             self.ready.push(id);
         }
     }
@@ -131,9 +157,8 @@ impl Server {
                 self.admit(ix, new);
             }
             TlsState::Handshaking => {
-                self.ids.insert(ix.id, ix.ca.clone());
-                self.ready.push(ix.id);
-                self.cxes.insert(ix.ca.clone(), ix);
+                self.list(ix.id);
+                self.cxes.insert(ix.id, ix);
             }
             TlsState::Aborted(why) => log::debug(&format!("{}: TLS aborted before service: {why}", ix.ca)),
         }
@@ -146,48 +171,41 @@ impl Server {
         if self.cxes.is_empty() {
             return;
         }
-        let candidates: Vec<Ca> = self
-            .ready
-            .iter()
-            .filter_map(|id| self.ids.get(id))
-            .filter(|ca| self.cxes.contains_key(*ca))
-            .cloned()
-            .collect();
-        for ca in candidates {
-            let Some(cx) = self.cxes.get(&ca) else { continue };
+        let candidates: Vec<u64> = self.ready.iter().copied().filter(|id| self.cxes.contains_key(id)).collect();
+        for id in candidates {
+            let Some(cx) = self.cxes.get(&id) else { continue };
             match cx.handle().tls() {
-                TlsState::Handshaking => {}
+                TlsState::Handshaking | TlsState::Plain => {}
                 TlsState::Connected(info) => {
-                    let mut ix = self.cxes.remove(&ca).expect("checked above");
+                    let Some(mut ix) = self.cxes.remove(&id) else { continue };
                     ix.tls = Some(info);
                     ix.refresh();
                     self.admit(ix, true);
                 }
                 TlsState::Aborted(why) => {
-                    if let Some(cx) = self.cxes.remove(&ca) {
-                        self.ids.remove(&cx.id);
+                    if let Some(cx) = self.cxes.remove(&id) {
+                        log::debug(&format!("{}: TLS handshake aborted: {why}", cx.ca));
                     }
-                    log::debug(&format!("{ca}: TLS handshake aborted: {why}"));
                 }
-                TlsState::Plain => {}
             }
         }
     }
 
+    /// The one way into ixes: the connection's state is made here.
     fn admit(&mut self, ix: Remoter, new: bool) {
-        let ca = ix.ca.clone();
-        if self.ixes.contains_key(&ca) {
+        let (id, ca) = (ix.id, ix.ca.clone());
+        if self.by_ca.contains_key(&ca) {
             log::warn(&format!("{ca} connected again; closing its old connection"));
             let _ = self.remove_ix(&ca, true);
         }
         if self.tymeout > 0.0 {
-            self.tymers.push(ix.id, ix.tymer.stop_tyme());
+            self.tymers.push(id, ix.tymer.stop_tyme());
         }
-        self.ids.insert(ix.id, ca.clone());
-        self.ready.push(ix.id);
-        self.ixes.insert(ca.clone(), ix);
+        self.by_ca.insert(ca, id);
+        self.ixes.insert(id, Joined { ix, conn: C::default() });
+        self.list(id);
         if new {
-            self.connected.push(ca);
+            self.connected.push(id);
         }
     }
 
@@ -198,45 +216,80 @@ impl Server {
         self.service_cxes();
     }
 
-    /// Connections that joined ixes since last asked.
-    pub fn take_connected(&mut self) -> Vec<Ca> {
+    /// Ids of the connections that joined ixes since last asked.
+    pub fn take_connected(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.connected)
     }
 
-    /// Connections that left ixes since last asked.
-    pub fn take_removed(&mut self) -> Vec<Ca> {
+    /// Connections that left ixes since last asked, with their state.
+    pub(crate) fn take_removed(&mut self) -> Vec<(Ca, C)> {
         std::mem::take(&mut self.removed)
+    }
+
+    /// The connection in ixes from this peer address.
+    pub fn ix(&self, ca: &Ca) -> Option<&Remoter> {
+        self.by_ca.get(ca).and_then(|id| self.ixes.get(id)).map(|j| &j.ix)
+    }
+
+    pub fn ix_mut(&mut self, ca: &Ca) -> Option<&mut Remoter> {
+        let id = self.by_ca.get(ca)?;
+        self.ixes.get_mut(id).map(|j| &mut j.ix)
     }
 
     /// The connection in ixes with this host id.
     pub fn ix_by_id(&mut self, id: u64) -> Option<&mut Remoter> {
-        self.ids.get(&id).and_then(|ca| self.ixes.get_mut(ca))
+        self.ixes.get_mut(&id).map(|j| &mut j.ix)
     }
 
-    fn ix(&mut self, ca: &Ca) -> Result<&mut Remoter, Error> {
-        self.ixes.get_mut(ca).ok_or_else(|| Error::InvalidCa(ca.clone()))
+    /// The connection in ixes with this host id, and the policy's state for it.
+    pub fn ix_with_conn(&mut self, id: u64) -> Option<(&mut Remoter, &mut C)> {
+        self.ixes.get_mut(&id).map(|j| (&mut j.ix, &mut j.conn))
+    }
+
+    /// Every connection in ixes, in no particular order.
+    pub fn ixes(&self) -> impl Iterator<Item = &Remoter> {
+        self.ixes.values().map(|j| &j.ix)
+    }
+
+    /// Every connection in ixes with the policy's state for it.
+    pub fn ixes_mut(&mut self) -> impl Iterator<Item = (&mut Remoter, &mut C)> {
+        self.ixes.values_mut().map(|j| (&mut j.ix, &mut j.conn))
+    }
+
+    /// TLS connections still handshaking (hio's cxes).
+    pub fn cxes(&self) -> impl Iterator<Item = &Remoter> {
+        self.cxes.values()
+    }
+
+    fn id_of(&self, ca: &Ca) -> Result<u64, Error> {
+        self.by_ca.get(ca).copied().ok_or_else(|| Error::InvalidCa(ca.clone()))
+    }
+
+    /// hio's ValueError for a ca that is not in ixes.
+    fn ix_at(&mut self, ca: &Ca) -> Result<&mut Remoter, Error> {
+        self.ix_mut(ca).ok_or_else(|| Error::InvalidCa(ca.clone()))
     }
 
     pub fn shutdown_ix(&mut self, ca: &Ca, how: ShutdownHow) -> Result<(), Error> {
-        self.ix(ca)?.shutdown(how)
+        self.ix_at(ca)?.shutdown(how)
     }
 
     pub fn shutdown_send_ix(&mut self, ca: &Ca) -> Result<(), Error> {
-        self.ix(ca)?.shutdown_send()
+        self.ix_at(ca)?.shutdown_send()
     }
 
     pub fn shutdown_receive_ix(&mut self, ca: &Ca) -> Result<(), Error> {
-        self.ix(ca)?.shutdown_receive()
+        self.ix_at(ca)?.shutdown_receive()
     }
 
     /// Close one connection (it stays in ixes until removed, as in hio).
     pub fn close_ix(&mut self, ca: &Ca) -> Result<(), Error> {
-        self.ix(ca)?.close()
+        self.ix_at(ca)?.close()
     }
 
     pub fn close_all_ix(&mut self) {
-        for ix in self.ixes.values_mut() {
-            let _ = ix.close();
+        for joined in self.ixes.values_mut() {
+            let _ = joined.ix.close();
         }
     }
 
@@ -244,74 +297,83 @@ impl Server {
     /// host's and stays open for the next guest.
     pub fn close(&mut self) {
         for (_, mut cx) in self.cxes.drain() {
-            self.ids.remove(&cx.id);
             let _ = cx.close();
         }
-        let all: Vec<Ca> = self.ixes.keys().cloned().collect();
-        for ca in all {
-            let _ = self.remove_ix(&ca, true);
+        let all: Vec<u64> = self.ixes.keys().copied().collect();
+        for id in all {
+            let _ = self.remove(id, true);
         }
     }
 
-    /// Forget a connection, closing it first unless `close` is false (then
-    /// the host closes it once the handle is dropped here).
+    /// hio's `removeIx`: forget a connection, closing it first unless
+    /// `close` is false (then the host closes it once the handle is dropped
+    /// here). Its state goes with it.
     pub fn remove_ix(&mut self, ca: &Ca, close: bool) -> Result<(), Error> {
-        let mut ix = self.ixes.remove(ca).ok_or_else(|| Error::InvalidCa(ca.clone()))?;
-        self.ids.remove(&ix.id);
-        self.removed.push(ca.clone());
-        if close {
-            ix.close()?;
+        let id = self.id_of(ca)?;
+        self.remove(id, close)
+    }
+
+    /// The one way out of ixes.
+    fn remove(&mut self, id: u64, close: bool) -> Result<(), Error> {
+        let Some(Joined { mut ix, conn }) = self.ixes.remove(&id) else { return Ok(()) };
+        if self.by_ca.get(&ix.ca) == Some(&id) {
+            self.by_ca.remove(&ix.ca);
         }
-        Ok(())
+        let closed = if close { ix.close() } else { Ok(()) };
+        self.removed.push((ix.ca, conn));
+        closed
     }
 
     pub fn service_receives_ix(&mut self, ca: &Ca) -> Result<usize, Error> {
-        self.ix(ca)?.service_receives()
+        self.ix_at(ca)?.service_receives()
     }
 
     /// hio's `serviceReceivesAllIx`: every connection, ready or not. A
     /// failing one is logged and removed; the rest carry on.
     pub fn service_receives_all_ix(&mut self) {
-        let all: Vec<Ca> = self.ixes.keys().cloned().collect();
-        for ca in all {
-            let Some(ix) = self.ixes.get_mut(&ca) else { continue };
-            if let Err(e) = ix.service_receives() {
+        let failed: Vec<u64> = self
+            .ixes
+            .iter_mut()
+            .filter_map(|(&id, j)| j.ix.service_receives().err().map(|e| (id, &j.ix.ca, e)))
+            .map(|(id, ca, e)| {
                 log::warn(&format!("receive from {ca} failed: {e}"));
-                let _ = self.remove_ix(&ca, true);
-            }
+                id
+            })
+            .collect();
+        for id in failed {
+            let _ = self.remove(id, true);
         }
     }
 
     /// Ids of the connections the host named ready this cycle (their bytes
-    /// came with it, into rxbs) and of the new ones, for [`Server::ix_by_id`]
-    /// (which skips any that are not, or no longer, in ixes).
+    /// came with it, into rxbs) and of the new ones, each once, for
+    /// [`Server::ix_with_conn`] (which skips any that are not, or no longer,
+    /// in ixes).
     pub fn service_receives_ready(&mut self) -> Vec<u64> {
-        let mut ready = std::mem::take(&mut self.ready);
-        ready.sort_unstable();
-        ready.dedup();
-        ready
+        self.listed.clear();
+        std::mem::take(&mut self.ready)
     }
 
     /// hio's `transmitIx`: queue bytes to one connection.
     pub fn transmit_ix(&mut self, data: &[u8], ca: &Ca) -> Result<(), Error> {
-        self.ix(ca)?.tx(data)
+        self.ix_at(ca)?.tx(data)
     }
 
     /// hio's `serviceSendsAllIx`, for connections that queued bytes since
     /// their last send. (The host sends after every cycle anyway.)
     pub fn service_sends_all_ix(&mut self) {
-        let failed: Vec<Ca> = self
+        let failed: Vec<u64> = self
             .ixes
-            .values_mut()
-            .filter(|ix| ix.txed)
-            .filter_map(|ix| ix.service_sends().err().map(|e| (ix.ca.clone(), e)))
-            .map(|(ca, e)| {
+            .iter_mut()
+            .filter(|(_, j)| j.ix.txed)
+            .filter_map(|(&id, j)| j.ix.service_sends().err().map(|e| (id, &j.ix.ca, e)))
+            .map(|(id, ca, e)| {
                 log::warn(&format!("send to {ca} failed: {e}"));
-                ca
+                id
             })
             .collect();
-        for ca in failed {
-            let _ = self.remove_ix(&ca, true);
+        for id in failed {
+            let _ = self.remove(id, true);
         }
     }
 
@@ -324,17 +386,30 @@ impl Server {
         ready
     }
 
-    /// Close and remove those of the connections `ids` that are cut off or
-    /// were closed by the policy. The host sends what is queued first, so a
-    /// half-closed peer still gets its every byte before the FIN.
+    /// Close and remove this connection if it is cut off or was closed by
+    /// the policy (hio's serviceCutoffs, for one). The host sends what is
+    /// queued first, so a half-closed peer still gets its every byte before
+    /// the FIN. Returns whether it left ixes.
+    pub fn service_cutoff(&mut self, id: u64) -> bool {
+        let ended = self.ixes.get(&id).is_some_and(|j| j.ix.cutoff || j.ix.closed());
+        if ended {
+            let _ = self.remove(id, true);
+        }
+        ended
+    }
+
+    /// [`Server::service_cutoff`] for each of the connections `ids`.
     pub fn service_cutoffs(&mut self, ids: &[u64]) {
         for &id in ids {
-            if let Some(ix) = self.ix_by_id(id)
-                && (ix.cutoff || ix.closed())
-            {
-                let ca = ix.ca.clone();
-                let _ = self.remove_ix(&ca, true);
-            }
+            self.service_cutoff(id);
+        }
+    }
+
+    /// Close and remove a connection whose service failed, saying why.
+    pub fn fail_ix(&mut self, id: u64, e: &Error) {
+        if let Some(j) = self.ixes.get(&id) {
+            log::warn(&format!("service of {} failed, closing it: {e}", j.ix.ca));
+            let _ = self.remove(id, true);
         }
     }
 
@@ -344,24 +419,20 @@ impl Server {
     /// bounds that with its send timeout), so its tymer starts again.
     pub fn service_tymeouts(&mut self) {
         let tyme = self.tyme();
-        let Server { tymers, ids, ixes, .. } = self;
+        let Server { tymers, ixes, .. } = self;
         let expired = tymers.expire(tyme, |id| {
-            let Some(ix) = ids.get(&id).and_then(|ca| ixes.get(ca)) else {
-                return Due::Gone;
-            };
-            if ix.tymer.expired() { Due::Expired } else { Due::Later(ix.tymer.stop_tyme()) }
+            let Some(j) = ixes.get(&id) else { return Due::Gone };
+            if j.ix.tymer.expired() { Due::Expired } else { Due::Later(j.ix.tymer.stop_tyme()) }
         });
         for id in expired {
-            let Some(ca) = self.ids.get(&id).cloned() else { continue };
-            if let Some(ix) = self.ixes.get_mut(&ca)
-                && ix.queued().unwrap_or(0) > 0
-            {
-                ix.refresh();
-                self.tymers.push(id, ix.tymer.stop_tyme());
+            let Some(j) = self.ixes.get_mut(&id) else { continue };
+            if j.ix.queued().unwrap_or(0) > 0 {
+                j.ix.refresh();
+                self.tymers.push(id, j.ix.tymer.stop_tyme());
                 continue;
             }
-            log::info(&format!("{ca} idle for {}s: closing", self.tymeout));
-            let _ = self.remove_ix(&ca, true);
+            log::info(&format!("{} idle for {}s: closing", j.ix.ca, self.tymeout));
+            let _ = self.remove(id, true);
         }
     }
 
@@ -370,24 +441,27 @@ impl Server {
         self.tymers.next()
     }
 
-    /// Each connection's bookkeeping, for a successor.
-    pub(crate) fn save_ixes(&self) -> Vec<IxState> {
+    /// Each connection's bookkeeping, for a successor, with what `save`
+    /// makes of its state.
+    pub(crate) fn save_ixes(&self, save: impl Fn(&C) -> Option<Vec<u8>>) -> Vec<IxState> {
         self.ixes
-            .values()
-            .map(|ix| IxState {
-                id: ix.id,
+            .iter()
+            .map(|(&id, Joined { ix, conn })| IxState {
+                id,
                 start: ix.tymer.start_tyme(),
                 stop: ix.tymer.stop_tyme(),
                 refreshable: ix.refreshable,
                 cutoff: ix.cutoff,
+                conn: save(conn),
             })
             .collect()
     }
 
-    /// Take over a predecessor's bookkeeping for the connections adopted.
+    /// Take over a predecessor's bookkeeping for the connections adopted
+    /// (their state is the policy's to restore).
     pub(crate) fn restore_ixes(&mut self, saved: &[IxState]) {
         for s in saved {
-            let Some(ix) = self.ids.get(&s.id).and_then(|ca| self.ixes.get_mut(ca)) else { continue };
+            let Some(Joined { ix, .. }) = self.ixes.get_mut(&s.id) else { continue };
             ix.tymer.start(Some(s.stop - s.start), Some(s.start));
             ix.refreshable = s.refreshable;
             ix.cutoff |= s.cutoff;
@@ -400,13 +474,11 @@ impl Server {
     /// hio's `wind`: measure tyme on another Tymist from now on.
     pub fn wind(&mut self, tymist: Tymist) {
         self.tymist = tymist;
-        for ix in self.ixes.values_mut() {
-            ix.tymer.wind(self.tymist.tymen());
-        }
         self.tymers = TymerQueue::default();
-        if self.tymeout > 0.0 {
-            for ix in self.ixes.values() {
-                self.tymers.push(ix.id, ix.tymer.stop_tyme());
+        for (&id, Joined { ix, .. }) in &mut self.ixes {
+            ix.tymer.wind(self.tymist.tymen());
+            if self.tymeout > 0.0 {
+                self.tymers.push(id, ix.tymer.stop_tyme());
             }
         }
     }

@@ -9,11 +9,13 @@
 //! (`serviceReceivesAllIx`, the host's `receive`), so what the host lends
 //! that way is covered by the crash tests too, not only a cycle's arrivals.
 
-use hio_guest::{Ca, Error, Remoter, Server, Service};
+use hio_guest::{Error, Remoter, Server, Service};
 
 struct Crashy;
 
 impl Service for Crashy {
+    type Conn = ();
+
     fn new(server: &mut Server) -> Self {
         if (100.0..200.0).contains(&server.tyme()) {
             panic!("cannot start at tyme {}", server.tyme());
@@ -21,7 +23,7 @@ impl Service for Crashy {
         Crashy
     }
 
-    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
+    fn received(&mut self, ix: &mut Remoter, _: &mut ()) -> Result<(), Error> {
         if ix.rxbs.windows(5).any(|w| w == b"panic") {
             panic!("poison message from {}", ix.ca);
         }
@@ -33,13 +35,13 @@ impl Service for Crashy {
         server.take_connected();
         server.service_receives_all_ix();
         let ready = server.service_receives_ready();
-        let news: Vec<Ca> = server.ixes.values().filter(|ix| !ix.rxbs.is_empty()).map(|ix| ix.ca.clone()).collect();
-        for ca in news {
-            let Some(ix) = server.ixes.get_mut(&ca) else { continue };
-            if let Err(e) = self.received(ix) {
-                hio_guest::log::warn(&format!("service of {ca} failed, closing it: {e}"));
-                let _ = server.remove_ix(&ca, true);
-            }
+        let failed: Vec<(u64, Error)> = server
+            .ixes_mut()
+            .filter(|(ix, _)| !ix.rxbs.is_empty())
+            .filter_map(|(ix, conn)| self.received(ix, conn).err().map(|e| (ix.id, e)))
+            .collect();
+        for (id, e) in failed {
+            server.fail_ix(id, &e);
         }
         server.service_cutoffs(&ready);
         server.service_tymeouts();

@@ -19,11 +19,13 @@ struct Evil {
 }
 
 impl Service for Evil {
+    type Conn = ();
+
     fn new(_: &mut Server) -> Self {
         Evil::default()
     }
 
-    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
+    fn received(&mut self, ix: &mut Remoter, _: &mut ()) -> Result<(), Error> {
         if ix.rxbs.windows(4).any(|w| w == b"spin") {
             let mut n = 0u64;
             loop {

@@ -7,11 +7,13 @@ use hio_guest::{Error, Remoter, Server, Service};
 struct Whoami;
 
 impl Service for Whoami {
+    type Conn = ();
+
     fn new(_: &mut Server) -> Self {
         Whoami
     }
 
-    fn connected(&mut self, ix: &mut Remoter) {
+    fn connected(&mut self, ix: &mut Remoter, _: &mut ()) {
         let greeting = match &ix.tls {
             None => "plain\n".to_string(),
             Some(t) => {
@@ -34,7 +36,7 @@ impl Service for Whoami {
         }
     }
 
-    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
+    fn received(&mut self, ix: &mut Remoter, _: &mut ()) -> Result<(), Error> {
         ix.echo_rxbs()
     }
 }

@@ -22,11 +22,13 @@ fn describe<T: std::fmt::Debug>(r: Result<T, WitError>) -> String {
 }
 
 impl Service for Zombie {
+    type Conn = ();
+
     fn new(_: &mut Server) -> Self {
         Zombie::default()
     }
 
-    fn received(&mut self, ix: &mut Remoter) -> Result<(), Error> {
+    fn received(&mut self, ix: &mut Remoter, _: &mut ()) -> Result<(), Error> {
         match ix.rxbs.as_slice() {
             b"zombie\n" => {
                 ix.clear_rxbs()?;
@@ -63,8 +65,8 @@ impl Service for Zombie {
         server.service_connects();
         let ready = server.service_receives_ready();
         for &id in &ready {
-            if let Some(ix) = server.ix_by_id(id)
-                && let Err(e) = self.received(ix)
+            if let Some((ix, conn)) = server.ix_with_conn(id)
+                && let Err(e) = self.received(ix, conn)
             {
                 hio_guest::log::warn(&format!("{}: {e}", ix.ca));
             }
