@@ -26,6 +26,24 @@ fn listen(addr: SocketAddr, what: &str) -> Result<(Poll, TcpListener)> {
     Ok((poll, listener))
 }
 
+/// Take every waiting connection, registered with `interest` under the
+/// next token, and give it to `add`.
+fn accept_all(
+    poll: &Poll,
+    listener: &TcpListener,
+    next: &mut usize,
+    interest: Interest,
+    mut add: impl FnMut(usize, TcpStream) -> Result<()>,
+) -> Result<()> {
+    while let Ok((mut sock, _)) = listener.accept() {
+        sock.set_nodelay(true)?;
+        poll.registry().register(&mut sock, Token(*next), interest)?;
+        add(*next, sock)?;
+        *next += 1;
+    }
+    Ok(())
+}
+
 /// Wait for events; a signal (a profiler attaching) is not an error.
 fn wait(poll: &mut Poll, events: &mut Events) -> Result<()> {
     match poll.poll(events, None) {
@@ -44,22 +62,10 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
         wait(&mut poll, &mut events)?;
         for ev in events.iter() {
             if ev.token() == LISTENER {
-                loop {
-                    match listener.accept() {
-                        Ok((mut sock, _)) => {
-                            sock.set_nodelay(true)?;
-                            poll.registry().register(
-                                &mut sock,
-                                Token(next),
-                                Interest::READABLE | Interest::WRITABLE,
-                            )?;
-                            conns.insert(next, Conn { sock, pending: Vec::new() });
-                            next += 1;
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(_) => break,
-                    }
-                }
+                accept_all(&poll, &listener, &mut next, Interest::READABLE | Interest::WRITABLE, |id, sock| {
+                    conns.insert(id, Conn { sock, pending: Vec::new() });
+                    Ok(())
+                })?;
                 continue;
             }
             let id = ev.token().0;
@@ -107,12 +113,10 @@ pub fn serve_tls(addr: SocketAddr, config: std::sync::Arc<rustls::ServerConfig>)
         wait(&mut poll, &mut events)?;
         for ev in events.iter() {
             if ev.token() == LISTENER {
-                while let Ok((mut sock, _)) = listener.accept() {
-                    sock.set_nodelay(true)?;
-                    poll.registry().register(&mut sock, Token(next), Interest::READABLE)?;
-                    conns.insert(next, (sock, rustls::ServerConnection::new(config.clone())?, Interest::READABLE));
-                    next += 1;
-                }
+                accept_all(&poll, &listener, &mut next, Interest::READABLE, |id, sock| {
+                    conns.insert(id, (sock, rustls::ServerConnection::new(config.clone())?, Interest::READABLE));
+                    Ok(())
+                })?;
                 continue;
             }
             let id = ev.token().0;

@@ -6,17 +6,11 @@ Echoes a few messages through hio-host and prints "ok". Every wait is bounded.
 import socket
 import ssl
 import sys
-import time
+
+from hio_roundtrip import Deadline, connect, roundtrip
 
 mode, port, ca, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-deadline = time.monotonic() + 20
-
-
-def wait(what):
-    if time.monotonic() > deadline:
-        sys.exit(f"timed out waiting for {what}")
-    time.sleep(0.0005)
-
+deadline = Deadline(20)
 
 if mode == "ssl":
     ctx = ssl.create_default_context(cafile=ca)
@@ -43,23 +37,9 @@ else:
     client = clienting.ClientTls(tymth=tymist.tymen(), host="localhost", port=port,
                                  certedhost="localhost", keypath=key, certpath=cert, cafilepath=ca)
     try:
-        while not client.connected:
-            client.serviceConnect()
-            wait("TLS connect")
+        connect(client, deadline)
         for i in range(10):
-            msg = f"hio ClientTls {i}\n".encode()
-            client.tx(msg)
-            while client.txbs:
-                client.serviceSends()
-                wait("send")
-            while len(client.rxbs) < len(msg):
-                client.serviceReceives()
-                if client.cutoff:
-                    sys.exit("server cut off")
-                wait("echo")
-            if bytes(client.rxbs) != msg:
-                sys.exit(f"mismatch {bytes(client.rxbs)!r}")
-            client.clearRxbs()
+            roundtrip(client, f"hio ClientTls {i}\n".encode(), deadline)
     finally:
         client.close()
     print("ok")

@@ -229,6 +229,22 @@ pub enum Ending {
     Reset,
 }
 
+/// `clients` connections to `server` each send a message per round before
+/// any reads its echo, for `rounds` rounds: every echo must come back to its
+/// own connection, whole and in order.
+pub fn assert_interleaved_echo(server: &TestServer, clients: usize, rounds: usize) {
+    let mut clients: Vec<Client> = (0..clients).map(|_| server.connect()).collect();
+    for round in 0..rounds {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send(format!("client {i} round {round}|").as_bytes());
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let want = format!("client {i} round {round}|");
+            assert_eq!(c.recv_exact(want.len()), want.as_bytes());
+        }
+    }
+}
+
 /// A child process that is killed when dropped, so a failing test never
 /// leaves a host behind (holding ports, and the test's output pipes).
 pub struct KillOnDrop(pub std::process::Child);

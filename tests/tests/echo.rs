@@ -5,7 +5,7 @@ use std::net::{Shutdown, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use hio_tests::{Client, TestServer, eventually, hio_python, root};
+use hio_tests::{Client, TestServer, assert_interleaved_echo, eventually, hio_python, root};
 
 #[test]
 fn single_client_echo() {
@@ -46,16 +46,7 @@ fn one_mebibyte_intact() {
 #[test]
 fn interleaved_clients_do_not_cross_talk() {
     let server = TestServer::start("echo");
-    let mut clients: Vec<Client> = (0..3).map(|_| server.connect()).collect();
-    for round in 0..20 {
-        for (i, c) in clients.iter_mut().enumerate() {
-            c.send(format!("client {i} round {round}|").as_bytes());
-        }
-        for (i, c) in clients.iter_mut().enumerate() {
-            let want = format!("client {i} round {round}|");
-            assert_eq!(c.recv_exact(want.len()), want.as_bytes());
-        }
-    }
+    assert_interleaved_echo(&server, 3, 20);
 }
 
 #[test]

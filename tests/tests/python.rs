@@ -4,21 +4,12 @@
 use std::io::Write;
 use std::net::Shutdown;
 
-use hio_tests::{Client, PATIENCE, TestServer, guest};
+use hio_tests::{PATIENCE, TestServer, assert_interleaved_echo, guest};
 
 #[test]
 fn the_python_guest_echoes_like_the_rust_one() {
     let server = TestServer::start("python-echo");
-    let mut clients: Vec<Client> = (0..3).map(|_| server.connect()).collect();
-    for round in 0..10 {
-        for (i, c) in clients.iter_mut().enumerate() {
-            c.send(format!("client {i} round {round}|").as_bytes());
-        }
-        for (i, c) in clients.iter_mut().enumerate() {
-            let want = format!("client {i} round {round}|");
-            assert_eq!(c.recv_exact(want.len()), want.as_bytes());
-        }
-    }
+    assert_interleaved_echo(&server, 3, 10);
     let mut big = server.connect();
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 241) as u8).collect();
     let mut writer = big.stream.try_clone().unwrap();
