@@ -238,3 +238,96 @@ fn kernel_unsent(sock: &TcpStream) -> u32 {
     let ok = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) } == 0;
     if ok { u32::try_from(unsent).unwrap_or(0) } else { 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpStream as StdStream;
+
+    use super::super::tests::pair;
+    use super::*;
+
+    /// A connection whose peer reads nothing, with `queued` bytes waiting
+    /// in the host after the kernel's buffers filled.
+    fn stalled_pair(queued: usize) -> (Conn, StdStream) {
+        let (mut c, peer) = pair();
+        c.queue(vec![7u8; queued]);
+        c.flush(None).unwrap();
+        assert!(c.queued() > 0, "the kernel took it all");
+        (c, peer)
+    }
+
+    const LIMITS: StallLimits =
+        StallLimits { send_timeout: Some(Duration::from_secs(30)), linger: Duration::from_secs(5) };
+
+    #[test]
+    fn a_peer_that_takes_nothing_is_given_up_on_after_the_send_timeout() {
+        let (mut c, _peer) = stalled_pair(16 << 20);
+        let t0 = Instant::now();
+        let OutputCheck::Wait(look) = c.check_output(t0, &LIMITS) else { panic!("not watched") };
+        let since = c.output.stalled_since.unwrap();
+        assert!(look > t0 && look <= since + Duration::from_secs(30), "looks again within the timeout");
+        let late = since + Duration::from_secs(30);
+        assert!(matches!(c.check_output(late - Duration::from_secs(1), &LIMITS), OutputCheck::Wait(_)));
+        assert_eq!(c.check_output(late, &LIMITS), OutputCheck::Stalled(Stall::SendTimeout));
+        assert_eq!(c.check_output(late, &StallLimits { send_timeout: None, ..LIMITS }), OutputCheck::Nothing);
+        // Closed by the guest (late), it gets the linger time from then.
+        c.close();
+        c.flush(None).unwrap();
+        assert!(matches!(c.check_output(late, &LIMITS), OutputCheck::Wait(at) if at <= late + LIMITS.linger));
+        assert_eq!(c.output.stalled_since, Some(late));
+        assert_eq!(c.check_output(late + LIMITS.linger, &LIMITS), OutputCheck::Stalled(Stall::Linger));
+    }
+
+    #[test]
+    fn the_clock_starts_when_the_connection_wrote_not_at_its_first_look() {
+        let (mut c, _peer) = stalled_pair(16 << 20);
+        let wrote = Instant::now();
+        assert!(c.output_to_watch());
+        assert!(matches!(c.first_look(wrote, &LIMITS), OutputCheck::Wait(_)));
+        let first_look = wrote + Duration::from_secs(7);
+        assert!(matches!(c.check_output(first_look, &LIMITS), OutputCheck::Wait(_)));
+        let timeout = LIMITS.send_timeout.unwrap();
+        assert_eq!(c.check_output(wrote + timeout, &LIMITS), OutputCheck::Stalled(Stall::SendTimeout));
+    }
+
+    #[test]
+    fn progress_restarts_the_clock_and_a_closed_connection_lingers_until_its_peer_has_everything() {
+        let (mut c, mut peer) = stalled_pair(16 << 20);
+        let mut now = Instant::now();
+        c.close();
+        assert!(matches!(c.check_output(now, &LIMITS), OutputCheck::Wait(_)));
+        // The peer reads everything: every look sees bytes acknowledged, so
+        // the linger clock keeps starting again.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).unwrap();
+            got.len()
+        });
+        let mut progress = 0;
+        while !c.finished() {
+            c.flush(None).unwrap();
+            now += Duration::from_millis(10);
+            let before = c.output.stalled_since;
+            match c.check_output(now, &LIMITS) {
+                OutputCheck::Wait(_) => progress += usize::from(c.output.stalled_since != before),
+                other => panic!("{other:?} while the peer reads"),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(progress > 0, "no progress seen");
+        // FIN sent: until the kernel has handed the peer everything, the
+        // connection lingers; then it is released, never reset.
+        let mut looks = 0;
+        loop {
+            match c.check_output(now, &LIMITS) {
+                OutputCheck::Release => break,
+                OutputCheck::Wait(_) => looks += 1,
+                other => panic!("{other:?} after {looks} looks"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            assert!(looks < 1000);
+        }
+        assert_eq!(reader.join().unwrap(), 16 << 20, "every byte, then a clean FIN");
+    }
+}
