@@ -31,6 +31,11 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 8;
 pub const DEFAULT_SEND_TIMEOUT: f64 = 30.0;
 /// Default for [`Config::linger`], in seconds.
 pub const DEFAULT_LINGER: f64 = 10.0;
+/// Default for [`Config::drain_timeout`], in seconds: under the 30 s that
+/// Kubernetes (`terminationGracePeriodSeconds`) and many supervisors wait
+/// after SIGTERM before SIGKILL, so what is left is reset, counted and
+/// logged by the host rather than cut by the kill; systemd waits 90 s.
+pub const DEFAULT_DRAIN_TIMEOUT: f64 = 25.0;
 /// Default bound on bytes held across a server's connections: a generous
 /// working set, far below the 10 GiB that 10,000 connections at their
 /// per-connection marks could otherwise hold.
@@ -61,6 +66,13 @@ pub struct Config {
     /// is left to send (queued, then in the kernel) for this many seconds (> 0).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LINGER, allow_negative_numbers = true)]
     pub linger: f64,
+    /// On SIGTERM or SIGINT (or `Server::drain`): stop accepting (new peers
+    /// are refused), tell the guest (`host.draining`), keep serving the
+    /// connections held until they end or this many seconds pass, then reset
+    /// what is left and exit; a second signal ends the drain at once. 0: no
+    /// drain, close at once (connections with bytes undelivered are reset).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_DRAIN_TIMEOUT, allow_negative_numbers = true)]
+    pub drain_timeout: f64,
     /// Longest sleep between guest cycles when nothing happens, in seconds.
     /// Readiness and the guest's own tymers wake it sooner; idle connections
     /// cost nothing.
@@ -132,6 +144,7 @@ impl Config {
             reuse_port: false,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             linger: DEFAULT_LINGER,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 
@@ -139,6 +152,7 @@ impl Config {
     /// the first that fails.
     pub fn validate(&self) -> Result<()> {
         seconds("tymeout", self.tymeout, true)?;
+        self.drain_period()?;
         self.tock_period()?;
         self.stall_limits()?;
         if self.max_conns == 0 {
@@ -152,6 +166,12 @@ impl Config {
             tls.validate()?;
         }
         Ok(())
+    }
+
+    /// [`Config::drain_timeout`] as a duration; `None` for no drain.
+    pub(crate) fn drain_period(&self) -> Result<Option<Duration>> {
+        let d = seconds("drain timeout", self.drain_timeout, true)?;
+        Ok((!d.is_zero()).then_some(d))
     }
 
     /// [`Config::tock`] as a duration.

@@ -97,9 +97,24 @@ impl TestServer {
     }
 
     /// Stop the host and return how its run ended.
-    pub fn stop(mut self) -> Result<()> {
+    pub fn stop(self) -> Result<()> {
         self.stopper.stop();
+        self.join()
+    }
+
+    /// Ask the host to drain (`Stopper::drain`); `join` waits for its end.
+    pub fn drain(&self) {
+        self.stopper.drain();
+    }
+
+    /// Wait for the host's run to end, and return how it ended.
+    pub fn join(mut self) -> Result<()> {
         self.thread.take().expect("joined once").join().expect("server thread panicked")
+    }
+
+    /// Whether the host's run has ended.
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 }
 
@@ -323,6 +338,19 @@ impl HostProcess {
     /// Everything the host logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
+    }
+
+    /// Wait for the host to exit; fails the test if it is still running
+    /// after `within`.
+    pub fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.0.try_wait().expect("wait for the host") {
+                return status;
+            }
+            assert!(start.elapsed() < within, "the host did not exit within {within:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Send a signal by name (`HUP`, `TERM`...).

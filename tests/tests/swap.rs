@@ -222,6 +222,8 @@ fn sighup_and_watch_swap_from_the_command_line() {
         }
         wait_upper(&mut c, &host);
         host.signal("TERM");
+        // The drain serves it to its end: the peer's FIN ends it.
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(host.child.0.wait().unwrap().success());
         let mut rest = Vec::new();
         c.stream.read_to_end(&mut rest).unwrap();

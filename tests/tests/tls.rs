@@ -451,7 +451,7 @@ fn a_tls_stream_cut_at_shutdown_ends_with_a_reset_not_a_fin() {
     let (cert, key) = (path(&pki.server_cert), path(&pki.server_key));
     let mut host = hio_tests::HostProcess::spawn(
         &hio_tests::guest("echo"),
-        &["--tls-cert", &cert, "--tls-key", &key, "--certify", "none"],
+        &["--tls-cert", &cert, "--tls-key", &key, "--certify", "none", "--drain-timeout", "0"],
     );
     let sock = Client::connect_with(host.addr(), Some(4096)).stream;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

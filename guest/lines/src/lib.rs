@@ -3,6 +3,8 @@
 //! the line upper-cased. A partial line waits in rxbs (and in the host's
 //! buffer) until its end arrives. The line "quit" is answered "bye" and the
 //! connection closed. Line counts survive a hot swap (kind "lines/2").
+//! When the host drains, every connection is served to its end: a peer
+//! mid-way through an exchange gets every answer.
 
 use hio_guest::{Error, Remoter, Server, Service};
 
@@ -44,6 +46,11 @@ impl Service for Lines {
             ix.close()?;
         }
         Ok(())
+    }
+
+    fn draining(&mut self, server: &mut Server<Count>) {
+        let open = server.ixes().count();
+        hio_guest::log::info(&format!("draining: serving {open} connections to their end"));
     }
 
     fn kind(&self) -> &str {

@@ -115,6 +115,14 @@ pub trait Service: 'static {
     /// state is dropped after this call.
     fn removed(&mut self, _ca: &Ca, _conn: Self::Conn) {}
 
+    /// The host began draining (SIGTERM): no connection will join again,
+    /// those in ixes are served until they end or the host's drain timeout
+    /// resets them ([`Server::draining`] is true from now on). Called once,
+    /// before that cycle's [`Service::recur`]. A request/response policy
+    /// may close connections idle between requests here; the default does
+    /// nothing, so every peer finishes its exchange.
+    fn draining(&mut self, _server: &mut Server<Self::Conn>) {}
+
     /// Names the layout of what [`Service::save`] and [`Service::save_conn`]
     /// return, e.g. "lines/2". Change it whenever the layout changes. Empty:
     /// no state to carry (neither is called).

@@ -85,7 +85,9 @@ fn restore<S: Service>(service: &mut S, server: &mut Server<S::Conn>, state: sna
 impl<S: Service> Instance for App<S> {
     fn service(&mut self, cycle: Cycle) -> Option<f64> {
         let App { server, service } = self;
-        server.begin_cycle(cycle.tyme, cycle.accepts, cycle.ready);
+        if server.begin_cycle(cycle.tyme, cycle.accepts, cycle.ready) {
+            service.draining(server);
+        }
         service.recur(server);
         for (ca, conn) in server.take_removed() {
             service.removed(&ca, conn);

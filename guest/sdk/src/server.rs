@@ -53,6 +53,8 @@ pub struct Server<C = ()> {
     accepts: bool,
     connected: Vec<u64>,
     removed: Vec<(Ca, C)>,
+    /// The host is draining (`host.draining`); once true it stays true.
+    draining: bool,
 }
 
 impl<C: Default> Server<C> {
@@ -74,6 +76,7 @@ impl<C: Default> Server<C> {
             accepts: true,
             connected: Vec::new(),
             removed: Vec::new(),
+            draining: false,
         }
     }
 
@@ -85,9 +88,20 @@ impl<C: Default> Server<C> {
         self.tymist.tyme()
     }
 
+    /// Whether the host is draining: its listener is closed (no connection
+    /// will join again) and those in ixes are served until they end or the
+    /// host's drain timeout resets them. A policy may close connections at a
+    /// clean point of its protocol to let the host finish sooner.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
     /// A cycle's news: each arrival's bytes join its connection's rxbs.
-    pub(crate) fn begin_cycle(&mut self, tyme: f64, accepts: bool, ready: Vec<Arrival>) {
+    /// Returns whether the host began draining since the last cycle.
+    pub(crate) fn begin_cycle(&mut self, tyme: f64, accepts: bool, ready: Vec<Arrival>) -> bool {
         self.tymist.set(tyme);
+        let began_draining = !self.draining && crate::bindings::hio::tcp::host::draining();
+        self.draining |= began_draining;
         self.accepts = accepts;
         for Arrival { id, data, cutoff } in ready {
             let ix = match self.ixes.get_mut(&id) {
@@ -100,6 +114,7 @@ impl<C: Default> Server<C> {
             ix.arrived(data, cutoff);
             self.list(id);
         }
+        began_draining
     }
 
     fn list(&mut self, id: u64) {

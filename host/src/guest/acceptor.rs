@@ -32,10 +32,10 @@ impl HostListener for StoreData {
         self.host.acceptor().bl
     }
 
+    /// The host opens the listener before any guest runs; it is closed
+    /// when the host begins to drain.
     fn opened(&mut self, _: Resource<ListenerRef>) -> bool {
-        // The host opens the listener before any guest runs and closes it
-        // only after the last guest is gone.
-        true
+        self.host.acceptor().is_open()
     }
 
     fn actual_buf_sizes(&mut self, _: Resource<ListenerRef>) -> Result<(u32, u32), Error> {

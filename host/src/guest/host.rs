@@ -1,4 +1,4 @@
-//! `hio:tcp/host` and `hio:tcp/types`: tyme and logging.
+//! `hio:tcp/host` and `hio:tcp/types`: tyme, logging and the drain.
 
 use super::StoreData;
 use super::hio::tcp::host::{Host, Level};
@@ -7,6 +7,10 @@ use super::log_limit::clean;
 impl Host for StoreData {
     fn tyme(&mut self) -> f64 {
         self.host.tyme()
+    }
+
+    fn draining(&mut self) -> bool {
+        self.host.draining()
     }
 
     /// Rate-limited and cleaned like the guest's stdout (see `log_limit`).

@@ -16,10 +16,26 @@ use crate::config::Limits;
 use crate::state::HostState;
 
 /// Interfaces this host gives guests (besides WASI 0.2, linked with nothing
-/// granted; `instantiate_pre` checks those), and the one it needs from them.
-const PROVIDED: &[&str] =
-    &["hio:tcp/types@0.2.0", "hio:tcp/host@0.2.0", "hio:tcp/acceptor@0.2.0", "hio:tcp/remoter@0.2.0"];
-const GUEST_EXPORT: &str = "hio:tcp/guest@0.2.0";
+/// granted; `instantiate_pre` checks those), and the one it needs from them,
+/// at the WIT's version: a guest built against an earlier 0.2.x fits too
+/// (semver: a patch release only adds).
+const PROVIDED: &[&str] = &["hio:tcp/types", "hio:tcp/host", "hio:tcp/acceptor", "hio:tcp/remoter"];
+const GUEST_EXPORT: &str = "hio:tcp/guest";
+const WIT_VERSION: (u64, u64, u64) = (0, 2, 1);
+
+/// Whether `name` (`iface@x.y.z`) is one of `ifaces` at a version this
+/// host serves: the same 0.minor, a patch up to ours.
+fn served(name: &str, ifaces: &[&str]) -> bool {
+    let Some((iface, version)) = name.split_once('@') else { return false };
+    let mut parts = version.split('.').map(str::parse::<u64>);
+    let (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch)), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let (our_major, our_minor, our_patch) = WIT_VERSION;
+    ifaces.contains(&iface) && major == our_major && minor == our_minor && patch <= our_patch
+}
 
 /// What `hio-host check` found.
 #[derive(Debug)]
@@ -102,11 +118,12 @@ impl Runtime {
         let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let mut problems: Vec<String> = imports
             .iter()
-            .filter(|i| !PROVIDED.contains(&i.as_str()) && !i.starts_with("wasi:"))
+            .filter(|i| !served(i, PROVIDED) && !i.starts_with("wasi:"))
             .map(|i| format!("imports {i}, which this host does not provide"))
             .collect();
-        if !exports.iter().any(|e| e == GUEST_EXPORT) {
-            problems.push(format!("does not export {GUEST_EXPORT} (start, service, save)"));
+        if !exports.iter().any(|e| served(e, &[GUEST_EXPORT])) {
+            let (major, minor, patch) = WIT_VERSION;
+            problems.push(format!("does not export {GUEST_EXPORT}@{major}.{minor}.{patch} (start, service, save)"));
         }
         if problems.is_empty()
             && let Err(e) = self.fit(&component)
@@ -289,5 +306,22 @@ impl Generation {
             _ => "trapped".to_string(),
         };
         anyhow!("guest {cause} in {call}: {e:#}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_built_against_an_earlier_patch_release_is_served() {
+        assert!(served("hio:tcp/host@0.2.0", PROVIDED));
+        assert!(served("hio:tcp/host@0.2.1", PROVIDED));
+        assert!(!served("hio:tcp/host@0.2.2", PROVIDED), "a newer patch may import what this host lacks");
+        assert!(!served("hio:tcp/host@0.3.0", PROVIDED));
+        assert!(!served("hio:tcp/host@0.1.0", PROVIDED));
+        assert!(!served("hio:tcp/host", PROVIDED));
+        assert!(!served("hio:tcp/other@0.2.0", PROVIDED));
+        assert!(served("hio:tcp/guest@0.2.0", &[GUEST_EXPORT]));
     }
 }

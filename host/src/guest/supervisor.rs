@@ -152,6 +152,12 @@ impl Supervisor {
         self.tenant.take().map(|(host, _)| host)
     }
 
+    /// Have the guest called in the next pass even if nothing is new for it
+    /// (it has news of its own to look at, e.g. `host.draining`).
+    pub fn wake_now(&mut self) {
+        self.next_wake = Some(f64::NEG_INFINITY);
+    }
+
     /// How long the loop may wait from `now` (at most `most`) before this
     /// guest needs it: its restart, its tymer, or its tock.
     pub fn wake_in(&self, now: Instant, most: Duration) -> Duration {

@@ -100,12 +100,12 @@ impl Swapper {
     /// `every`; a change must hold still for one check, so a file being
     /// written is not loaded half-way). `loaded` is the file's stamp from
     /// before it was loaded, so a change made while the host was starting
-    /// is not missed. Ends when `stop` is set.
-    pub(crate) fn watch(self, every: Duration, stop: Arc<AtomicBool>, loaded: Option<Stamp>) {
+    /// is not missed. Ends when `closed` is set.
+    pub(crate) fn watch(self, every: Duration, closed: Arc<AtomicBool>, loaded: Option<Stamp>) {
         let spawned = std::thread::Builder::new().name("hio-watch".into()).spawn(move || {
             let mut loaded = loaded;
             let mut seen = loaded;
-            while !stop.load(Ordering::Acquire) {
+            while !closed.load(Ordering::Acquire) {
                 std::thread::sleep(every);
                 let now = stamp(&self.current());
                 if now.is_some() && now == seen && now != loaded {

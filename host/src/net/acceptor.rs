@@ -1,11 +1,13 @@
-//! hio's Acceptor: the listen socket, opened and kept by the host so that
-//! guests can come and go without it ever closing.
+//! hio's Acceptor: the listen socket(s), opened (or inherited from systemd
+//! or a predecessor process) and kept by the host so that guests can come
+//! and go without them ever closing; closed only when the host drains.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// hio's default port.
@@ -42,10 +44,13 @@ pub fn eha(ha: SocketAddr) -> SocketAddr {
     }
 }
 
-/// An open listen socket and what hio's Acceptor knows about it.
+/// The listen sockets and what hio's Acceptor knows about them: one that
+/// the host bound, or those it inherited (socket activation, a takeover),
+/// served alike; none once closed for a drain.
 pub struct Acceptor {
-    pub listener: mio::net::TcpListener,
-    /// Resolved listen address (port 0 replaced by the real port).
+    listeners: Vec<mio::net::TcpListener>,
+    /// Resolved listen address (port 0 replaced by the real port) of the
+    /// first listener, the one hio's `ha` names.
     pub ha: SocketAddr,
     pub bs: u32,
     pub bl: u32,
@@ -95,9 +100,64 @@ impl Acceptor {
         socket.set_nonblocking(true)?;
         socket.bind(&ha.into()).map_err(|e| bind_error(ha, e))?;
         socket.listen(bl.min(i32::MAX as u32) as i32).with_context(|| format!("cannot listen on {ha}"))?;
-        let std_listener: std::net::TcpListener = socket.into();
-        let ha = std_listener.local_addr()?;
-        Ok(Acceptor { listener: mio::net::TcpListener::from_std(std_listener), ha, bs, bl, reserve: reserve() })
+        Acceptor::adopt(vec![socket.into()], bs, bl)
+    }
+
+    /// Serve listen sockets opened by someone else (systemd's `LISTEN_FDS`,
+    /// a predecessor's hand-over): made non-blocking, nothing else changed.
+    /// Errors if there is none or one is not a listening TCP socket.
+    pub fn adopt(listeners: Vec<std::net::TcpListener>, bs: u32, bl: u32) -> Result<Acceptor> {
+        let first = listeners.first().ok_or_else(|| anyhow!("no listen socket to serve"))?;
+        let ha = first.local_addr().context("an inherited socket is not a TCP socket")?;
+        let mut adopted = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            let sock = socket2::SockRef::from(&l);
+            if !sock.is_listener().unwrap_or(false) || sock.r#type()? != Type::STREAM {
+                bail!("inherited descriptor {} is not a listening TCP socket", l.as_raw_fd());
+            }
+            l.set_nonblocking(true)?;
+            adopted.push(mio::net::TcpListener::from_std(l));
+        }
+        Ok(Acceptor { listeners: adopted, ha, bs, bl, reserve: reserve() })
+    }
+
+    /// Have `registry` report pending connections on every listener as `token`.
+    pub fn register(&mut self, registry: &mio::Registry, token: mio::Token) -> io::Result<()> {
+        for l in &mut self.listeners {
+            registry.register(l, token, mio::Interest::READABLE)?;
+        }
+        Ok(())
+    }
+
+    /// Take one pending connection from whichever listener has one;
+    /// `WouldBlock` once none has, or once closed.
+    pub fn accept(&self) -> io::Result<(mio::net::TcpStream, SocketAddr)> {
+        for l in &self.listeners {
+            match l.accept() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// Close every listen socket: peers connecting from now on are refused
+    /// by the kernel, and those still in a backlog are reset (nobody will
+    /// serve them). Sockets shared with systemd or another process stay
+    /// open there.
+    pub fn close(&mut self, registry: &mio::Registry) {
+        for mut l in self.listeners.drain(..) {
+            let _ = registry.deregister(&mut l);
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        !self.listeners.is_empty()
+    }
+
+    /// The listen sockets, for handing them to a successor process.
+    pub fn listeners(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
+        self.listeners.iter().map(|l| l.as_fd())
     }
 
     /// Out of descriptors: refuse one pending connection with the reserve.
@@ -107,7 +167,7 @@ impl Acceptor {
             return Shed::Stuck;
         }
         let shed = loop {
-            match self.listener.accept() {
+            match self.accept() {
                 // Dropped at once: the peer sees its connection closed.
                 Ok(_) => break Shed::Refused,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -123,9 +183,11 @@ impl Acceptor {
         eha(self.ha)
     }
 
-    /// The kernel's (send, receive) buffer sizes (Linux reports double what was set).
+    /// The kernel's (send, receive) buffer sizes of the first listener
+    /// (Linux reports double what was set).
     pub fn actual_buf_sizes(&self) -> io::Result<(u32, u32)> {
-        let sock = socket2::SockRef::from(&self.listener);
+        let first = self.listeners.first().ok_or(io::ErrorKind::NotConnected)?;
+        let sock = socket2::SockRef::from(first);
         Ok((sock.send_buffer_size()? as u32, sock.recv_buffer_size()? as u32))
     }
 }
@@ -191,7 +253,6 @@ fn lock_port(ha: SocketAddr) -> Result<Option<UnixListener>> {
 
 /// The user id of the process holding an abstract Unix socket.
 fn holder_uid(addr: &std::os::unix::net::SocketAddr) -> Option<u32> {
-    use std::os::fd::AsRawFd;
     let stream = UnixStream::connect_addr(addr).ok()?;
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;

@@ -46,7 +46,7 @@ impl Admission {
         self.retry_at = None;
         let mut accepted = 0;
         loop {
-            match host.acceptor_mut().listener.accept() {
+            match host.acceptor().accept() {
                 Ok((sock, peer)) => {
                     if host.connection_count() >= self.max_conns {
                         self.refuse(sock, peer);

@@ -19,7 +19,7 @@ mod admission;
 pub mod pool;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,30 +46,75 @@ const SCRATCH: usize = 64 * 1024;
 /// How often `--watch` looks at the guest file.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 
-/// Stops a running [`Server`] from any thread.
+/// What the loop was asked to do from outside (a signal, another thread);
+/// requests only move forward: serve, then drain, then stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Wanted {
+    Serve = 0,
+    Drain = 1,
+    Stop = 2,
+}
+
+/// The request shared with other threads.
+#[derive(Clone, Default)]
+struct Request(Arc<AtomicU8>);
+
+impl Request {
+    fn get(&self) -> Wanted {
+        match self.0.load(Ordering::Acquire) {
+            0 => Wanted::Serve,
+            1 => Wanted::Drain,
+            _ => Wanted::Stop,
+        }
+    }
+
+    fn ask(&self, wanted: Wanted) {
+        self.0.fetch_max(wanted as u8, Ordering::AcqRel);
+    }
+}
+
+/// Stops or drains a running [`Server`] from any thread.
 #[derive(Clone)]
 pub struct Stopper {
-    flag: Arc<AtomicBool>,
+    request: Request,
     waker: Arc<Waker>,
 }
 
 impl Stopper {
+    /// Close at once: `run` closes every connection (those with bytes
+    /// undelivered are reset) and returns.
     pub fn stop(&self) {
-        self.flag.store(true, Ordering::Release);
+        self.ask(Wanted::Stop);
+    }
+
+    /// Drain (see [`Server::drain`]); `run` returns once drained.
+    pub fn drain(&self) {
+        self.ask(Wanted::Drain);
+    }
+
+    fn ask(&self, wanted: Wanted) {
+        self.request.ask(wanted);
         if let Err(e) = self.waker.wake() {
-            tracing::error!("cannot wake the event loop to stop it: {e}");
+            tracing::error!("cannot wake the event loop: {e}");
         }
     }
 }
 
-/// What stops or steers the loop from outside: the stop flag, the waker
+/// What stops or steers the loop from outside: the request, the waker
 /// other threads use, the signals.
 struct Control {
-    stop: Arc<AtomicBool>,
+    request: Request,
     waker: Arc<Waker>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     /// Where the TLS files are, to read them again on SIGHUP.
     tls: Option<TlsConfig>,
+    /// `--drain-timeout`; `None`: a drain request stops at once.
+    drain_timeout: Option<Duration>,
+    /// When the drain under way must end.
+    drain_deadline: Option<Instant>,
+    /// Set once the server closed (ends the `--watch` thread).
+    closed: Arc<AtomicBool>,
 }
 
 /// Hot swaps: the handle others ask with, and the guests compiled for it.
@@ -102,7 +147,7 @@ impl Server {
         let (component, origin) = runtime.load_from(&config.guest)?;
         let poll = Poll::new().context("cannot create poller")?;
         let mut acceptor = Acceptor::open(config.ha, config.bs, config.bl, config.reuse_port)?;
-        poll.registry().register(&mut acceptor.listener, LISTENER, Interest::READABLE)?;
+        acceptor.register(poll.registry(), LISTENER)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let host = HostState::new(
             acceptor,
@@ -120,9 +165,9 @@ impl Server {
         let (ha, eha) = (guest.host_ref().acceptor().ha, guest.host_ref().acceptor().eha());
         let code = if origin == Origin::Cached { "cached" } else { "compiled" };
         tracing::info!(%ha, %eha, guest = %config.guest.display(), code = %code, "serving");
-        let stop = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicBool::new(false));
         if config.watch {
-            swapper.clone().watch(WATCH_EVERY, stop.clone(), loaded_stamp);
+            swapper.clone().watch(WATCH_EVERY, closed.clone(), loaded_stamp);
         }
         Ok(Server {
             poll,
@@ -132,7 +177,15 @@ impl Server {
             guest,
             admission: Admission::new(config.max_conns),
             swaps: Swaps { swapper, loaded },
-            control: Control { stop, waker, signals: None, tls: config.tls },
+            control: Control {
+                request: Request::default(),
+                closed,
+                waker,
+                signals: None,
+                drain_timeout: config.drain_period()?,
+                tls: config.tls,
+                drain_deadline: None,
+            },
         })
     }
 
@@ -159,7 +212,26 @@ impl Server {
     }
 
     pub fn stopper(&self) -> Stopper {
-        Stopper { flag: self.control.stop.clone(), waker: self.control.waker.clone() }
+        Stopper { request: self.control.request.clone(), waker: self.control.waker.clone() }
+    }
+
+    /// Begin a graceful drain (what SIGTERM does): the listen sockets close
+    /// at once (new peers are refused), the guest is told (`host.draining`
+    /// turns true and it gets a cycle), the connections held are served
+    /// until they end; `--drain-timeout` after this call those left are
+    /// reset. [`Server::run`] returns once none is left. Without a drain
+    /// timeout (0) this is [`Stopper::stop`].
+    pub fn drain(&mut self) {
+        self.control.request.ask(Wanted::Drain);
+    }
+
+    /// Whether this server has finished: stopped, or drained of connections.
+    pub fn finished(&self) -> bool {
+        match self.control.request.get() {
+            Wanted::Serve => false,
+            Wanted::Drain => self.control.drain_deadline.is_some() && self.host().connection_count() == 0,
+            Wanted::Stop => true,
+        }
     }
 
     /// Swaps the guest from any thread (hot swap).
@@ -167,8 +239,8 @@ impl Server {
         self.swaps.swapper.clone()
     }
 
-    /// Stop `run` on SIGINT or SIGTERM; re-read the guest file (and the TLS
-    /// files) on SIGHUP.
+    /// Drain on SIGTERM or SIGINT, stop at once on the second; re-read the
+    /// guest file (and the TLS files) on SIGHUP.
     pub fn stop_on_signals(&mut self) -> Result<()> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -181,9 +253,9 @@ impl Server {
         self.guest.host_ref()
     }
 
-    /// Serve until stopped, then close everything.
+    /// Serve until stopped or drained, then close everything.
     pub fn run(&mut self) -> Result<()> {
-        while !self.control.stop.load(Ordering::Acquire) {
+        while !self.finished() {
             self.step(None)?;
         }
         self.close();
@@ -195,6 +267,7 @@ impl Server {
     pub fn step(&mut self, wait: Option<Duration>) -> Result<()> {
         let listener_ready = self.poll_events(wait)?;
         let now = Instant::now();
+        self.follow_request(now);
         let registry = self.poll.registry();
         let host = self.guest.host();
         host.begin_pass(now);
@@ -208,6 +281,26 @@ impl Server {
         }
         self.guest.host().settle(self.poll.registry(), &mut self.scratch);
         Ok(())
+    }
+
+    /// Begin a drain that was asked for, or end one whose time is up.
+    fn follow_request(&mut self, now: Instant) {
+        if self.control.request.get() != Wanted::Drain {
+            return;
+        }
+        match (self.control.drain_deadline, self.control.drain_timeout) {
+            (_, None) => self.control.request.ask(Wanted::Stop),
+            (None, Some(timeout)) => {
+                self.control.drain_deadline = Some(now + timeout);
+                let host = self.guest.host();
+                host.begin_drain(self.poll.registry());
+                let connections = host.connection_count();
+                tracing::info!(connections, timeout_s = timeout.as_secs_f64(), "draining: listener closed");
+                self.guest.wake_now();
+            }
+            (Some(deadline), _) if now >= deadline => self.guest.host().reset_all(&mut self.scratch),
+            (Some(_), _) => {}
+        }
     }
 
     /// Wait for readiness; gather the connections' into `touched`, act on
@@ -240,7 +333,7 @@ impl Server {
     }
 
     /// SIGHUP: swap the guest (re-read its file) and re-read the TLS files;
-    /// SIGINT, SIGTERM: stop.
+    /// SIGINT, SIGTERM: drain, or stop if already draining.
     fn on_signals(&mut self) {
         let Some(signals) = &mut self.control.signals else { return };
         let pending: Vec<i32> = signals.pending().collect();
@@ -251,9 +344,12 @@ impl Server {
                 if let Some(tls) = &self.control.tls {
                     self.guest.host().reload_tls(tls);
                 }
+            } else if self.control.request.get() == Wanted::Serve {
+                tracing::info!("signal {sig}: draining");
+                self.control.request.ask(Wanted::Drain);
             } else {
-                tracing::info!("signal {sig}: closing");
-                self.control.stop.store(true, Ordering::Release);
+                tracing::info!("signal {sig}: closing now");
+                self.control.request.ask(Wanted::Stop);
             }
         }
     }
@@ -264,7 +360,8 @@ impl Server {
             return Duration::ZERO;
         }
         let now = Instant::now();
-        let deadlines = [host.next_handshake_deadline(), host.next_stall(), self.admission.retry_at()];
+        let deadlines =
+            [host.next_handshake_deadline(), host.next_stall(), self.admission.retry_at(), self.control.drain_deadline];
         let most = deadlines
             .into_iter()
             .flatten()
@@ -275,9 +372,10 @@ impl Server {
     /// Close every connection (sending what the socket takes now) and the
     /// listen socket. Called by `run` on stop and by `Drop`.
     pub fn close(&mut self) {
+        self.control.closed.store(true, Ordering::Release);
         let Some(mut host) = self.guest.take_host() else { return };
         host.close_all(&mut self.scratch);
-        let _ = self.poll.registry().deregister(&mut host.acceptor_mut().listener);
+        host.acceptor_mut().close(self.poll.registry());
         tracing::info!(ha = %host.acceptor().ha, "closed");
     }
 }

@@ -53,14 +53,23 @@ pub fn run(config: Config, workers: usize, signals: bool) -> Result<()> {
         }
     }
     drop(done_tx);
-    // The first to end (a signal reaches every worker; a failure only one)
-    // ends them all.
-    let first = done_rx.recv().unwrap_or_else(|_| Err(anyhow!("every worker vanished")));
-    stop_all(running);
-    let rest: Vec<Result<()>> = done_rx.iter().collect();
+    // A signal reaches every worker, and each drains its own connections
+    // in its own time; a failure reaches only one, and ends them all.
+    let mut ended = Vec::with_capacity(workers);
+    let mut running = Some(running);
+    for result in done_rx.iter() {
+        if result.is_err()
+            && let Some(running) = running.take()
+        {
+            stop_all(running);
+        }
+        ended.push(result);
+    }
+    if let Some(running) = running {
+        stop_all(running);
+    }
     drop(claim);
-    first?;
-    rest.into_iter().collect()
+    ended.into_iter().collect()
 }
 
 type Started = (std::net::SocketAddr, Stopper, JoinHandle<()>);

@@ -133,6 +133,24 @@ impl HostState {
         }
     }
 
+    /// A drain's deadline passed: reset every connection still held (its
+    /// exchange was cut short, so no peer may take it for finished), and
+    /// say how many and how many bytes were lost.
+    pub fn reset_all(&mut self, scratch: &mut [u8]) {
+        let (mut reset, mut dropped) = (0u64, 0u64);
+        for (_, mut c) in self.conns.drain() {
+            reset += 1;
+            dropped += c.pending() + c.discard_input(scratch) + c.undelivered();
+            c.reset();
+        }
+        self.axes.clear();
+        self.stats.given_up.add(reset);
+        self.stats.bytes_dropped.add(dropped);
+        if reset > 0 {
+            tracing::warn!(reset, dropped, "drain timeout passed: connections still open were reset");
+        }
+    }
+
     /// Close every connection as the server stops: what can be sent now
     /// is, then FIN; a connection with bytes that will never be delivered
     /// (queued, or received and not consumed) is reset instead.

@@ -84,6 +84,8 @@ pub struct HostState {
     pub(crate) stalls: Stalls,
     /// The clock reading of the current pass.
     pub(crate) now: Instant,
+    /// The server is draining: the listener is closed and the guest was told.
+    draining: bool,
 }
 
 impl HostState {
@@ -113,6 +115,7 @@ impl HostState {
             stats: Arc::default(),
             stalls: Stalls::new(stall_limits),
             now: Instant::now(),
+            draining: false,
         }
     }
 
@@ -127,6 +130,17 @@ impl HostState {
 
     pub fn acceptor_mut(&mut self) -> &mut Acceptor {
         &mut self.acceptor
+    }
+
+    /// Stop taking new connections and let the guest know (`host.draining`)
+    /// while those held are served to their end.
+    pub fn begin_drain(&mut self, registry: &Registry) {
+        self.acceptor.close(registry);
+        self.draining = true;
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining
     }
 
     pub fn tyme(&self) -> f64 {

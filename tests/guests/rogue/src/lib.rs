@@ -7,12 +7,13 @@
 //! - "calls\n": answers how many times `service` has been called;
 //! - "logflood N\n": calls `host.log` N times with 1 KiB lines, one of them
 //!   trying to forge a host log line;
+//! - "hold\n": never closes this connection, not even once its peer is done;
 //! - any bytes containing "VENOM", wherever they reach it (a cycle's
 //!   arrivals, a connection handed by `accept-all` or `start`, or pulled
 //!   with `receive` during `start`): it panics.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use hio_guest::bindings::exports::hio::tcp::guest::{Config, Cycle, Guest, Snapshot};
 use hio_guest::bindings::hio::tcp::acceptor::Listener;
@@ -25,6 +26,7 @@ struct Rogue {
     conns: HashMap<u64, Remoter>,
     wake: Option<String>,
     calls: u64,
+    held: HashSet<u64>,
 }
 
 thread_local! {
@@ -56,6 +58,9 @@ impl Rogue {
         let answer = if let Some(value) = text.strip_prefix("wake ") {
             self.wake = Some(value.trim().to_string());
             "ok\n".to_string()
+        } else if text == "hold\n" {
+            self.held.insert(id);
+            "held\n".to_string()
         } else if text == "calls\n" {
             format!("{}\n", self.calls)
         } else if let Some(n) = text.strip_prefix("logflood ") {
@@ -72,7 +77,10 @@ impl Rogue {
             self.conns.remove(&id);
             return;
         }
-        if cutoff && let Some(conn) = self.conns.remove(&id) {
+        if cutoff
+            && !self.held.contains(&id)
+            && let Some(conn) = self.conns.remove(&id)
+        {
             let _ = conn.close();
         }
     }
