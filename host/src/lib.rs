@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! let mut server = hio_host::Server::open(hio_host::Config::new("target/wasm/echo.wasm"))?;
-//! server.run()?; // until a Stopper or signal stops it; closes everything
+//! server.run()?; // until drained or stopped (a Stopper, or signals); closes everything
 //! # anyhow::Ok(())
 //! ```
 //!
@@ -18,13 +18,16 @@
 //!   TLS configuration and peer identity ([`tls`]), the bounds on what
 //!   connections hold (`net::backpressure`), wire logs
 //! - [`config`]: everything a server is opened with, which is also the
-//!   command line
+//!   command line, and where its settings come from (flags, `HIO_*`
+//!   variables, a TOML file: [`config::file`])
 //! - `state`: what the host holds across guests (`HostState`): connections,
 //!   the lists of what changed, what a guest is lent and whose bytes crash
 //!   it, how connections end
 //! - `guest`: running guest components (runtime, limits), their lifecycle
 //!   (the supervisor: crash, back-off, restart, hot swap), and the WIT glue
-//! - `server`: the event loop ([`Server`]), admission, workers ([`pool`])
+//! - `server`: the event loop ([`Server`]) with its drain, admission,
+//!   workers ([`pool`]), reports to a supervisor ([`Notifier`]: systemd's
+//!   `sd_notify`, `--ready-fd`)
 
 pub mod config;
 mod guest;
@@ -38,11 +41,12 @@ pub use net::{acceptor, tls};
 pub use server::pool;
 
 pub use config::{
-    Config, DEFAULT_LINGER, DEFAULT_MAX_BUFFERED, DEFAULT_MAX_CONNS, DEFAULT_MAX_RESTARTS, DEFAULT_SEND_TIMEOUT,
-    DEFAULT_TOCK, DEFAULT_TYMEOUT, Limits,
+    Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LINGER, DEFAULT_MAX_BUFFERED, DEFAULT_MAX_CONNS, DEFAULT_MAX_RESTARTS,
+    DEFAULT_SEND_TIMEOUT, DEFAULT_TOCK, DEFAULT_TYMEOUT, Limits,
 };
 pub use guest::Check;
 pub use guest::swap::{SwapOutcome, SwapReport, Swapper};
+pub use server::notify::Notifier;
 pub use server::{Server, Stopper};
 pub use tyme::VirtualTyme;
 

@@ -1,11 +1,14 @@
 //! `hio-host run GUEST.wasm`: serve a guest component.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use hio_host::Config;
+use hio_host::config::file;
 
 #[derive(Parser)]
 #[command(name = "hio-host", version, about = "Serve TCP with hio's Server logic running in a sandboxed wasm guest")]
@@ -22,7 +25,10 @@ enum Cmd {
         guest: PathBuf,
     },
     /// Open the listen socket and serve connections with GUEST's policy.
-    /// SIGHUP re-reads GUEST and hot-swaps it in; SIGINT/SIGTERM close and exit.
+    /// SIGHUP re-reads GUEST (and the TLS files) and hot-swaps it in;
+    /// SIGINT/SIGTERM drain and exit. Every flag can also be set by an
+    /// HIO_* environment variable (--drain-timeout: HIO_DRAIN_TIMEOUT) or
+    /// a --config file; flags win over the environment, which wins over the file.
     Run(Box<RunArgs>),
 }
 
@@ -43,6 +49,52 @@ struct RunArgs {
     /// ($HIO_CACHE_DIR, else $XDG_CACHE_HOME/hio-host, else ~/.cache/hio-host).
     #[arg(long)]
     no_cache: bool,
+    /// Read settings from this TOML file: the keys are these flags' names
+    /// (`listen = "0.0.0.0:8080"`, `drain-timeout = 25`, `guest = "echo.wasm"`).
+    #[arg(long = "config", id = "config", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// Print the effective settings (as a --config file, with where each
+    /// came from) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Once serving, write one line to this open descriptor and close it:
+    /// `READY=1 MAINPID=<pid> LISTEN=<addr>[ LISTEN=<addr>...]` (for
+    /// supervisors and scripts; under systemd, NOTIFY_SOCKET is used too).
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<i32>,
+}
+
+/// The command line, with every `run` flag also read from the environment,
+/// and GUEST optional when a config file may name it.
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("run", |run| {
+        file::with_env(run).mut_arg("guest", |a| a.required(false).required_unless_present("config"))
+    })
+}
+
+/// The parsed command line, and which `run` settings came from the config file.
+fn parse() -> Result<(Cli, ArgMatches, BTreeSet<String>), clap::Error> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cmd = command();
+    let mut matches = cmd.clone().try_get_matches_from(&argv)?;
+    let mut taken = BTreeSet::new();
+    if let Some(("run", run)) = matches.subcommand()
+        && let Some(path) = run.get_one::<PathBuf>("config")
+        && let Some(run_cmd) = cmd.find_subcommand("run")
+    {
+        let (merged, from_file) = file::merge(run_cmd, run, path, argv)
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{e:#}\n")))?;
+        matches = cmd.clone().try_get_matches_from(merged)?;
+        taken = from_file;
+    }
+    if let Some(("run", run)) = matches.subcommand()
+        && run.get_raw("guest").is_none()
+    {
+        let text = "no guest: name GUEST on the command line or `guest` in the --config file\n";
+        return Err(clap::Error::raw(clap::error::ErrorKind::InvalidValue, text));
+    }
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok((cli, matches, taken))
 }
 
 fn main() -> ExitCode {
@@ -52,11 +104,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (cli, matches, from_file) = match parse() {
+        Ok(parsed) => parsed,
         Err(e) => return usage_error(e),
     };
     let result = match cli.command {
+        Cmd::Run(args) if args.print_config => print_config(&args, &matches, &from_file),
         Cmd::Run(args) => serve(*args),
         Cmd::Check { guest } => check(&guest),
     };
@@ -100,6 +153,16 @@ fn keep_freed_memory() {
     }
 }
 
+/// `run --print-config`: the settings, once they pass the checks a server makes.
+fn print_config(args: &RunArgs, matches: &ArgMatches, from_file: &BTreeSet<String>) -> anyhow::Result<()> {
+    args.config.validate()?;
+    let run = matches.subcommand_matches("run").ok_or_else(|| anyhow::anyhow!("not the run command"))?;
+    let cmd = command();
+    let run_cmd = cmd.find_subcommand("run").ok_or_else(|| anyhow::anyhow!("no run command"))?;
+    print!("{}", file::print(run_cmd, run, from_file));
+    Ok(())
+}
+
 fn check(guest: &std::path::Path) -> anyhow::Result<()> {
     let c = hio_host::check(guest)?;
     println!("imports: {}", if c.imports.is_empty() { "(none)".into() } else { c.imports.join(", ") });
@@ -135,5 +198,28 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
         config.cache = None;
     }
     raise_descriptor_limit(config.max_conns);
-    hio_host::pool::run(config, args.workers.into(), true)
+    let workers = args.workers.into();
+    let process = hio_host::pool::Process {
+        signals: true,
+        notifier: Some(std::sync::Arc::new(hio_host::Notifier::new(workers, args.ready_fd)?)),
+        listeners: activation_sockets()?,
+    };
+    hio_host::pool::run(config, workers, process)
+}
+
+/// Listen sockets passed by systemd (socket activation: `LISTEN_FDS` and
+/// `LISTEN_PID`, `sd_listen_fds(3)`), served instead of `--listen`.
+fn activation_sockets() -> anyhow::Result<Vec<std::net::TcpListener>> {
+    use std::os::fd::FromRawFd;
+    let fds = sd_notify::listen_fds().map_err(|e| anyhow::anyhow!("bad socket activation variables: {e}"))?;
+    if fds.len() > 0 {
+        tracing::info!(
+            sockets = fds.len(),
+            "socket activation: serving the sockets systemd passed (--listen is not used)"
+        );
+    }
+    // SAFETY: LISTEN_PID names this process, so systemd's protocol gives it
+    // these descriptors, each once; `Acceptor::adopt` checks each is a
+    // listening TCP socket before serving it.
+    Ok(fds.map(|fd| unsafe { std::net::TcpListener::from_raw_fd(fd) }).collect())
 }

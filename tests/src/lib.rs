@@ -299,31 +299,40 @@ impl HostProcess {
         };
         cmd.args(["run", guest_file.to_str().expect("UTF-8 path"), "--listen", "127.0.0.1:0"])
             .args(extra)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .envs(env.iter().copied());
+        Self::launch(cmd)
+    }
+
+    /// Start `cmd` (a `hio-host run ...` command line) and wait until it
+    /// serves, as a supervisor would: `--ready-fd 1` gives the ready line
+    /// on stdout, with the first listen address.
+    pub fn launch(mut cmd: Command) -> HostProcess {
+        cmd.args(["--ready-fd", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = KillOnDrop(cmd.spawn().expect("start hio-host"));
         let mut stderr = BufReader::new(child.0.stderr.take().expect("piped"));
-        let mut line = String::new();
-        let mut seen = String::new();
-        let port = loop {
-            line.clear();
-            let n = stderr.read_line(&mut line).expect("read host log");
-            seen.push_str(&line);
-            assert!(n > 0, "host exited before serving:\n{seen}");
-            if let Some(rest) = line.split("ha=127.0.0.1:").nth(1) {
-                break rest.split_whitespace().next().and_then(|p| p.parse().ok()).expect("port in the serving line");
-            }
-        };
-        let log = Arc::new(Mutex::new(seen));
+        let log = Arc::new(Mutex::new(String::new()));
         let keep = log.clone();
-        std::thread::spawn(move || {
+        let drained = std::thread::spawn(move || {
             let mut line = String::new();
             while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
                 keep.lock().expect("log lock").push_str(&line);
                 line.clear();
             }
         });
+        let mut ready = String::new();
+        let mut stdout = BufReader::new(child.0.stdout.take().expect("piped"));
+        let n = stdout.read_line(&mut ready).expect("read the ready line");
+        if n == 0 {
+            let _ = child.0.wait();
+            let _ = drained.join();
+            panic!("host exited before serving:\n{}", log.lock().expect("log lock"));
+        }
+        let port = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("LISTEN="))
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no LISTEN= in the ready line {ready:?}"))
+            .port();
         HostProcess { child, port, log }
     }
 

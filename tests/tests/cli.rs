@@ -66,6 +66,8 @@ fn bad_numbers() {
         ("--tock", "1e30", "tock"),
         ("--linger", "0", "linger"),
         ("--max-conns", "0", "max-conns"),
+        ("--drain-timeout", "-5", "drain timeout"),
+        ("--ready-fd", "999", "--ready-fd 999: no such open descriptor"),
     ] {
         fails_with(&["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0", flag, value], needle);
     }
@@ -113,7 +115,8 @@ fn check_says_whether_a_guest_fits() {
 fn serving_line(dir: &std::path::Path) -> String {
     let dir = dir.to_str().expect("UTF-8 path");
     let host = HostProcess::spawn_under(&[], &[("HIO_CACHE_DIR", dir)], &guest("lines"), &[]);
-    host.log().lines().find(|l| l.contains("serving")).expect("the serving line").to_string()
+    hio_tests::eventually("the serving line", || host.log().contains("serving ha="));
+    host.log().lines().find(|l| l.contains("serving ha=")).expect("the serving line").to_string()
 }
 
 #[test]
@@ -150,4 +153,76 @@ fn without_a_drain_sigterm_resets_only_connections_with_bytes_undelivered() {
         host.log()
     );
     assert!(host.log().contains("reset=1"), "{}", host.log());
+}
+
+/// A config file in the temp directory, removed when dropped.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(name: &str, toml: &str) -> ConfigFile {
+        let path = std::env::temp_dir().join(format!("hio-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, toml).unwrap();
+        ConfigFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_config_file_serves_beneath_flags_and_environment() {
+    let toml = format!(
+        "guest = {:?}\nlisten = \"127.0.0.1:0\"\ntymeout = 5\ndrain-timeout = 2\nmax-conns = 50\n",
+        guest("lines").to_str().unwrap()
+    );
+    let file = ConfigFile::new("serve", &toml);
+    let mut cmd = Command::new(host_binary());
+    cmd.args(["run", "--config", file.path()]);
+    let host = HostProcess::launch(cmd);
+    let mut c = host.connect();
+    c.send(b"from a config file\n");
+    assert_eq!(c.recv_line(), "1 FROM A CONFIG FILE\n");
+    // What wins: a flag over the environment over the file over the default.
+    let out = Command::new(host_binary())
+        .args(["run", "--config", file.path(), "--max-conns", "7", "--print-config"])
+        .env("HIO_DRAIN_TIMEOUT", "3")
+        .env("HIO_MAX_CONNS", "9")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "max-conns = 7    # from the command line",
+        "drain-timeout = 3    # from HIO_DRAIN_TIMEOUT",
+        "tymeout = 5    # from the config file",
+        "# linger = 10    # default",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_bad_config_file_is_one_error_naming_the_key() {
+    let echo = guest("echo");
+    let echo = echo.to_str().unwrap();
+    for (toml, needle) in [
+        ("tymout = 3\n", "unknown key \"tymout\""),
+        ("drain-timeout = \"soon\"\n", "key \"drain-timeout\": invalid value 'soon'"),
+        ("tymeout = -1\n", "tymeout must be"),
+        ("watch = \"yes\"\n", "key \"watch\": expected true or false"),
+        ("listen = [\n", "line 1"),
+    ] {
+        let file = ConfigFile::new("bad", toml);
+        fails_with(&["run", echo, "--config", file.path()], needle);
+    }
+    fails_with(&["run", echo, "--config", "/nonexistent/hio.toml"], "cannot read config");
+    let file = ConfigFile::new("no-guest", "tymeout = 3\n");
+    fails_with(&["run", "--config", file.path()], "no guest");
 }

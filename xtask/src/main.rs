@@ -52,6 +52,7 @@ fn run(args: &[String]) -> Result<()> {
         }
         "test" => {
             build_all(&root)?;
+            ensure_test_peers()?;
             let python = python_env(&root)?;
             // The SDK's bookkeeping is plain Rust: its unit tests run natively.
             status(
@@ -188,6 +189,24 @@ fn ensure_debian_toolchain() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: no rustup wasm target; installing Debian's {}", DEBIAN_PACKAGES.join(" "));
+    apt_install(DEBIAN_PACKAGES).context("cannot install the wasm toolchain; see ../shared/notes/wasm-toolchain.md")
+}
+
+/// The real peers tests drive the host with, from Debian, each named by a
+/// program it installs.
+const TEST_PEERS: &[(&str, &str)] = &[("/usr/bin/systemd-socket-activate", "systemd")];
+
+fn ensure_test_peers() -> Result<()> {
+    let missing: Vec<&str> =
+        TEST_PEERS.iter().filter(|(program, _)| !Path::new(program).exists()).map(|(_, package)| *package).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian's {} for the tests", missing.join(" "));
+    apt_install(&missing).context("cannot install the tests' peers")
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
     let sudo = !is_root();
     let apt = |args: &[&str]| {
         let mut c = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
@@ -199,8 +218,8 @@ fn ensure_debian_toolchain() -> Result<()> {
     };
     apt(&["update", "-qq"])?;
     let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    install.extend_from_slice(DEBIAN_PACKAGES);
-    apt(&install).context("cannot install the wasm toolchain; see ../shared/notes/wasm-toolchain.md")
+    install.extend_from_slice(packages);
+    apt(&install)
 }
 
 fn is_root() -> bool {

@@ -151,6 +151,11 @@ impl Acceptor {
         }
     }
 
+    /// Where each listener listens.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
     pub fn is_open(&self) -> bool {
         !self.listeners.is_empty()
     }

@@ -16,6 +16,7 @@
 //! `crate::guest::supervisor`.
 
 mod admission;
+pub mod notify;
 pub mod pool;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use anyhow::{Context, Result};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use self::admission::Admission;
+use self::notify::Notifier;
 use crate::config::Config;
 use crate::guest::cache::Origin;
 use crate::guest::supervisor::Supervisor;
@@ -113,6 +115,10 @@ struct Control {
     drain_timeout: Option<Duration>,
     /// When the drain under way must end.
     drain_deadline: Option<Instant>,
+    /// Where this loop reports to a supervisor, as which worker.
+    notifier: Option<(Arc<Notifier>, usize)>,
+    /// SIGHUP swaps asked for and not yet installed.
+    reloads: usize,
     /// Set once the server closed (ends the `--watch` thread).
     closed: Arc<AtomicBool>,
 }
@@ -140,13 +146,27 @@ impl Server {
     /// Load the guest, open the listen socket and start the guest
     /// (hio's `openServer` + `reopen`).
     pub fn open(config: Config) -> Result<Server> {
+        Server::start(config, None)
+    }
+
+    /// [`Server::open`] serving `listeners` (listen sockets opened by
+    /// someone else: systemd's socket activation, a predecessor process)
+    /// instead of binding `config.ha`. Each must be a listening TCP socket.
+    pub fn open_on(config: Config, listeners: Vec<std::net::TcpListener>) -> Result<Server> {
+        Server::start(config, Some(listeners))
+    }
+
+    fn start(config: Config, inherited: Option<Vec<std::net::TcpListener>>) -> Result<Server> {
         config.validate()?;
         let tls = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), config.cache.clone())?);
         let loaded_stamp = stamp(&config.guest);
         let (component, origin) = runtime.load_from(&config.guest)?;
         let poll = Poll::new().context("cannot create poller")?;
-        let mut acceptor = Acceptor::open(config.ha, config.bs, config.bl, config.reuse_port)?;
+        let mut acceptor = match inherited {
+            None => Acceptor::open(config.ha, config.bs, config.bl, config.reuse_port)?,
+            Some(listeners) => Acceptor::adopt(listeners, config.bs, config.bl)?,
+        };
         acceptor.register(poll.registry(), LISTENER)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let host = HostState::new(
@@ -162,9 +182,10 @@ impl Server {
         let guest_config = GuestConfig { tymeout: config.tymeout, bs: config.bs };
         let pacing = (config.tock_period()?, config.max_restarts);
         let guest = Supervisor::start(runtime, component, guest_config, host, pacing, swapper.clone())?;
-        let (ha, eha) = (guest.host_ref().acceptor().ha, guest.host_ref().acceptor().eha());
+        let acceptor = guest.host_ref().acceptor();
+        let (ha, eha, listeners) = (acceptor.ha, acceptor.eha(), acceptor.local_addrs().len());
         let code = if origin == Origin::Cached { "cached" } else { "compiled" };
-        tracing::info!(%ha, %eha, guest = %config.guest.display(), code = %code, "serving");
+        tracing::info!(%ha, %eha, listeners, guest = %config.guest.display(), code = %code, "serving");
         let closed = Arc::new(AtomicBool::new(false));
         if config.watch {
             swapper.clone().watch(WATCH_EVERY, closed.clone(), loaded_stamp);
@@ -185,6 +206,8 @@ impl Server {
                 drain_timeout: config.drain_period()?,
                 tls: config.tls,
                 drain_deadline: None,
+                notifier: None,
+                reloads: 0,
             },
         })
     }
@@ -192,6 +215,18 @@ impl Server {
     /// The resolved listen address (port 0 replaced by the real one).
     pub fn local_addr(&self) -> SocketAddr {
         self.host().acceptor().ha
+    }
+
+    /// Every address this server listens on (one, unless it was given
+    /// several sockets); empty once draining.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        self.host().acceptor().local_addrs()
+    }
+
+    /// Report readiness, reloads, the drain and liveness to `notifier`, as
+    /// worker `worker` of the process.
+    pub fn report_to(&mut self, notifier: Arc<Notifier>, worker: usize) {
+        self.control.notifier = Some((notifier, worker));
     }
 
     /// Connections the host holds (taken by the guest or not).
@@ -278,9 +313,24 @@ impl Server {
         self.guest.cycle(new_accepts, now)?;
         while let Ok(loaded) = self.swaps.loaded.try_recv() {
             self.guest.install(loaded)?;
+            self.reloaded();
         }
         self.guest.host().settle(self.poll.registry(), &mut self.scratch);
+        if let Some((notifier, worker)) = &self.control.notifier {
+            notifier.beat(*worker, self.host().connection_count());
+        }
         Ok(())
+    }
+
+    /// A swap was installed (or refused): one SIGHUP's reload is over.
+    fn reloaded(&mut self) {
+        if self.control.reloads == 0 {
+            return;
+        }
+        self.control.reloads -= 1;
+        if let Some((notifier, _)) = &self.control.notifier {
+            notifier.reloaded(&self.swaps.swapper.current().display().to_string());
+        }
     }
 
     /// Begin a drain that was asked for, or end one whose time is up.
@@ -297,6 +347,9 @@ impl Server {
                 let connections = host.connection_count();
                 tracing::info!(connections, timeout_s = timeout.as_secs_f64(), "draining: listener closed");
                 self.guest.wake_now();
+                if let Some((notifier, _)) = &self.control.notifier {
+                    notifier.stopping();
+                }
             }
             (Some(deadline), _) if now >= deadline => self.guest.host().reset_all(&mut self.scratch),
             (Some(_), _) => {}
@@ -341,6 +394,10 @@ impl Server {
             if sig == signal_hook::consts::SIGHUP {
                 tracing::info!(guest = %self.swaps.swapper.current().display(), "SIGHUP: swapping guest");
                 self.swaps.swapper.request(None, None);
+                self.control.reloads += 1;
+                if let Some((notifier, _)) = &self.control.notifier {
+                    notifier.reloading();
+                }
                 if let Some(tls) = &self.control.tls {
                     self.guest.host().reload_tls(tls);
                 }
@@ -362,10 +419,14 @@ impl Server {
         let now = Instant::now();
         let deadlines =
             [host.next_handshake_deadline(), host.next_stall(), self.admission.retry_at(), self.control.drain_deadline];
+        // A supervisor's watchdog wants to hear from every loop in time.
+        let beat = self.control.notifier.as_ref().and_then(|(n, _)| n.beat_within());
         let most = deadlines
             .into_iter()
             .flatten()
-            .fold(wait.unwrap_or(Duration::MAX), |t, at| t.min(at.saturating_duration_since(now)));
+            .fold(wait.unwrap_or(Duration::MAX).min(beat.unwrap_or(Duration::MAX)), |t, at| {
+                t.min(at.saturating_duration_since(now))
+            });
         self.guest.wake_in(now, most)
     }
 

@@ -1,49 +1,78 @@
 //! `--workers N`: N event loops on N threads, each with its own listen
 //! socket on the same address (SO_REUSEPORT: the kernel spreads new
-//! connections between them), its own guest instance and its own
-//! connections. Nothing is shared between workers, so nothing is locked;
-//! a guest's `ixes` are those of its worker.
+//! connections between them), or its own copy of the inherited ones, its own
+//! guest instance and its own connections. Nothing is shared between
+//! workers, so nothing is locked; a guest's `ixes` are those of its worker.
 
-use std::sync::mpsc;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, anyhow};
 
 use crate::config::Config;
+use crate::server::notify::Notifier;
 use crate::server::{Server, Stopper};
 
-/// Serve `config` with `workers` event loops until stopped (by signals, if
-/// `signals`) or until one of them fails; then close them all. With one
-/// worker this is a plain [`Server`] on the calling thread.
-pub fn run(config: Config, workers: usize, signals: bool) -> Result<()> {
+/// What a server run as the process (the `hio-host` binary) does besides
+/// serving. `Process::default()`: nothing (a library's embedded server).
+#[derive(Default)]
+pub struct Process {
+    /// Drain on SIGTERM/SIGINT, close at once on the second, swap on SIGHUP.
+    pub signals: bool,
+    /// Where readiness, reloads, the drain and liveness are reported
+    /// (systemd's `NOTIFY_SOCKET`, `--ready-fd`).
+    pub notifier: Option<Arc<Notifier>>,
+    /// Listen sockets to serve instead of binding `config.ha` (systemd's
+    /// socket activation); every worker serves all of them.
+    pub listeners: Vec<TcpListener>,
+}
+
+/// Serve `config` with `workers` event loops until drained or stopped (by
+/// signals, if `process.signals`) or until one of them fails; then close
+/// them all. With one worker this is a plain [`Server`] on the calling thread.
+pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
+    let Process { signals, notifier, mut listeners } = process;
     if workers <= 1 {
-        let mut server = Server::open(config)?;
-        if signals {
-            server.stop_on_signals()?;
+        let worker = Worker { n: 0, signals, notifier: notifier.clone(), inherited: listeners };
+        let guest = config.guest.display().to_string();
+        let mut server = worker.open(config)?;
+        if let Some(notifier) = &notifier {
+            notifier.ready(&server.listening(), &guest);
         }
         return server.run();
     }
     let mut config = config;
-    // Port 0 is a fresh port: nobody else can be there. The claim is kept
-    // until the workers are done.
-    let claim = if config.ha.port() != 0 { Some(crate::net::acceptor::claim(config.ha)?) } else { None };
+    // Port 0 is a fresh port and inherited sockets are bound already:
+    // nobody else can be there. The claim is kept until the workers are done.
+    let claim = if config.ha.port() != 0 && listeners.is_empty() {
+        Some(crate::net::acceptor::claim(config.ha)?)
+    } else {
+        None
+    };
     config.reuse_port = true;
     // Caps are per worker: each holds its share.
     config.max_conns = config.max_conns.div_ceil(workers).max(1);
     config.max_buffered = (config.max_buffered / workers).max(1 << 20);
+    let early = if signals { Some(EarlySignals::watch()?) } else { None };
     let (done_tx, done_rx) = mpsc::channel();
     let mut running: Vec<(Stopper, JoinHandle<()>)> = Vec::with_capacity(workers);
+    let mut listening = Vec::new();
     for n in 0..workers {
         let mut own = config.clone();
         if let Some(dir) = &config.wirelog {
             // One log per worker: records of one loop never interleave with another's.
             own.wirelog = Some(dir.join(format!("worker-{n}")));
         }
-        let started = start(n, own, signals, done_tx.clone());
-        match started {
-            Ok((ha, stopper, thread)) => {
+        // The last worker takes the inherited sockets themselves, the others copies.
+        let inherited = if n + 1 == workers { std::mem::take(&mut listeners) } else { copies(&listeners)? };
+        let worker = Worker { n, signals, notifier: notifier.clone(), inherited };
+        match start(worker, own, done_tx.clone()) {
+            Ok((addrs, stopper, thread)) => {
                 // The first worker resolved port 0; the rest join it there.
-                config.ha = ha;
+                config.ha = addrs[0];
+                listening = addrs;
                 running.push((stopper, thread));
             }
             Err(e) => {
@@ -53,6 +82,12 @@ pub fn run(config: Config, workers: usize, signals: bool) -> Result<()> {
         }
     }
     drop(done_tx);
+    if let Some(early) = early {
+        early.pass_on(&running);
+    }
+    if let Some(notifier) = &notifier {
+        notifier.ready(&listening, &config.guest.display().to_string());
+    }
     // A signal reaches every worker, and each drains its own connections
     // in its own time; a failure reaches only one, and ends them all.
     let mut ended = Vec::with_capacity(workers);
@@ -72,34 +107,85 @@ pub fn run(config: Config, workers: usize, signals: bool) -> Result<()> {
     ended.into_iter().collect()
 }
 
-type Started = (std::net::SocketAddr, Stopper, JoinHandle<()>);
+/// SIGTERM/SIGINT while workers start: each worker hears signals from when
+/// it is open, so one that arrives after the first opened and before the
+/// last did would reach only some. Caught here too, and passed on to all.
+struct EarlySignals {
+    seen: Arc<AtomicBool>,
+    ids: Vec<signal_hook::SigId>,
+}
 
-/// Open worker `n` on its own thread; returns once it is serving.
-fn start(n: usize, config: Config, signals: bool, done: mpsc::Sender<Result<()>>) -> Result<Started> {
+impl EarlySignals {
+    fn watch() -> Result<EarlySignals> {
+        let seen = Arc::new(AtomicBool::new(false));
+        let ids = [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]
+            .into_iter()
+            .map(|sig| signal_hook::flag::register(sig, seen.clone()))
+            .collect::<std::io::Result<_>>()?;
+        Ok(EarlySignals { seen, ids })
+    }
+
+    fn pass_on(self, running: &[(Stopper, JoinHandle<()>)]) {
+        for id in self.ids {
+            signal_hook::low_level::unregister(id);
+        }
+        if self.seen.load(Ordering::Acquire) {
+            for (stopper, _) in running {
+                stopper.drain();
+            }
+        }
+    }
+}
+
+fn copies(listeners: &[TcpListener]) -> Result<Vec<TcpListener>> {
+    listeners.iter().map(|l| l.try_clone().context("cannot share an inherited listen socket")).collect()
+}
+
+/// One event loop to start.
+struct Worker {
+    n: usize,
+    signals: bool,
+    notifier: Option<Arc<Notifier>>,
+    inherited: Vec<TcpListener>,
+}
+
+impl Worker {
+    fn open(self, config: Config) -> Result<Server> {
+        let mut server =
+            if self.inherited.is_empty() { Server::open(config)? } else { Server::open_on(config, self.inherited)? };
+        if self.signals {
+            server.stop_on_signals()?;
+        }
+        if let Some(notifier) = self.notifier {
+            server.report_to(notifier, self.n);
+        }
+        Ok(server)
+    }
+}
+
+type Started = (Vec<SocketAddr>, Stopper, JoinHandle<()>);
+
+/// Open a worker on its own thread; returns once it is serving.
+fn start(worker: Worker, config: Config, done: mpsc::Sender<Result<()>>) -> Result<Started> {
+    let n = worker.n;
     let (ready_tx, ready_rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("hio-worker-{n}"))
         .spawn(move || {
             let _span = tracing::info_span!("worker", n).entered();
-            let opened = Server::open(config).and_then(|mut s| {
-                if signals {
-                    s.stop_on_signals()?;
-                }
-                Ok(s)
-            });
-            let mut server = match opened {
+            let mut server = match worker.open(config) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
-            let _ = ready_tx.send(Ok((server.local_addr(), server.stopper())));
+            let _ = ready_tx.send(Ok((server.listening(), server.stopper())));
             let _ = done.send(server.run().with_context(|| format!("worker {n}")));
         })
         .context("cannot start a worker thread")?;
     match ready_rx.recv() {
-        Ok(Ok((ha, stopper))) => Ok((ha, stopper, thread)),
+        Ok(Ok((addrs, stopper))) => Ok((addrs, stopper, thread)),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)

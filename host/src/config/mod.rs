@@ -4,6 +4,8 @@
 //! hio's names (ha, bs, bl, tymeout, tock, wirelog) are kept; see the
 //! README's table.
 
+pub mod file;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
