@@ -62,6 +62,17 @@ struct RunArgs {
     /// supervisors and scripts; under systemd, NOTIFY_SOCKET is used too).
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
+    /// Listen at this Unix socket path for a successor process (a new
+    /// hio-host binary started with --takeover) to hand the listen sockets
+    /// and every plain connection over to, without dropping one.
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
+    /// Take over from the hio-host listening at --upgrade-socket: its
+    /// listen sockets, connections (with their bytes) and guest state; it
+    /// then drains what could not move (TLS) and exits. If this process
+    /// fails first, the other serves on untouched.
+    #[arg(long, requires = "upgrade_socket")]
+    takeover: bool,
 }
 
 /// The command line, with every `run` flag also read from the environment,
@@ -203,6 +214,8 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
         signals: true,
         notifier: Some(std::sync::Arc::new(hio_host::Notifier::new(workers, args.ready_fd)?)),
         listeners: activation_sockets()?,
+        upgrade_socket: args.upgrade_socket,
+        takeover: args.takeover,
     };
     hio_host::pool::run(config, workers, process)
 }

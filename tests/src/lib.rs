@@ -206,6 +206,13 @@ impl Client {
         }
     }
 
+    /// Read `n` bytes, or what came before the connection ended.
+    pub fn recv_until_end_or(&mut self, n: usize) -> Vec<u8> {
+        let mut all = Vec::new();
+        let _ = (&mut self.stream).take(n as u64).read_to_end(&mut all);
+        all
+    }
+
     /// Read everything until the server closes; fails on a reset or timeout.
     pub fn recv_to_end(&mut self) -> Vec<u8> {
         let mut all = Vec::new();

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use wasmtime::component::Component;
 
 use super::swap::{Loaded, SwapOutcome, SwapReport, Swapper};
-use super::{Arrival, Cycle, Failed, Generation, GuestConfig, Runtime};
+use super::{Arrival, Cycle, Failed, Generation, GuestConfig, Runtime, Snapshot};
 use crate::state::HostState;
 
 /// The first restart waits this long; each further one in a row twice as
@@ -104,17 +104,17 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Start `component` on `host`; the host state comes back in the error
-    /// if it cannot start.
+    /// Start `component` on `host`, with a predecessor's `snapshot` when
+    /// it takes over from another process.
     pub fn start(
         runtime: Arc<Runtime>,
         component: Component,
         config: GuestConfig,
-        host: HostState,
+        (host, snapshot): (HostState, Option<&Snapshot>),
         (tock, max_restarts): (Duration, u32),
         swapper: Swapper,
     ) -> Result<Supervisor> {
-        let generation = runtime.launch(&component, host, &config, None).map_err(|f| f.error)?;
+        let generation = runtime.launch(&component, host, &config, snapshot).map_err(|f| f.error)?;
         Ok(Supervisor {
             runtime,
             component,
@@ -145,6 +145,12 @@ impl Supervisor {
             Tenant::Down { host, .. } => host,
             Tenant::Moving => unreachable!("a tenant is always in place between passes"),
         }
+    }
+
+    /// The guest's state for a successor process, if it is up to give it.
+    pub fn snapshot(&mut self) -> Option<Snapshot> {
+        let Tenant::Up(generation) = &mut self.tenant else { return None };
+        generation.save().map_err(|e| tracing::warn!("{e:#}; the successor's guest starts without its state")).ok()
     }
 
     /// The host state, for closing: the guest is gone after this.

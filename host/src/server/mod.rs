@@ -18,6 +18,7 @@
 mod admission;
 pub mod notify;
 pub mod pool;
+pub mod takeover;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -34,7 +35,7 @@ use crate::config::Config;
 use crate::guest::cache::Origin;
 use crate::guest::supervisor::Supervisor;
 use crate::guest::swap::{Loaded, Swapper, stamp};
-use crate::guest::{GuestConfig, Runtime};
+use crate::guest::{GuestConfig, Runtime, Snapshot};
 use crate::net::acceptor::Acceptor;
 use crate::net::backpressure::Budget;
 use crate::net::tls::TlsConfig;
@@ -119,6 +120,8 @@ struct Control {
     notifier: Option<(Arc<Notifier>, usize)>,
     /// SIGHUP swaps asked for and not yet installed.
     reloads: usize,
+    /// A successor process's requests to take over (`--upgrade-socket`).
+    asks: Option<std::sync::mpsc::Receiver<takeover::Ask>>,
     /// Set once the server closed (ends the `--watch` thread).
     closed: Arc<AtomicBool>,
 }
@@ -146,17 +149,34 @@ impl Server {
     /// Load the guest, open the listen socket and start the guest
     /// (hio's `openServer` + `reopen`).
     pub fn open(config: Config) -> Result<Server> {
-        Server::start(config, None)
+        Server::start(config, None, None)
     }
 
     /// [`Server::open`] serving `listeners` (listen sockets opened by
     /// someone else: systemd's socket activation, a predecessor process)
     /// instead of binding `config.ha`. Each must be a listening TCP socket.
     pub fn open_on(config: Config, listeners: Vec<std::net::TcpListener>) -> Result<Server> {
-        Server::start(config, Some(listeners))
+        Server::start(config, Some(listeners), None)
     }
 
-    fn start(config: Config, inherited: Option<Vec<std::net::TcpListener>>) -> Result<Server> {
+    /// What [`Server::open`] checks before it binds anything: the settings,
+    /// the TLS files, and that the guest loads (compiling it into the cache,
+    /// so opening later maps it in milliseconds). A successor process runs
+    /// this before it asks its predecessor for anything.
+    pub fn preflight(config: &Config) -> Result<()> {
+        config.validate()?;
+        config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
+        Runtime::new(config.limits.clone(), config.cache.clone())?.load_from(&config.guest)?;
+        Ok(())
+    }
+
+    /// Open on `inherited` listen sockets (else bind `config.ha`), with the
+    /// connections and guest state a predecessor process moved here, if any.
+    fn start(
+        config: Config,
+        inherited: Option<Vec<std::net::TcpListener>>,
+        moved: Option<takeover::Moved>,
+    ) -> Result<Server> {
         config.validate()?;
         let tls = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), config.cache.clone())?);
@@ -169,7 +189,7 @@ impl Server {
         };
         acceptor.register(poll.registry(), LISTENER)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let host = HostState::new(
+        let mut host = HostState::new(
             acceptor,
             config.virtual_tyme.clone().map_or_else(Clock::real, Clock::Virtual),
             open_wirelog(&config)?,
@@ -181,7 +201,15 @@ impl Server {
         let (swapper, loaded) = Swapper::new(runtime.clone(), current, waker.clone());
         let guest_config = GuestConfig { tymeout: config.tymeout, bs: config.bs };
         let pacing = (config.tock_period()?, config.max_restarts);
-        let guest = Supervisor::start(runtime, component, guest_config, host, pacing, swapper.clone())?;
+        let snapshot = match moved {
+            Some(moved) => {
+                host.import(moved.conns, moved.next_id, poll.registry())?;
+                moved.snapshot.map(|s| Snapshot { format: s.format, state: s.state })
+            }
+            None => None,
+        };
+        let guest =
+            Supervisor::start(runtime, component, guest_config, (host, snapshot.as_ref()), pacing, swapper.clone())?;
         let acceptor = guest.host_ref().acceptor();
         let (ha, eha, listeners) = (acceptor.ha, acceptor.eha(), acceptor.local_addrs().len());
         let code = if origin == Origin::Cached { "cached" } else { "compiled" };
@@ -208,6 +236,7 @@ impl Server {
                 drain_deadline: None,
                 notifier: None,
                 reloads: 0,
+                asks: None,
             },
         })
     }
@@ -302,6 +331,7 @@ impl Server {
     pub fn step(&mut self, wait: Option<Duration>) -> Result<()> {
         let listener_ready = self.poll_events(wait)?;
         let now = Instant::now();
+        self.answer_successor();
         self.follow_request(now);
         let registry = self.poll.registry();
         let host = self.guest.host();

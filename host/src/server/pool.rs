@@ -5,14 +5,16 @@
 //! workers, so nothing is locked; a guest's `ixes` are those of its worker.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::config::Config;
 use crate::server::notify::Notifier;
+use crate::server::takeover::{self, Part, Takeover, WorkerLink, serve_successors};
 use crate::server::{Server, Stopper};
 
 /// What a server run as the process (the `hio-host` binary) does besides
@@ -27,17 +29,48 @@ pub struct Process {
     /// Listen sockets to serve instead of binding `config.ha` (systemd's
     /// socket activation); every worker serves all of them.
     pub listeners: Vec<TcpListener>,
+    /// Where this process listens for a successor to take over from it
+    /// (`--upgrade-socket`; see `server::takeover`).
+    pub upgrade_socket: Option<PathBuf>,
+    /// Take over from the process listening at `upgrade_socket` instead of
+    /// opening afresh (`--takeover`).
+    pub takeover: bool,
 }
 
 /// Serve `config` with `workers` event loops until drained or stopped (by
 /// signals, if `process.signals`) or until one of them fails; then close
 /// them all. With one worker this is a plain [`Server`] on the calling thread.
 pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
-    let Process { signals, notifier, mut listeners } = process;
+    let Process { signals, notifier, mut listeners, upgrade_socket, takeover } = process;
+    let (predecessor, mut parts) = match (&upgrade_socket, takeover) {
+        (None, true) => bail!("--takeover needs --upgrade-socket PATH: where the running hio-host listens"),
+        (Some(path), true) => {
+            Server::preflight(&config)?;
+            let (predecessor, parts) = Takeover::begin(path)?;
+            if parts.len() != workers {
+                bail!("the running hio-host has {} workers: start this one with --workers {0}", parts.len());
+            }
+            (Some(predecessor), parts.into_iter().map(Some).collect())
+        }
+        (path, false) => {
+            if let Some(path) = path {
+                takeover::refuse_if_served(path)?;
+            }
+            (None, (0..workers).map(|_| None).collect::<Vec<_>>())
+        }
+    };
     if workers <= 1 {
-        let worker = Worker { n: 0, signals, notifier: notifier.clone(), inherited: listeners };
+        let resume = parts.pop().flatten();
+        let worker = Worker { n: 0, signals, notifier: notifier.clone(), inherited: listeners, resume };
         let guest = config.guest.display().to_string();
         let mut server = worker.open(config)?;
+        if let Some(predecessor) = predecessor {
+            predecessor.commit()?;
+            server.committed();
+        }
+        if let Some(path) = upgrade_socket {
+            serve_successors(path, vec![server.link_successors()])?;
+        }
         if let Some(notifier) = &notifier {
             notifier.ready(&server.listening(), &guest);
         }
@@ -46,7 +79,7 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
     let mut config = config;
     // Port 0 is a fresh port and inherited sockets are bound already:
     // nobody else can be there. The claim is kept until the workers are done.
-    let claim = if config.ha.port() != 0 && listeners.is_empty() {
+    let claim = if config.ha.port() != 0 && listeners.is_empty() && !takeover {
         Some(crate::net::acceptor::claim(config.ha)?)
     } else {
         None
@@ -57,9 +90,9 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
     config.max_buffered = (config.max_buffered / workers).max(1 << 20);
     let early = if signals { Some(EarlySignals::watch()?) } else { None };
     let (done_tx, done_rx) = mpsc::channel();
-    let mut running: Vec<(Stopper, JoinHandle<()>)> = Vec::with_capacity(workers);
+    let mut running: Vec<Running> = Vec::with_capacity(workers);
     let mut listening = Vec::new();
-    for n in 0..workers {
+    for (n, resume) in parts.into_iter().enumerate() {
         let mut own = config.clone();
         if let Some(dir) = &config.wirelog {
             // One log per worker: records of one loop never interleave with another's.
@@ -67,13 +100,13 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
         }
         // The last worker takes the inherited sockets themselves, the others copies.
         let inherited = if n + 1 == workers { std::mem::take(&mut listeners) } else { copies(&listeners)? };
-        let worker = Worker { n, signals, notifier: notifier.clone(), inherited };
+        let worker = Worker { n, signals, notifier: notifier.clone(), inherited, resume };
         match start(worker, own, done_tx.clone()) {
-            Ok((addrs, stopper, thread)) => {
+            Ok((addrs, r)) => {
                 // The first worker resolved port 0; the rest join it there.
                 config.ha = addrs[0];
                 listening = addrs;
-                running.push((stopper, thread));
+                running.push(r);
             }
             Err(e) => {
                 stop_all(running);
@@ -82,6 +115,20 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
         }
     }
     drop(done_tx);
+    if let Some(predecessor) = predecessor
+        && let Err(e) = predecessor.commit()
+    {
+        stop_all(running);
+        return Err(e);
+    }
+    for r in &mut running {
+        if let Some(go) = r.go.take() {
+            let _ = go.send(true);
+        }
+    }
+    if let Some(path) = upgrade_socket {
+        serve_successors(path, running.iter().map(|r| r.link.clone()).collect())?;
+    }
     if let Some(early) = early {
         early.pass_on(&running);
     }
@@ -107,6 +154,16 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
     ended.into_iter().collect()
 }
 
+/// A worker's thread and how to reach it.
+struct Running {
+    stopper: Stopper,
+    thread: JoinHandle<()>,
+    /// Lets it run (`true`) or end unused (`false`, or dropped) once every
+    /// worker is open (and a predecessor has let go).
+    go: Option<mpsc::Sender<bool>>,
+    link: WorkerLink,
+}
+
 /// SIGTERM/SIGINT while workers start: each worker hears signals from when
 /// it is open, so one that arrives after the first opened and before the
 /// last did would reach only some. Caught here too, and passed on to all.
@@ -125,13 +182,13 @@ impl EarlySignals {
         Ok(EarlySignals { seen, ids })
     }
 
-    fn pass_on(self, running: &[(Stopper, JoinHandle<()>)]) {
+    fn pass_on(self, running: &[Running]) {
         for id in self.ids {
             signal_hook::low_level::unregister(id);
         }
         if self.seen.load(Ordering::Acquire) {
-            for (stopper, _) in running {
-                stopper.drain();
+            for r in running {
+                r.stopper.drain();
             }
         }
     }
@@ -147,12 +204,17 @@ struct Worker {
     signals: bool,
     notifier: Option<Arc<Notifier>>,
     inherited: Vec<TcpListener>,
+    /// What a predecessor process handed this worker.
+    resume: Option<Part>,
 }
 
 impl Worker {
     fn open(self, config: Config) -> Result<Server> {
-        let mut server =
-            if self.inherited.is_empty() { Server::open(config)? } else { Server::open_on(config, self.inherited)? };
+        let mut server = match (self.resume, self.inherited.is_empty()) {
+            (Some(part), _) => Server::resume(config, part)?,
+            (None, true) => Server::open(config)?,
+            (None, false) => Server::open_on(config, self.inherited)?,
+        };
         if self.signals {
             server.stop_on_signals()?;
         }
@@ -163,12 +225,12 @@ impl Worker {
     }
 }
 
-type Started = (Vec<SocketAddr>, Stopper, JoinHandle<()>);
-
-/// Open a worker on its own thread; returns once it is serving.
-fn start(worker: Worker, config: Config, done: mpsc::Sender<Result<()>>) -> Result<Started> {
+/// Open a worker on its own thread; returns once it is open, with where it
+/// listens. It runs once told to go.
+fn start(worker: Worker, config: Config, done: mpsc::Sender<Result<()>>) -> Result<(Vec<SocketAddr>, Running)> {
     let n = worker.n;
     let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("hio-worker-{n}"))
         .spawn(move || {
@@ -180,12 +242,16 @@ fn start(worker: Worker, config: Config, done: mpsc::Sender<Result<()>>) -> Resu
                     return;
                 }
             };
-            let _ = ready_tx.send(Ok((server.listening(), server.stopper())));
+            let _ = ready_tx.send(Ok((server.listening(), server.stopper(), server.link_successors())));
+            if go_rx.recv() != Ok(true) {
+                return;
+            }
+            server.committed();
             let _ = done.send(server.run().with_context(|| format!("worker {n}")));
         })
         .context("cannot start a worker thread")?;
     match ready_rx.recv() {
-        Ok(Ok((addrs, stopper))) => Ok((addrs, stopper, thread)),
+        Ok(Ok((addrs, stopper, link))) => Ok((addrs, Running { stopper, thread, go: Some(go_tx), link })),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)
@@ -194,11 +260,13 @@ fn start(worker: Worker, config: Config, done: mpsc::Sender<Result<()>>) -> Resu
     }
 }
 
-fn stop_all(running: Vec<(Stopper, JoinHandle<()>)>) {
-    for (stopper, _) in &running {
-        stopper.stop();
+fn stop_all(running: Vec<Running>) {
+    for r in &running {
+        r.stopper.stop();
     }
-    for (_, thread) in running {
-        let _ = thread.join();
+    for r in running {
+        // A worker not yet told to go ends unused.
+        drop(r.go);
+        let _ = r.thread.join();
     }
 }

@@ -139,6 +139,9 @@ impl HostState {
     pub fn reset_all(&mut self, scratch: &mut [u8]) {
         let (mut reset, mut dropped) = (0u64, 0u64);
         for (_, mut c) in self.conns.drain() {
+            if c.held() {
+                continue;
+            }
             reset += 1;
             dropped += c.pending() + c.discard_input(scratch) + c.undelivered();
             c.reset();
@@ -157,6 +160,10 @@ impl HostState {
     pub fn close_all(&mut self, scratch: &mut [u8]) {
         let (mut closed, mut reset, mut dropped) = (0u64, 0u64, 0u64);
         for (_, mut c) in self.conns.drain() {
+            // Still its predecessor's: left to it as it is.
+            if c.held() {
+                continue;
+            }
             closed += 1;
             // Decided before any FIN goes out: a FIN first would tell the
             // peer its stream ended complete, whatever follows.

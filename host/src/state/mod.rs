@@ -18,6 +18,7 @@ use rustc_hash::FxHashMap;
 mod ending;
 pub mod handing;
 mod lending;
+mod takeover;
 
 use self::ending::Stalls;
 use self::handing::Handing;

@@ -36,6 +36,11 @@ impl RxBuf {
         self.bytes.capacity()
     }
 
+    /// Every byte held (lent or not).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Spare capacity, for a read straight into it.
     pub fn spare(&self) -> usize {
         self.bytes.capacity() - self.bytes.len()

@@ -11,6 +11,7 @@
 mod buffers;
 mod guest;
 mod output;
+mod takeover;
 mod tls;
 
 use std::io::{self, ErrorKind, Read, Write};
@@ -26,6 +27,7 @@ use self::buffers::{RxBuf, TxQueue};
 pub use self::guest::Refused;
 use self::output::OutputWatch;
 pub use self::output::{OutputCheck, Stall, StallLimits};
+pub use self::takeover::SavedConn;
 use self::tls::Tls;
 pub use self::tls::TlsState;
 use crate::net::backpressure::{self, Budget, Share};
@@ -98,6 +100,9 @@ pub struct Conn {
     /// Listed in the host's starved queue (reading waits for the
     /// server-wide bound to drain).
     pub starved: bool,
+    /// Moved here by a takeover not yet committed: the predecessor may
+    /// still take it back, so nothing touches the socket.
+    held: bool,
 }
 
 /// Errors that hio maps to "cutoff" instead of raising.
@@ -136,6 +141,7 @@ impl Conn {
             in_ready: false,
             in_dirty: false,
             starved: false,
+            held: false,
         }
     }
 
@@ -268,7 +274,7 @@ impl Conn {
 
     /// hio's `send`: write now unless queued bytes must go first.
     pub fn send_now(&mut self, data: &[u8], wl: Option<&mut WireLog>) -> io::Result<usize> {
-        if !self.tx.is_empty() || self.write == WriteSide::Broken {
+        if !self.tx.is_empty() || self.write == WriteSide::Broken || self.held {
             return Ok(0);
         }
         if let Transport::Tls(_) = self.transport {
@@ -288,6 +294,9 @@ impl Conn {
     /// Send queued bytes until done or the socket would block; then send a
     /// FIN if one is wanted. Returns bytes sent.
     pub fn flush(&mut self, wl: Option<&mut WireLog>) -> io::Result<u64> {
+        if self.held {
+            return Ok(0);
+        }
         let sent = match self.transport {
             Transport::Plain => self.flush_plain(wl),
             Transport::Tls(_) => self.flush_tls(wl),
@@ -313,11 +322,22 @@ impl Conn {
             sent += n as u64;
         }
         if self.tx.is_empty() && self.write == WriteSide::FinWanted {
-            self.write = WriteSide::FinSent;
-            // A peer that is already gone makes this fail; nothing is lost.
-            let _ = self.sock.shutdown(Shutdown::Write);
+            self.send_fin();
         }
         Ok(sent)
+    }
+
+    /// FIN after the last byte. A socket its peer has already reset takes
+    /// no FIN (ENOTCONN): nothing more can reach that peer, so the
+    /// connection is done at once instead of lingering for bytes that
+    /// cannot go (what TLS still held, say).
+    fn send_fin(&mut self) {
+        self.write = WriteSide::FinSent;
+        if let Err(e) = self.sock.shutdown(Shutdown::Write)
+            && e.kind() == ErrorKind::NotConnected
+        {
+            self.write = WriteSide::Broken;
+        }
     }
 
     /// Writing failed: the peer is gone (hio's cutoff) and what is queued can
@@ -337,7 +357,9 @@ impl Conn {
             if self.read != ReadSide::Ended {
                 self.read = ReadSide::Shut;
             }
-            let _ = self.sock.shutdown(Shutdown::Read);
+            if !self.held {
+                let _ = self.sock.shutdown(Shutdown::Read);
+            }
         }
         if write && self.write == WriteSide::Open {
             self.write = WriteSide::FinWanted;

@@ -5,7 +5,6 @@
 //! `crate::net::tls`.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::Shutdown;
 use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
@@ -214,8 +213,7 @@ impl Conn {
             return self.broken(e).map(|_| sent);
         }
         if fin_due && fin_wanted && self.tx.is_empty() {
-            self.write = WriteSide::FinSent;
-            let _ = self.sock.shutdown(Shutdown::Write);
+            self.send_fin();
         }
         Ok(sent)
     }
