@@ -87,7 +87,9 @@ fn command() -> clap::Command {
 fn parse() -> Result<(Cli, ArgMatches, BTreeSet<String>), clap::Error> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let cmd = command();
-    let mut matches = cmd.clone().try_get_matches_from(&argv)?;
+    // A first look for --config and where each setting came from; what is
+    // missing or conflicts may be in the file.
+    let mut matches = cmd.clone().ignore_errors(true).try_get_matches_from(&argv)?;
     let mut taken = BTreeSet::new();
     if let Some(("run", run)) = matches.subcommand()
         && let Some(path) = run.get_one::<PathBuf>("config")
@@ -97,6 +99,8 @@ fn parse() -> Result<(Cli, ArgMatches, BTreeSet<String>), clap::Error> {
             .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{e:#}\n")))?;
         matches = cmd.clone().try_get_matches_from(merged)?;
         taken = from_file;
+    } else {
+        matches = cmd.clone().try_get_matches_from(&argv)?;
     }
     if let Some(("run", run)) = matches.subcommand()
         && run.get_raw("guest").is_none()
@@ -114,6 +118,10 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HIO_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log nobody reads (a closed pipe, a full disk) must not take the
+        // server down: by default a failed write is reported with
+        // eprintln!, which panics on the same broken stderr.
+        .log_internal_errors(false)
         .init();
     let (cli, matches, from_file) = match parse() {
         Ok(parsed) => parsed,
@@ -127,7 +135,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hio-host: {e:#}");
+            say(&format!("hio-host: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -143,8 +151,25 @@ fn usage_error(e: clap::Error) -> ExitCode {
     }
     let text = e.to_string();
     let line = text.lines().next().unwrap_or_default();
-    eprintln!("hio-host: {}", line.strip_prefix("error: ").unwrap_or(line));
+    say(&format!("hio-host: {}{}", line.strip_prefix("error: ").unwrap_or(line), from_environment(&e)));
     ExitCode::FAILURE
+}
+
+/// One line on stderr, if anyone reads it.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// ", from HIO_X" when the value a flag refused came from its variable.
+fn from_environment(e: &clap::Error) -> String {
+    let Some(clap::error::ContextValue::String(flag)) = e.get(clap::error::ContextKind::InvalidArg) else {
+        return String::new();
+    };
+    let long = flag.trim_start_matches("--").split([' ', '=']).next().unwrap_or_default();
+    let var = format!("HIO_{}", long.to_uppercase().replace('-', "_"));
+    let on_command_line = std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    if std::env::var_os(&var).is_some() && !on_command_line { format!(" (from {var})") } else { String::new() }
 }
 
 /// Buffers of a few hundred KiB (a burst's bytes, lifted out of the guest
@@ -170,22 +195,28 @@ fn print_config(args: &RunArgs, matches: &ArgMatches, from_file: &BTreeSet<Strin
     let run = matches.subcommand_matches("run").ok_or_else(|| anyhow::anyhow!("not the run command"))?;
     let cmd = command();
     let run_cmd = cmd.find_subcommand("run").ok_or_else(|| anyhow::anyhow!("no run command"))?;
-    print!("{}", file::print(run_cmd, run, from_file));
+    use std::io::Write;
+    std::io::stdout().write_all(file::print(run_cmd, run, from_file).as_bytes())?;
     Ok(())
 }
 
 fn check(guest: &std::path::Path) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
     let c = hio_host::check(guest)?;
-    println!("imports: {}", if c.imports.is_empty() { "(none)".into() } else { c.imports.join(", ") });
-    println!("exports: {}", if c.exports.is_empty() { "(none)".into() } else { c.exports.join(", ") });
+    let list = |names: &[String]| if names.is_empty() { "(none)".to_string() } else { names.join(", ") };
+    let mut out = format!("imports: {}\nexports: {}\n", list(&c.imports), list(&c.exports));
     if c.problems.is_empty() {
-        println!("{} fits the hio:tcp/server world", guest.display());
-        return Ok(());
+        writeln!(out, "{} fits the hio:tcp/server world", guest.display())?;
     }
     for p in &c.problems {
-        println!("problem: {p}");
+        writeln!(out, "problem: {p}")?;
     }
-    anyhow::bail!("{} does not fit the hio:tcp/server world", guest.display())
+    std::io::stdout().write_all(out.as_bytes())?;
+    if !c.problems.is_empty() {
+        anyhow::bail!("{} does not fit the hio:tcp/server world", guest.display());
+    }
+    Ok(())
 }
 
 /// Every connection is a descriptor: take the hard limit, and say so when
@@ -210,10 +241,16 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
     }
     raise_descriptor_limit(config.max_conns);
     let workers = args.workers.into();
+    let listeners = activation_sockets()?;
+    if let Some(fd) = args.ready_fd
+        && (3..3 + listeners.len() as i32).contains(&fd)
+    {
+        anyhow::bail!("--ready-fd {fd} is one of the listen sockets systemd passed (3 to {})", 2 + listeners.len());
+    }
     let process = hio_host::pool::Process {
         signals: true,
         notifier: Some(std::sync::Arc::new(hio_host::Notifier::new(workers, args.ready_fd)?)),
-        listeners: activation_sockets()?,
+        listeners,
         upgrade_socket: args.upgrade_socket,
         takeover: args.takeover,
     };

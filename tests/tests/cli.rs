@@ -226,3 +226,73 @@ fn a_bad_config_file_is_one_error_naming_the_key() {
     let file = ConfigFile::new("no-guest", "tymeout = 3\n");
     fails_with(&["run", "--config", file.path()], "no guest");
 }
+
+#[test]
+fn settings_from_a_file_combine_with_flags_and_environment_for_tls_too() {
+    let pki = hio_tests::pki::Pki::new("config-tls");
+    let toml = format!(
+        "tls-cert = {:?}\ntls-key = {:?}\ntls-version = \"1.3\"\n",
+        pki.server_cert.to_str().unwrap(),
+        pki.server_key.to_str().unwrap()
+    );
+    let file = ConfigFile::new("tls", &toml);
+    let out = Command::new(host_binary())
+        .args(["run", guest("echo").to_str().unwrap(), "--config", file.path(), "--certify", "none", "--print-config"])
+        .env("HIO_ALPN", "h2,http/1.1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        "tls-version = 1.3    # from the config file",
+        "certify = \"none\"    # from the command line",
+        "alpn = [\"h2\", \"http/1.1\"]    # from HIO_ALPN",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_bad_value_from_the_environment_names_its_variable() {
+    let out = Command::new(host_binary())
+        .args(["run", guest("echo").to_str().unwrap()])
+        .env("HIO_DRAIN_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("invalid value 'soon'") && stderr.contains("(from HIO_DRAIN_TIMEOUT)"), "{stderr}");
+}
+
+/// Nobody reads the log any more (its pipe closed): the host serves on.
+#[test]
+fn a_log_nobody_reads_does_not_take_the_host_down() {
+    use std::io::BufRead;
+    let mut child = hio_tests::KillOnDrop(
+        Command::new(host_binary())
+            .args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0", "--ready-fd", "1"])
+            .env("HIO_LOG", "hio_host=debug")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    drop(child.0.stderr.take());
+    let addr: std::net::SocketAddr =
+        ready.split_whitespace().find_map(|w| w.strip_prefix("LISTEN=")).unwrap().parse().unwrap();
+    let mut c = hio_tests::Client::connect(addr);
+    c.echo(b"before");
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    for _ in 0..20 {
+        c.echo(b"logged into a closed pipe");
+        hio_tests::Client::connect(addr).echo(b"new peers are logged too");
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "the host died with its log");
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

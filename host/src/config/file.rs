@@ -23,8 +23,18 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
-/// Arguments that are about the settings, not settings themselves.
-const NOT_SETTINGS: &[&str] = &["config", "print_config", "help", "version"];
+/// Arguments that are about the settings, not settings themselves (the
+/// file may not name another file; `--config` has its variable, HIO_CONFIG).
+const NOT_SETTINGS: &[&str] = &["config", "print_config"];
+
+/// clap's own `--help` and `--version`.
+fn builtin(arg: &Arg) -> bool {
+    matches!(arg.get_action(), ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version)
+}
+
+fn is_setting(arg: &Arg) -> bool {
+    !builtin(arg) && !NOT_SETTINGS.contains(&arg.get_id().as_str())
+}
 
 /// The name of a setting: its flag's long name, or a positional's id (`guest`).
 fn key(arg: &Arg) -> String {
@@ -33,7 +43,7 @@ fn key(arg: &Arg) -> String {
 
 /// The settings of `cmd`, the guest (the positional) first.
 fn settings(cmd: &Command) -> impl Iterator<Item = &Arg> {
-    let setting = |a: &&Arg| !NOT_SETTINGS.contains(&a.get_id().as_str());
+    let setting = |a: &&Arg| is_setting(a);
     let positionals = cmd.get_positionals().filter(setting);
     positionals.chain(cmd.get_arguments().filter(|a| !a.is_positional()).filter(setting))
 }
@@ -41,7 +51,7 @@ fn settings(cmd: &Command) -> impl Iterator<Item = &Arg> {
 /// `cmd` with every setting also read from `HIO_<KEY>` (upper case, `-` as `_`).
 pub fn with_env(cmd: Command) -> Command {
     cmd.mut_args(|arg| {
-        if NOT_SETTINGS.contains(&arg.get_id().as_str()) {
+        if builtin(&arg) || arg.get_id() == "print_config" {
             return arg;
         }
         let var = format!("HIO_{}", key(&arg).to_uppercase().replace('-', "_"));

@@ -21,6 +21,9 @@ pub const DEFAULT_BL: u32 = 128;
 /// means all IPv4 interfaces, as in hio.
 pub fn parse_ha(text: &str) -> Result<SocketAddr> {
     let bad = || anyhow!("malformed address {text:?}: expected HOST:PORT, [IPV6]:PORT or :PORT");
+    if text.parse::<u16>().is_ok() {
+        bail!("malformed address {text:?}: a port alone is written :{text}");
+    }
     let (host, port) = match text.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') || (h.starts_with('[') && h.ends_with(']')) => {
             (h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().map_err(|_| bad())?)
@@ -304,6 +307,7 @@ mod tests {
         assert_eq!(parse_ha("127.0.0.1").unwrap().port(), DEFAULT_PORT);
         assert!(parse_ha("127.0.0.1:notaport").is_err());
         assert!(parse_ha("::1:80").is_err());
+        assert!(parse_ha("56001").is_err(), "a bare number is a port, not the IPv4 address 0.0.218.193");
         assert!(parse_ha("1.2.3.4:70000").is_err());
     }
 

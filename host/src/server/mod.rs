@@ -431,7 +431,7 @@ impl Server {
                 if let Some(tls) = &self.control.tls {
                     self.guest.host().reload_tls(tls);
                 }
-            } else if self.control.request.get() == Wanted::Serve {
+            } else if self.control.request.get() == Wanted::Serve && self.control.drain_timeout.is_some() {
                 tracing::info!("signal {sig}: draining");
                 self.control.request.ask(Wanted::Drain);
             } else {

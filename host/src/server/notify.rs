@@ -75,7 +75,7 @@ impl Notifier {
     /// `READY=1 MAINPID=<pid> LISTEN=<addr>[ LISTEN=<addr>...]` on `--ready-fd`.
     pub fn ready(&self, listening: &[SocketAddr], guest: &str) {
         *lock(&self.guest) = guest.to_string();
-        let status = self.status_text();
+        let status = self.sent_status();
         send(&[NotifyState::Ready, NotifyState::MainPid(std::process::id()), NotifyState::Status(&status)]);
         let Some(mut file) = lock(&self.ready_fd).take() else { return };
         let mut line = format!("READY=1 MAINPID={}", std::process::id());
@@ -124,7 +124,8 @@ impl Notifier {
     /// A hot swap begins (SIGHUP): `RELOADING=1` with the monotonic clock
     /// systemd's `Type=notify-reload` asks for.
     pub fn reloading(&self) {
-        if self.reloads.fetch_add(1, Ordering::AcqRel) == 0 {
+        // systemd has nothing to reload once the service is stopping.
+        if self.reloads.fetch_add(1, Ordering::AcqRel) == 0 && !self.stopping.load(Ordering::Acquire) {
             let mut states = vec![NotifyState::Reloading];
             if let Ok(now) = NotifyState::monotonic_usec_now() {
                 states.push(now);
@@ -137,8 +138,8 @@ impl Notifier {
     pub fn reloaded(&self, guest: &str) {
         *lock(&self.guest) = guest.to_string();
         let before = self.reloads.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        if before == Ok(1) {
-            let status = self.status_text();
+        if before == Ok(1) && !self.stopping.load(Ordering::Acquire) {
+            let status = self.sent_status();
             send(&[NotifyState::Ready, NotifyState::Status(&status)]);
         }
     }
@@ -146,7 +147,7 @@ impl Notifier {
     /// The drain began: `STOPPING=1`, once for all workers.
     pub fn stopping(&self) {
         if !self.stopping.swap(true, Ordering::AcqRel) {
-            let status = self.status_text();
+            let status = self.sent_status();
             send(&[NotifyState::Stopping, NotifyState::Status(&status)]);
         }
     }
@@ -155,6 +156,13 @@ impl Notifier {
         let connections: usize = self.connections.iter().map(|c| c.load(Ordering::Relaxed)).sum();
         let doing = if self.stopping.load(Ordering::Acquire) { "draining" } else { "serving" };
         format!("{doing} {connections} connections with {}", lock(&self.guest))
+    }
+
+    /// The status, remembered as sent (so the refresh does not repeat it).
+    fn sent_status(&self) -> String {
+        let status = self.status_text();
+        *lock(&self.last_status) = (self.start.elapsed().as_millis() as u64, status.clone());
+        status
     }
 
     fn refresh_status(&self, now: u64) {
