@@ -3,6 +3,8 @@
 //!   hio-bench echo [--scenarios a,b,c,d,e] [--seconds 5] [--rounds 3]
 //!   hio-bench swap [--conns 100,1000,10000] [--swaps 30]
 //!   hio-bench swap-memory [--swaps 1000] [--conns 100]
+//!   hio-bench upgrade [--conns 100,1000,10000] [--upgrades 10]
+//!                                            (binary upgrade by --takeover: pauses)
 //!   hio-bench startup                        (launch to serving, first and cached)
 //!   hio-bench load --addr ADDR [--conns 100] [--size 1024] [--inflight 4] [--seconds 5]
 //!                                            (drive any echo server, e.g. while profiling it)
@@ -32,6 +34,7 @@ mod echo;
 mod load;
 mod native;
 mod tls;
+mod upgrade;
 mod workers;
 
 fn main() -> Result<()> {
@@ -77,6 +80,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("startup") => startup(),
+        Some("upgrade") => {
+            let conns: Vec<usize> = flag("--conns")
+                .unwrap_or_else(|| "100,1000,10000".into())
+                .split(',')
+                .map(|n| n.parse().context("--conns takes numbers"))
+                .collect::<Result<_>>()?;
+            upgrade::run(&conns, flag("--upgrades").unwrap_or_else(|| "10".into()).parse()?)
+        }
         Some("load") => {
             let addr: SocketAddr = flag("--addr").context("load needs --addr HOST:PORT")?.parse()?;
             let num = |name: &str, default: &str| flag(name).unwrap_or_else(|| default.into()).parse::<usize>();
@@ -202,6 +213,9 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let _ = self.signal("-TERM");
         let _ = self.child.wait();
     }

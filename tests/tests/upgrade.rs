@@ -223,6 +223,8 @@ fn every_worker_hands_over_to_its_counterpart() {
 fn a_second_host_cannot_steal_the_upgrade_socket() {
     let path = socket_path("steal");
     let _host = HostProcess::spawn(&guest("echo"), &["--upgrade-socket", path.to_str().unwrap()]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "whoever may connect may take every connection");
     let mut cmd = Command::new(host_binary());
     cmd.args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
         .args(["--upgrade-socket", path.to_str().unwrap()]);

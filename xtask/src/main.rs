@@ -78,6 +78,7 @@ fn run(args: &[String]) -> Result<()> {
                 status(Command::new(&bench).arg("workers"))?;
                 status(Command::new(&bench).arg("startup"))?;
                 status(Command::new(&bench).arg("swap"))?;
+                status(Command::new(&bench).arg("upgrade"))?;
                 status(Command::new(&bench).arg("swap-memory"))
             } else {
                 status(Command::new(&bench).args(rest))

@@ -261,7 +261,11 @@ fn lock_port(ha: SocketAddr) -> Result<Option<UnixListener>> {
 
 /// The user id of the process holding an abstract Unix socket.
 fn holder_uid(addr: &std::os::unix::net::SocketAddr) -> Option<u32> {
-    let stream = UnixStream::connect_addr(addr).ok()?;
+    peer_uid(&UnixStream::connect_addr(addr).ok()?)
+}
+
+/// The user id of the process at the other end of a Unix socket (SO_PEERCRED).
+pub fn peer_uid(stream: &UnixStream) -> Option<u32> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: SO_PEERCRED writes one ucred into the buffer, whose size is passed.

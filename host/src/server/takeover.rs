@@ -21,7 +21,7 @@
 //! successor fails or vanishes at any point, it resumes as it was.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,11 +39,9 @@ use crate::net::conn::SavedConn;
 
 /// What a successor says first: the protocol and its version.
 pub const HELLO: &[u8; 8] = b"hio-tk/1";
-/// How long the serving process waits for a successor's commit once it
-/// sent everything; a worker waits a little longer for the verdict, so it
-/// never resumes while a commit is on its way.
+/// How long the serving process waits on each step of a successor's
+/// (its hello, each write, its commit).
 const COMMIT_WAIT: Duration = Duration::from_secs(10);
-pub(crate) const VERDICT_WAIT: Duration = Duration::from_secs(20);
 /// Descriptors per message (the kernel takes at most 253).
 const FDS_PER_MESSAGE: usize = 250;
 
@@ -64,17 +62,22 @@ pub struct WorkerState {
 }
 
 /// A worker's share with its descriptors: its listen sockets, then one per
-/// connection, in `state.conns` order.
-pub struct Part {
+/// connection, in `state.conns` order. `Fd` is `OwnedFd` once received,
+/// `RawFd` on the way out (see [`Ask`]).
+pub struct Part<Fd = OwnedFd> {
     pub state: WorkerState,
-    pub fds: Vec<OwnedFd>,
+    pub fds: Vec<Fd>,
 }
 
-/// A request to a worker to hand over its share: it answers on `reply`,
-/// then waits (paused) for the verdict: `true` once the successor has
-/// committed, `false` (or nothing) to go on serving.
+/// A request to a worker to hand over its share: it answers on `reply`
+/// with its own descriptors, then waits, paused, for the verdict: `true`
+/// once the successor has committed, `false` to go on serving. It waits
+/// without a deadline, so its descriptors stay valid for as long as the
+/// successors' thread may send them; that thread bounds its own time (every
+/// socket operation has a timeout) and always answers, or drops the
+/// sender, which also lets the worker go on.
 pub struct Ask {
-    pub reply: Sender<Result<Part, String>>,
+    pub reply: Sender<Result<Part<RawFd>, String>>,
     pub verdict: Receiver<bool>,
 }
 
@@ -87,16 +90,15 @@ pub struct WorkerLink {
 
 /// The parts, over `stream`: a header (magic, descriptor count, payload
 /// length), the descriptors in batches of one byte each, then the payload.
-fn send_parts(stream: &mut UnixStream, parts: Vec<Part>) -> Result<()> {
-    let (states, fds): (Vec<WorkerState>, Vec<Vec<OwnedFd>>) = parts.into_iter().map(|p| (p.state, p.fds)).unzip();
-    let fds: Vec<OwnedFd> = fds.into_iter().flatten().collect();
+fn send_parts(stream: &mut UnixStream, parts: Vec<Part<RawFd>>) -> Result<()> {
+    let (states, fds): (Vec<WorkerState>, Vec<Vec<RawFd>>) = parts.into_iter().map(|p| (p.state, p.fds)).unzip();
+    let raw: Vec<RawFd> = fds.into_iter().flatten().collect();
     let payload = postcard::to_stdvec(&states).context("cannot encode the hand-over")?;
     let mut header = Vec::with_capacity(24);
     header.extend_from_slice(HELLO);
-    header.extend_from_slice(&(fds.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(raw.len() as u64).to_le_bytes());
     header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     stream.write_all(&header)?;
-    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     for batch in raw.chunks(FDS_PER_MESSAGE) {
         if stream.send_with_fd(b"F", batch)? != 1 {
             bail!("the successor's socket took no byte");
@@ -198,9 +200,20 @@ pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>) -> Result<std::
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("cannot listen for a successor at {}", path.display()))?;
+    // Whoever may connect here may take every connection: the owner only.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let handle = std::thread::Builder::new().name("hio-successors".into()).spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
+            // SAFETY: getuid cannot fail and touches no memory.
+            let me = unsafe { libc::getuid() };
+            match crate::net::acceptor::peer_uid(&stream) {
+                Some(uid) if uid == me || uid == 0 => {}
+                other => {
+                    tracing::warn!(uid = ?other, "refused a takeover by another user");
+                    continue;
+                }
+            }
             match hand_over(stream, &workers, &path) {
                 Ok(false) => {}
                 Ok(true) => {
@@ -314,32 +327,26 @@ impl Server {
     }
 
     fn hand_over(&mut self, ask: Ask) {
+        let paused = Instant::now();
         if self.control.drain_deadline.is_some() {
             let _ = ask.reply.send(Err("it is draining".into()));
             return;
         }
-        let moving = match self.host().export() {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = ask.reply.send(Err(format!("cannot copy its sockets: {e}")));
-                return;
-            }
-        };
+        let moving = self.host().export();
         let snapshot = self.guest.snapshot().map(|s| SavedSnapshot { format: s.format, state: s.state });
         let ids: Vec<u64> = moving.conns.iter().map(|(saved, _)| saved.id).collect();
-        let (saved, conn_fds): (Vec<SavedConn>, Vec<OwnedFd>) = moving.conns.into_iter().unzip();
+        let (saved, conn_fds): (Vec<SavedConn>, Vec<RawFd>) = moving.conns.into_iter().unzip();
         let state = WorkerState { next_id: moving.next_id, listeners: moving.listeners.len(), conns: saved, snapshot };
         let mut fds = moving.listeners;
         fds.extend(conn_fds);
-        let paused = Instant::now();
         if ask.reply.send(Ok(Part { state, fds })).is_err() {
             return;
         }
-        match ask.verdict.recv_timeout(VERDICT_WAIT) {
+        match ask.verdict.recv() {
             Ok(true) => {
                 self.guest.host().moved(&ids, self.poll.registry());
-                let pause_ms = paused.elapsed().as_millis() as u64;
-                tracing::info!(moved = ids.len(), pause_ms, "connections moved to the successor process");
+                let pause_us = paused.elapsed().as_micros() as u64;
+                tracing::info!(moved = ids.len(), pause_us, "connections moved to the successor process");
                 self.control.request.ask(super::Wanted::Drain);
             }
             _ => tracing::warn!("the successor did not take over; serving on"),

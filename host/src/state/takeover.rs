@@ -4,18 +4,21 @@
 //! and, in the successor, taking them in.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use mio::{Interest, Registry, Token};
 
 use super::HostState;
 use crate::net::conn::{Conn, SavedConn};
 
-/// What moves to a successor: descriptors (duplicates: this process keeps
-/// its own until the successor commits) and what goes with them.
+/// What moves to a successor: descriptors and what goes with them. The
+/// descriptors are this process's own, only named here (not duplicated: at
+/// 10,000 connections duplicates would double the descriptors held, past
+/// common limits); they stay valid while the worker waits, paused, for the
+/// successor's verdict, and `SCM_RIGHTS` gives the successor its own.
 pub struct Moving {
-    pub listeners: Vec<OwnedFd>,
-    pub conns: Vec<(SavedConn, OwnedFd)>,
+    pub listeners: Vec<RawFd>,
+    pub conns: Vec<(SavedConn, RawFd)>,
     /// The successor's ids start here, so no id is used twice.
     pub next_id: u64,
 }
@@ -23,15 +26,10 @@ pub struct Moving {
 impl HostState {
     /// Copies of what can move; nothing here changes. TLS connections and
     /// closing ones stay, to finish here.
-    pub fn export(&self) -> io::Result<Moving> {
-        let listeners = self.acceptor.listeners().map(|fd| fd.try_clone_to_owned()).collect::<io::Result<_>>()?;
-        let mut conns = Vec::new();
-        for (&id, c) in &self.conns {
-            if let Some(saved) = c.save(id) {
-                conns.push((saved, c.sock.as_fd().try_clone_to_owned()?));
-            }
-        }
-        Ok(Moving { listeners, conns, next_id: self.next_id })
+    pub fn export(&self) -> Moving {
+        let listeners = self.acceptor.listeners().map(|fd| fd.as_raw_fd()).collect();
+        let conns = self.conns.iter().filter_map(|(&id, c)| Some((c.save(id)?, c.sock.as_raw_fd()))).collect();
+        Moving { listeners, conns, next_id: self.next_id }
     }
 
     /// The successor has these connections (and the listen sockets): stop
