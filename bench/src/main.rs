@@ -60,11 +60,7 @@ fn main() -> Result<()> {
             echo::run(&scenarios, seconds, rounds)
         }
         Some("swap") => {
-            let conns: Vec<usize> = flag("--conns")
-                .unwrap_or_else(|| "100,1000,10000".into())
-                .split(',')
-                .map(|n| n.parse().context("--conns takes numbers"))
-                .collect::<Result<_>>()?;
+            let conns = counts(flag("--conns"))?;
             let swaps: usize = flag("--swaps").unwrap_or_else(|| "30".into()).parse()?;
             println!("| open connections | swaps | pause p50 | pause p99 | pause max |");
             println!("| ---: | ---: | ---: | ---: | ---: |");
@@ -81,12 +77,7 @@ fn main() -> Result<()> {
         }
         Some("startup") => startup(),
         Some("upgrade") => {
-            let conns: Vec<usize> = flag("--conns")
-                .unwrap_or_else(|| "100,1000,10000".into())
-                .split(',')
-                .map(|n| n.parse().context("--conns takes numbers"))
-                .collect::<Result<_>>()?;
-            upgrade::run(&conns, flag("--upgrades").unwrap_or_else(|| "10".into()).parse()?)
+            upgrade::run(&counts(flag("--conns"))?, flag("--upgrades").unwrap_or_else(|| "10".into()).parse()?)
         }
         Some("load") => {
             let addr: SocketAddr = flag("--addr").context("load needs --addr HOST:PORT")?.parse()?;
@@ -126,6 +117,18 @@ fn main() -> Result<()> {
             "usage: hio-bench swap [--conns 100,1000,10000] [--swaps 30] | swap-memory [--swaps 1000] [--conns 100]"
         ),
     }
+}
+
+/// `--conns 100,1000,10000`: connection counts, those by default.
+fn counts(flag: Option<String>) -> Result<Vec<usize>> {
+    let text = flag.unwrap_or_else(|| "100,1000,10000".into());
+    text.split(',').map(|n| n.parse().context("--conns takes numbers")).collect()
+}
+
+/// The number after `key=` in a host log line.
+pub(crate) fn log_field(line: &str, key: &str) -> Result<u64> {
+    let value = line.split(&format!("{key}=")).nth(1).and_then(|r| r.split_whitespace().next());
+    value.with_context(|| format!("no {key} in the log line {line:?}"))?.parse().context("not a number")
 }
 
 fn root() -> PathBuf {
@@ -311,18 +314,8 @@ fn swap_run(conns: usize, swaps: usize, mut each: impl FnMut(usize, &Host) -> Re
         std::fs::rename(&tmp, &live)?;
         host.signal("-HUP")?;
         let line = host.expect("swapped guest")?;
-        let pause: u64 = line
-            .split("pause_us=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .context("pause_us in the swap log line")?
-            .parse()?;
-        let handed: usize = line
-            .split("connections=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .context("connections in the swap log line")?
-            .parse()?;
+        let pause = log_field(&line, "pause_us")?;
+        let handed = log_field(&line, "connections")? as usize;
         if handed != conns {
             bail!("swap {i} handed over {handed} connections, not {conns}");
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Host, echo_once, root, us};
+use crate::{Host, echo_once, log_field, root, us};
 
 const ACTIVE: usize = 4;
 
@@ -93,13 +93,7 @@ fn measure(conns: usize, upgrades: usize) -> Result<Figures> {
         let next = successor(&path)?;
         figures.launch.push(started.elapsed().as_micros() as u64);
         let line = host.expect("connections moved to the successor process")?;
-        let paused: u64 = line
-            .split("pause_us=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .context("pause_us in the log line")?
-            .parse()?;
-        figures.paused.push(paused);
+        figures.paused.push(log_field(&line, "pause_us")?);
         let _ = host.child.wait();
         figures.round_trip.push(worst.load(Ordering::Relaxed));
         host = next;
