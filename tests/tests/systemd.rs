@@ -169,3 +169,31 @@ fn the_example_units_and_config_are_valid() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(printed.contains("workers = 2    # from the config file"), "{printed}");
 }
+
+/// After a takeover the successor's READY=1 names its MAINPID, and the old
+/// process's drain does not tell systemd the service is stopping.
+#[test]
+fn after_a_takeover_the_successor_speaks_for_the_service() {
+    let n = Notifications::new("takeover");
+    let socket = std::env::temp_dir().join(format!("hio-notify-upgrade-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let (notify, upgrade) = (n.path.to_str().unwrap(), socket.to_str().unwrap());
+    let mut old =
+        HostProcess::spawn_under(&[], &[("NOTIFY_SOCKET", notify)], &guest("echo"), &["--upgrade-socket", upgrade]);
+    n.until("READY=1");
+    let mut c = old.connect();
+    c.echo(b"before");
+    let mut cmd = Command::new(host_binary());
+    cmd.args(["run", guest("echo").to_str().unwrap(), "--upgrade-socket", upgrade, "--takeover"])
+        .env("NOTIFY_SOCKET", notify);
+    let mut new = HostProcess::launch(cmd);
+    let (ready, _) = n.until("READY=1");
+    assert!(ready.contains(&format!("MAINPID={}", new.child.0.id())), "{ready:?}");
+    assert!(old.exit_within(PATIENCE).success());
+    c.echo(b"after");
+    new.signal("TERM");
+    let (stopping, _) = n.until("STOPPING=1");
+    assert!(stopping.contains("STATUS=draining 1 connections"), "the old process's drain spoke: {stopping:?}");
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(new.exit_within(PATIENCE).success());
+}

@@ -35,6 +35,8 @@ pub struct Notifier {
     /// Hot swaps under way (RELOADING=1 at the first, READY=1 after the last).
     reloads: AtomicUsize,
     stopping: AtomicBool,
+    /// A successor process took over: it speaks for the service now.
+    handed_over: AtomicBool,
     guest: Mutex<String>,
 }
 
@@ -67,6 +69,7 @@ impl Notifier {
             last_status: Mutex::new((0, String::new())),
             reloads: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             guest: Mutex::new(String::new()),
         })
     }
@@ -96,6 +99,9 @@ impl Notifier {
     /// A worker's pass: feeds the watchdog when every worker has made one
     /// since it was last fed (a stuck loop starves it), and refreshes STATUS=.
     pub fn beat(&self, worker: usize, connections: usize) {
+        if self.handed_over.load(Ordering::Acquire) {
+            return;
+        }
         let now = self.start.elapsed().as_millis() as u64;
         if let Some(beat) = self.beats.get(worker) {
             beat.store(now, Ordering::Relaxed);
@@ -144,9 +150,15 @@ impl Notifier {
         }
     }
 
+    /// A successor process took over (its READY=1 names its MAINPID): this
+    /// one says no more, so its drain does not read as the service stopping.
+    pub fn handed_over(&self) {
+        self.handed_over.store(true, Ordering::Release);
+    }
+
     /// The drain began: `STOPPING=1`, once for all workers.
     pub fn stopping(&self) {
-        if !self.stopping.swap(true, Ordering::AcqRel) {
+        if !self.stopping.swap(true, Ordering::AcqRel) && !self.handed_over.load(Ordering::Acquire) {
             let status = self.sent_status();
             send(&[NotifyState::Stopping, NotifyState::Status(&status)]);
         }

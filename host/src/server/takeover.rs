@@ -347,6 +347,9 @@ impl Server {
                 self.guest.host().moved(&ids, self.poll.registry());
                 let pause_us = paused.elapsed().as_micros() as u64;
                 tracing::info!(moved = ids.len(), pause_us, "connections moved to the successor process");
+                if let Some((notifier, _)) = &self.control.notifier {
+                    notifier.handed_over();
+                }
                 self.control.request.ask(super::Wanted::Drain);
             }
             _ => tracing::warn!("the successor did not take over; serving on"),
