@@ -5,7 +5,7 @@
 //! workers, so nothing is locked; a guest's `ixes` are those of its worker.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -46,7 +46,8 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
         (None, true) => bail!("--takeover needs --upgrade-socket PATH: where the running hio-host listens"),
         (Some(path), true) => {
             Server::preflight(&config)?;
-            let (predecessor, parts) = Takeover::begin(path)?;
+            tracing::info!("taking over the listen sockets and connections of the hio-host at {}", path.display());
+            let (predecessor, parts) = Takeover::begin(path, workers)?;
             if parts.len() != workers {
                 bail!("the running hio-host has {} workers: start this one with --workers {0}", parts.len());
             }
@@ -66,15 +67,16 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
         let mut server = worker.open(config)?;
         if let Some(predecessor) = predecessor {
             predecessor.commit()?;
-            server.committed();
+            tracing::info!(connections = server.committed(), "took over from the process before");
         }
-        if let Some(path) = upgrade_socket {
-            serve_successors(path, vec![server.link_successors()])?;
-        }
+        let successors =
+            upgrade_socket.as_ref().and_then(|path| listen_for_successors(path, vec![server.link_successors()]));
         if let Some(notifier) = &notifier {
             notifier.ready(&server.listening(), &guest);
         }
-        return server.run();
+        let ended = server.run();
+        forget_upgrade_socket(upgrade_socket.as_deref(), successors);
+        return ended;
     }
     let mut config = config;
     // Port 0 is a fresh port and inherited sockets are bound already:
@@ -126,9 +128,9 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
             let _ = go.send(true);
         }
     }
-    if let Some(path) = upgrade_socket {
-        serve_successors(path, running.iter().map(|r| r.link.clone()).collect())?;
-    }
+    let successors = upgrade_socket
+        .as_ref()
+        .and_then(|path| listen_for_successors(path, running.iter().map(|r| r.link.clone()).collect()));
     if let Some(early) = early {
         early.pass_on(&running);
     }
@@ -151,7 +153,26 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
         stop_all(running);
     }
     drop(claim);
+    forget_upgrade_socket(upgrade_socket.as_deref(), successors);
     ended.into_iter().collect()
+}
+
+/// Listen for a successor. Serving matters more: a process that cannot
+/// listen for its successor (it may just have taken over) serves on without.
+fn listen_for_successors(path: &Path, links: Vec<WorkerLink>) -> Option<JoinHandle<()>> {
+    serve_successors(path.to_path_buf(), links)
+        .map_err(|e| tracing::error!("serving on without an upgrade socket: {e:#}"))
+        .ok()
+}
+
+/// At exit, the upgrade socket goes, unless a successor took over (it
+/// listens there now, and the thread that handed over has ended).
+fn forget_upgrade_socket(path: Option<&Path>, successors: Option<JoinHandle<()>>) {
+    if let (Some(path), Some(thread)) = (path, successors)
+        && !thread.is_finished()
+    {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// A worker's thread and how to reach it.
@@ -228,7 +249,7 @@ impl Worker {
 /// Open a worker on its own thread; returns once it is open, with where it
 /// listens. It runs once told to go.
 fn start(worker: Worker, config: Config, done: mpsc::Sender<Result<()>>) -> Result<(Vec<SocketAddr>, Running)> {
-    let n = worker.n;
+    let (n, resumed) = (worker.n, worker.resume.is_some());
     let (ready_tx, ready_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
@@ -246,7 +267,9 @@ fn start(worker: Worker, config: Config, done: mpsc::Sender<Result<()>>) -> Resu
             if go_rx.recv() != Ok(true) {
                 return;
             }
-            server.committed();
+            if resumed {
+                tracing::info!(connections = server.committed(), "took over from the process before");
+            }
             let _ = done.send(server.run().with_context(|| format!("worker {n}")));
         })
         .context("cannot start a worker thread")?;

@@ -7,7 +7,9 @@
 //! The exchange, over a Unix stream socket (descriptors as `SCM_RIGHTS`):
 //!
 //! 1. The successor, its settings checked and its guest compiled, connects
-//!    and says [`HELLO`].
+//!    and says [`HELLO`] with its number of workers (which must be this
+//!    process's: worker i's share goes to worker i), or is refused with a
+//!    reason.
 //! 2. Each of the serving process's workers pauses and hands over copies of
 //!    what can move ([`Part`]); they go to the successor in one message.
 //! 3. The successor builds its host state from them and starts its guests
@@ -18,7 +20,9 @@
 //!    drain rules. The successor then serves, and listens at PATH itself.
 //!
 //! Until the commit nothing has changed in the serving process: if the
-//! successor fails or vanishes at any point, it resumes as it was.
+//! successor fails or vanishes at any point, it resumes as it was. The
+//! whole exchange must fit in [`HAND_OVER_LIMIT`], so a slow or stuck
+//! successor pauses the serving process that long at most.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -37,11 +41,19 @@ use super::Server;
 use crate::config::Config;
 use crate::net::conn::SavedConn;
 
-/// What a successor says first: the protocol and its version.
+/// What a successor says first: the protocol and its version (then its
+/// workers, 4 bytes); the serving process's answer starts with it too.
 pub const HELLO: &[u8; 8] = b"hio-tk/1";
-/// How long the serving process waits on each step of a successor's
-/// (its hello, each write, its commit).
-const COMMIT_WAIT: Duration = Duration::from_secs(10);
+/// The serving process's answer when it will not hand over, followed by
+/// the reason's length (8 bytes), 8 spare bytes, and the reason.
+const REFUSAL: &[u8; 8] = b"hio-tk/E";
+/// The longest a hand-over may take from the successor's hello to its
+/// commit: the serving process's workers are paused meanwhile.
+pub const HAND_OVER_LIMIT: Duration = Duration::from_secs(5);
+/// How long a successor has to say hello once connected.
+const HELLO_WAIT: Duration = Duration::from_secs(1);
+/// How long a successor waits for the serving process's answers.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// Descriptors per message (the kernel takes at most 253).
 const FDS_PER_MESSAGE: usize = 250;
 
@@ -108,15 +120,31 @@ fn send_parts(stream: &mut UnixStream, parts: Vec<Part<RawFd>>) -> Result<()> {
     Ok(())
 }
 
-/// Read what [`send_parts`] sent.
+/// Say why there will be no hand-over.
+fn refuse(stream: &mut UnixStream, why: &str) -> Result<()> {
+    let mut frame = Vec::with_capacity(24 + why.len());
+    frame.extend_from_slice(REFUSAL);
+    frame.extend_from_slice(&(why.len() as u64).to_le_bytes());
+    frame.extend_from_slice(&[0; 8]);
+    frame.extend_from_slice(why.as_bytes());
+    stream.write_all(&frame)?;
+    Ok(())
+}
+
+/// Read what [`send_parts`] (or [`refuse`]) sent.
 fn recv_parts(stream: &mut UnixStream) -> Result<Vec<Part>> {
     let mut header = [0u8; 24];
     stream.read_exact(&mut header).context("the serving process sent no hand-over")?;
+    let count = u64::from_le_bytes(header[8..16].try_into()?) as usize;
+    let len = u64::from_le_bytes(header[16..24].try_into()?) as usize;
+    if &header[..8] == REFUSAL {
+        let mut why = vec![0u8; count.min(4096)];
+        stream.read_exact(&mut why)?;
+        bail!("the running hio-host will not hand over: {}", String::from_utf8_lossy(&why));
+    }
     if &header[..8] != HELLO {
         bail!("the serving process speaks another hand-over protocol");
     }
-    let count = u64::from_le_bytes(header[8..16].try_into()?) as usize;
-    let len = u64::from_le_bytes(header[16..24].try_into()?) as usize;
     let mut fds: Vec<OwnedFd> = Vec::with_capacity(count);
     let mut batch = [0 as RawFd; FDS_PER_MESSAGE];
     while fds.len() < count {
@@ -157,12 +185,15 @@ pub struct Takeover {
 }
 
 impl Takeover {
-    /// Ask the process serving at `path` for everything it can hand over.
-    pub fn begin(path: &Path) -> Result<(Takeover, Vec<Part>)> {
+    /// Ask the process serving at `path` for everything it can hand over
+    /// to `workers` workers.
+    pub fn begin(path: &Path, workers: usize) -> Result<(Takeover, Vec<Part>)> {
         let mut stream = UnixStream::connect(path)
             .with_context(|| format!("no hio-host to take over from at {}", path.display()))?;
-        stream.set_read_timeout(Some(COMMIT_WAIT))?;
-        stream.write_all(HELLO)?;
+        stream.set_read_timeout(Some(ANSWER_WAIT))?;
+        let mut hello = HELLO.to_vec();
+        hello.extend_from_slice(&(workers as u32).to_le_bytes());
+        stream.write_all(&hello)?;
         let parts = recv_parts(&mut stream)?;
         Ok((Takeover { stream, path: path.to_path_buf() }, parts))
     }
@@ -182,8 +213,13 @@ impl Takeover {
 }
 
 /// Refuse to start a second host listening for successors at `path` while
-/// one does (it would take the socket from the first).
+/// one does (it would take the socket from the first), or to replace a file
+/// that is no socket.
 pub fn refuse_if_served(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_socket()) {
+        bail!("--upgrade-socket {}: a file that is not a socket is there", path.display());
+    }
     if UnixStream::connect(path).is_ok() {
         bail!(
             "another hio-host listens for successors at {}: start with --takeover to take over from it",
@@ -197,7 +233,13 @@ pub fn refuse_if_served(path: &Path) -> Result<()> {
 /// comes. Returns once a successor has committed (the serving process then
 /// drains what stayed) or the listener fails.
 pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>) -> Result<std::thread::JoinHandle<()>> {
-    let _ = std::fs::remove_file(&path);
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(&path) {
+        // Left by a host that is gone (one that is not was refused at start).
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)?,
+        Ok(_) => bail!("--upgrade-socket {}: a file that is not a socket is there", path.display()),
+        Err(_) => {}
+    }
     let listener =
         UnixListener::bind(&path).with_context(|| format!("cannot listen for a successor at {}", path.display()))?;
     // Whoever may connect here may take every connection: the owner only.
@@ -227,20 +269,36 @@ pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>) -> Result<std::
     Ok(handle)
 }
 
+/// Time left before `deadline`, or an error once it passed.
+fn left(deadline: Instant) -> Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        bail!("the hand-over took longer than {} s", HAND_OVER_LIMIT.as_secs());
+    }
+    Ok(left)
+}
+
 /// One successor's takeover, from this side: whether it took over.
 fn hand_over(mut stream: UnixStream, workers: &[WorkerLink], path: &Path) -> Result<bool> {
-    stream.set_read_timeout(Some(COMMIT_WAIT))?;
-    stream.set_write_timeout(Some(COMMIT_WAIT))?;
-    let mut hello = [0u8; 8];
+    stream.set_read_timeout(Some(HELLO_WAIT))?;
+    stream.set_write_timeout(Some(HELLO_WAIT))?;
+    let mut hello = [0u8; 12];
     if stream.read_exact(&mut hello).is_err() {
         // Another host checking whether someone listens here.
         tracing::debug!("a connection to the upgrade socket left without a word");
         return Ok(false);
     }
-    if &hello != HELLO {
+    if &hello[..8] != HELLO {
         bail!("a successor spoke another protocol");
     }
+    let theirs = u32::from_le_bytes(hello[8..12].try_into()?) as usize;
+    if theirs != workers.len() {
+        let n = workers.len();
+        refuse(&mut stream, &format!("it has {n} workers: start this one with --workers {n}"))?;
+        bail!("a successor with {theirs} workers asked; this host has {n}");
+    }
     tracing::info!(workers = workers.len(), "a successor asks to take over");
+    let deadline = Instant::now() + HAND_OVER_LIMIT;
     let mut verdicts = Vec::with_capacity(workers.len());
     let mut parts = Vec::with_capacity(workers.len());
     let asked = (|| {
@@ -250,12 +308,22 @@ fn hand_over(mut stream: UnixStream, workers: &[WorkerLink], path: &Path) -> Res
             w.asks.send(Ask { reply: reply_tx, verdict: verdict_rx }).map_err(|_| anyhow!("a worker is gone"))?;
             w.waker.wake()?;
             verdicts.push(verdict_tx);
-            let part = reply_rx.recv_timeout(COMMIT_WAIT).map_err(|_| anyhow!("a worker did not answer"))?;
-            parts.push(part.map_err(|e| anyhow!("a worker cannot hand over: {e}"))?);
+            let part = reply_rx.recv_timeout(left(deadline)?).map_err(|_| anyhow!("a worker did not answer"))?;
+            match part {
+                Ok(part) => parts.push(part),
+                Err(e) => {
+                    let _ = refuse(&mut stream, &e);
+                    bail!("a worker cannot hand over: {e}");
+                }
+            }
         }
+        stream.set_write_timeout(Some(left(deadline)?))?;
         send_parts(&mut stream, std::mem::take(&mut parts))?;
+        stream.set_read_timeout(Some(left(deadline)?))?;
         let mut commit = [0u8; 1];
-        stream.read_exact(&mut commit).context("the successor did not commit")?;
+        stream
+            .read_exact(&mut commit)
+            .map_err(|_| anyhow!("the successor did not commit within {} s of its hello", HAND_OVER_LIMIT.as_secs()))?;
         if &commit != b"C" {
             bail!("the successor sent {commit:?} instead of its commit");
         }
@@ -298,14 +366,13 @@ impl Server {
         let listeners = fds.into_iter().map(std::net::TcpListener::from).collect();
         let conns = state.conns.into_iter().zip(conn_fds).collect();
         let moved = Moved { conns, next_id: state.next_id, snapshot: state.snapshot };
-        let server = Server::start(config, Some(listeners), Some(moved))?;
-        tracing::info!(connections = server.connection_count(), "took over from the process before");
-        Ok(server)
+        Server::start(config, Some(listeners), Some(moved))
     }
 
     /// The predecessor has let go: the moved sockets are this server's.
-    pub fn committed(&mut self) {
-        self.guest.host().committed();
+    /// Returns how many connections moved here.
+    pub fn committed(&mut self) -> usize {
+        self.guest.host().committed()
     }
 
     /// Let a successor process take over from this worker (see

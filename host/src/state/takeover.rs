@@ -75,10 +75,14 @@ impl HostState {
         Ok(())
     }
 
-    /// The predecessor let go: the imported sockets are this process's to use.
-    pub fn committed(&mut self) {
-        for c in self.conns.values_mut() {
+    /// The predecessor let go: the imported sockets are this process's to
+    /// use. Returns how many there are.
+    pub fn committed(&mut self) -> usize {
+        let mut moved = 0;
+        for c in self.conns.values_mut().filter(|c| c.held()) {
             c.release_hold();
+            moved += 1;
         }
+        moved
     }
 }
