@@ -376,7 +376,7 @@ impl Server {
     }
 
     /// Let a successor process take over from this worker (see
-    /// [`serve_successors`]).
+    /// `serve_successors`).
     pub fn link_successors(&mut self) -> WorkerLink {
         let (link, asks) = link(self.control.waker.clone());
         self.control.asks = Some(asks);
