@@ -57,6 +57,9 @@ struct RunArgs {
     /// came from) and exit.
     #[arg(long)]
     print_config: bool,
+    /// How log lines are written to stderr: text, or one JSON object per line.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Once serving, write one line to this open descriptor and close it:
     /// `READY=1 MAINPID=<pid> LISTEN=<addr>[ LISTEN=<addr>...]` (for
     /// supervisors and scripts; under systemd, NOTIFY_SOCKET is used too).
@@ -112,21 +115,43 @@ fn parse() -> Result<(Cli, ArgMatches, BTreeSet<String>), clap::Error> {
     Ok((cli, matches, taken))
 }
 
-fn main() -> ExitCode {
-    keep_freed_memory();
-    tracing_subscriber::fmt()
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `tracing`'s text lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target` (`guest`
+    /// for the guest's lines), `message` and the same fields as the text
+    /// (`ca`, `id`, `guest`...), `spans` (e.g. `worker` with its `n`).
+    Json,
+}
+
+/// Log to stderr, filtered by `HIO_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HIO_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         // A log nobody reads (a closed pipe, a full disk) must not take the
         // server down: by default a failed write is reported with
         // eprintln!, which panics on the same broken stderr.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    keep_freed_memory();
     let (cli, matches, from_file) = match parse() {
         Ok(parsed) => parsed,
         Err(e) => return usage_error(e),
     };
+    let format = match &cli.command {
+        Cmd::Run(args) => args.log_format,
+        Cmd::Check { .. } => LogFormat::Text,
+    };
+    init_logging(format);
     let result = match cli.command {
         Cmd::Run(args) if args.print_config => print_config(&args, &matches, &from_file),
         Cmd::Run(args) => serve(*args),

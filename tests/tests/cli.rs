@@ -296,3 +296,37 @@ fn a_log_nobody_reads_does_not_take_the_host_down() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// `--log-format json`: every line one JSON object with the text format's
+/// fields; the guest's lines keep their `guest` target.
+#[test]
+fn json_logs_are_one_object_per_line_with_the_same_fields() {
+    let mut host = HostProcess::spawn_under(
+        &[],
+        &[("HIO_LOG", "info,hio_host=debug")],
+        &guest("lines"),
+        &["--log-format", "json", "--drain-timeout", "5"],
+    );
+    let mut c = host.connect();
+    c.send(b"json\n");
+    assert_eq!(c.recv_line(), "1 JSON\n");
+    host.signal("TERM");
+    hio_tests::eventually("the guest's drain line", || host.log().contains("draining: serving"));
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(host.exit_within(Duration::from_secs(10)).success());
+    let lines: Vec<serde_json::Value> =
+        host.log().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with(message)))
+            .unwrap_or_else(|| panic!("no {message:?} in {lines:?}"))
+    };
+    let serving = find("serving");
+    assert_eq!(serving["ha"], format!("127.0.0.1:{}", host.port));
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["target"], "hio_host::server");
+    let accepted = find("accepted");
+    assert!(accepted["ca"].as_str().is_some_and(|ca| ca.starts_with("127.0.0.1:")) && accepted["id"].is_u64());
+    assert_eq!(find("draining: serving")["target"], "guest");
+}
