@@ -65,6 +65,13 @@ impl Remoter {
         }
     }
 
+    /// The balancer's address when the host reads the PROXY protocol and
+    /// the balancer named the client (then `ca` is the client); asks the
+    /// host each time.
+    pub fn proxied_by(&self) -> Option<Ca> {
+        self.handle.proxied_by().ok().flatten().map(Ca::from)
+    }
+
     /// Restart the idle tymer from now. (hio's `refresh` uses the lossless
     /// `restart`, which after a long idle can leave a busy connection
     /// expired; idle detection wants "since the last activity".)

@@ -92,6 +92,16 @@ pub struct Config {
     /// Hot-swap the guest whenever its file changes on disk (SIGHUP swaps on demand).
     #[arg(long)]
     pub watch: bool,
+    /// Read a PROXY protocol header (v1 or v2, as HAProxy's send-proxy and
+    /// send-proxy-v2 write it) at the start of every connection, before
+    /// anything else (TLS included): the guest sees the client it names as
+    /// `ca`, and the balancer as `proxied-by`. A connection whose header is
+    /// malformed, over 1 KiB, or not whole within 5 s (the TLS handshake
+    /// timeout on a TLS server) is closed with a log line. Only for
+    /// listeners that nothing but the balancer can reach: the header is
+    /// believed.
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// Terminate TLS (hio's ServerTls) with these files and options.
     #[command(flatten)]
     pub tls: Option<TlsConfig>,
@@ -147,6 +157,7 @@ impl Config {
             send_timeout: DEFAULT_SEND_TIMEOUT,
             linger: DEFAULT_LINGER,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            proxy_protocol: false,
         }
     }
 

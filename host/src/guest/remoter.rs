@@ -87,6 +87,10 @@ impl HostRemoter for StoreData {
         self.conn_ref(&h).map(|r| address(r.ca)).unwrap_or(Address { host: String::new(), port: 0 })
     }
 
+    fn proxied_by(&mut self, h: Resource<ConnRef>) -> Result<Option<Address>, Error> {
+        self.on_conn(&h, |c, _| c.proxied_by.map(address))
+    }
+
     /// Lent like a cycle's arrivals: within the call's bound, and recorded,
     /// so a crash after it is blamed on the right peer.
     fn receive(&mut self, h: Resource<ConnRef>, max: u32) -> Result<Receipt, Error> {

@@ -197,6 +197,9 @@ impl Server {
             config.stall_limits()?,
             tls,
         );
+        if config.proxy_protocol {
+            host.expect_proxy_headers();
+        }
         let current = Arc::new(Mutex::new(config.guest.clone()));
         let (swapper, loaded) = Swapper::new(runtime.clone(), current, waker.clone());
         let guest_config = GuestConfig { tymeout: config.tymeout, bs: config.bs };

@@ -74,6 +74,7 @@ impl HostState {
     /// them with their bytes.
     pub fn take_arrivals(&mut self, mut arrive: impl FnMut(u64, Vec<u8>, bool)) {
         self.guest_call_begins();
+        self.new_axes = false;
         for id in self.gone.drain(..) {
             arrive(id, Vec::new(), true);
         }

@@ -25,10 +25,16 @@ use self::handing::Handing;
 use crate::net::acceptor::Acceptor;
 use crate::net::backpressure::Budget;
 use crate::net::conn::{Conn, StallLimits};
+use crate::net::proxy;
 use crate::net::tls::{TlsAcceptor, TlsConfig};
 use crate::net::wirelog::WireLog;
 use crate::stats::Stats;
 use crate::tyme::Clock;
+
+/// A connection with a deadline to meet: a TLS handshake, or a PROXY header.
+fn session_or_header(c: &Conn, proxy_headers: bool) -> bool {
+    c.handshaking() || proxy_headers
+}
 
 /// The poller's fixed tokens; connection ids are tokens too, from
 /// `FIRST_CONN_TOKEN` on.
@@ -87,6 +93,11 @@ pub struct HostState {
     pub(crate) now: Instant,
     /// The server is draining: the listener is closed and the guest was told.
     draining: bool,
+    /// Connections start with a PROXY protocol header (`--proxy-protocol`).
+    proxy_headers: bool,
+    /// Connections joined the axes since the guest's last call (their
+    /// PROXY header came in), so the guest is called.
+    new_axes: bool,
 }
 
 impl HostState {
@@ -117,6 +128,8 @@ impl HostState {
             stalls: Stalls::new(stall_limits),
             now: Instant::now(),
             draining: false,
+            proxy_headers: false,
+            new_axes: false,
         }
     }
 
@@ -131,6 +144,12 @@ impl HostState {
 
     pub fn acceptor_mut(&mut self) -> &mut Acceptor {
         &mut self.acceptor
+    }
+
+    /// Every connection starts with a PROXY protocol header: read it before
+    /// the guest is given the connection, with the client as its `ca`.
+    pub fn expect_proxy_headers(&mut self) {
+        self.proxy_headers = true;
     }
 
     /// Stop taking new connections and let the guest know (`host.draining`)
@@ -177,7 +196,7 @@ impl HostState {
 
     /// Nothing waits for the guest's next cycle.
     pub fn quiet(&self) -> bool {
-        self.ready.is_empty() && self.gone.is_empty()
+        self.ready.is_empty() && self.gone.is_empty() && !self.new_axes
     }
 
     /// Accepted connections wait for the guest.
@@ -271,17 +290,21 @@ impl HostState {
         let session = session.transpose().map_err(io::Error::other)?;
         registry.register(&mut sock, Token(id as usize), Interest::READABLE)?;
         self.next_id += 1;
-        let conn = match session {
+        let handshake = self.tls.as_ref().map_or(proxy::HEADER_TIMEOUT, |t| t.handshake_timeout);
+        let mut conn = match session {
             None => Conn::new(sock, local, peer, self.budget.clone()),
-            Some((session, verifier)) => {
-                let deadline = self.tls.as_ref().map_or(self.now, |t| self.now + t.handshake_timeout);
-                self.handshakes.push_back(Deadline { at: deadline, id });
-                Conn::new_tls(sock, local, peer, self.budget.clone(), session, verifier)
-            }
+            Some((session, verifier)) => Conn::new_tls(sock, local, peer, self.budget.clone(), session, verifier),
         };
+        if session_or_header(&conn, self.proxy_headers) {
+            self.handshakes.push_back(Deadline { at: self.now + handshake, id });
+        }
         tracing::debug!(ca = %peer, id, "accepted");
+        // The guest meets it once its PROXY header says whose it is.
+        conn.awaiting_proxy = self.proxy_headers;
+        if !self.proxy_headers {
+            self.axes.push_back(id);
+        }
         self.conns.insert(id, conn);
-        self.axes.push_back(id);
         Ok(id)
     }
 
@@ -294,7 +317,10 @@ impl HostState {
             }
             self.handshakes.pop_front();
             let Some(c) = self.conns.get_mut(&id) else { continue };
-            if c.handshaking() {
+            if c.awaiting_proxy {
+                tracing::warn!(ca = %c.peer, id, "no whole PROXY header in time: closing");
+                self.release(id);
+            } else if c.handshaking() {
                 c.abort("handshake not finished in time".into());
                 self.after_io(id, true, true);
             }
@@ -306,7 +332,7 @@ impl HostState {
         for &Readiness { id, readable, writable } in touched {
             let Some(c) = self.conns.get_mut(&id) else { continue };
             let was_cutoff = c.cutoff();
-            let mut news = false;
+            let (mut news, mut proxy) = (false, None);
             if writable
                 && (c.queued() > 0 || c.needs_flush())
                 && let Err(e) = c.flush(self.wirelog.as_mut())
@@ -316,12 +342,31 @@ impl HostState {
             if readable {
                 let got = c.read(scratch, self.wirelog.as_mut());
                 news = got.bytes > 0 || got.new_cutoff || got.tls_changed;
+                proxy = got.proxy;
             }
             news |= c.cutoff() != was_cutoff;
             // settle sends what is left, fixes interest, releases closed ones.
             let flush = writable || c.needs_flush();
+            match proxy {
+                Some(Ok(())) => self.proxy_header_read(id),
+                Some(Err(why)) => {
+                    tracing::warn!(ca = %c.peer, id, "PROXY protocol: {why}: closing");
+                    self.release(id);
+                    continue;
+                }
+                None => {}
+            }
             self.after_io(id, news, flush);
         }
+    }
+
+    /// A connection said whose it is: the guest may take it now.
+    fn proxy_header_read(&mut self, id: u64) {
+        if let Some(c) = self.conns.get(&id) {
+            tracing::debug!(ca = %c.peer, proxied_by = ?c.proxied_by, id, "PROXY header read");
+        }
+        self.axes.push_back(id);
+        self.new_axes = true;
     }
 
     /// Read the TLS files again (SIGHUP): new handshakes use them, so a

@@ -31,6 +31,7 @@ pub use self::takeover::SavedConn;
 use self::tls::Tls;
 pub use self::tls::TlsState;
 use crate::net::backpressure::{self, Budget, Share};
+use crate::net::proxy::{self, Header};
 use crate::net::wirelog::WireLog;
 
 /// Spare room in rx worth reading into directly rather than through the
@@ -44,6 +45,8 @@ pub struct ReadOutcome {
     pub new_cutoff: bool,
     /// A TLS handshake finished or was aborted.
     pub tls_changed: bool,
+    /// Its PROXY header was read (`Ok`) or refused (`Err`, with why).
+    pub proxy: Option<Result<(), String>>,
 }
 
 /// Where receiving stands.
@@ -103,6 +106,10 @@ pub struct Conn {
     /// Moved here by a takeover not yet committed: the predecessor may
     /// still take it back, so nothing touches the socket.
     held: bool,
+    /// Its PROXY protocol header is still to come (`--proxy-protocol`).
+    pub awaiting_proxy: bool,
+    /// The balancer's address, when a PROXY header named the client (`peer`).
+    pub proxied_by: Option<SocketAddr>,
 }
 
 /// Errors that hio maps to "cutoff" instead of raising.
@@ -142,6 +149,8 @@ impl Conn {
             in_dirty: false,
             starved: false,
             held: false,
+            awaiting_proxy: false,
+            proxied_by: None,
         }
     }
 
@@ -200,12 +209,39 @@ impl Conn {
             self.discard_input(scratch);
             return ReadOutcome { new_cutoff: self.cutoff(), ..ReadOutcome::default() };
         }
-        let out = match self.transport {
+        let proxy = if self.awaiting_proxy {
+            match self.read_proxy_header() {
+                None => return ReadOutcome::default(),
+                Some(Err(why)) => return ReadOutcome { proxy: Some(Err(why)), ..ReadOutcome::default() },
+                Some(Ok(())) => Some(Ok(())),
+            }
+        } else {
+            None
+        };
+        let mut out = match self.transport {
             Transport::Plain => self.read_plain(scratch, wl),
             Transport::Tls(_) => self.read_tls(scratch, wl),
         };
+        out.proxy = proxy;
         self.account();
         out
+    }
+
+    /// The PROXY header, once whole: the peer becomes the client it names,
+    /// the balancer is kept as `proxied_by`. `None` while it is incomplete.
+    fn read_proxy_header(&mut self) -> Option<Result<(), String>> {
+        match proxy::take(&mut self.sock) {
+            Header::Waiting => None,
+            Header::Read(source) => {
+                self.awaiting_proxy = false;
+                if let Some(client) = source {
+                    self.proxied_by = Some(std::mem::replace(&mut self.peer, client));
+                }
+                Some(Ok(()))
+            }
+            Header::Bad(why) => Some(Err(why)),
+            Header::Closed => Some(Err("closed before its PROXY header was whole".into())),
+        }
     }
 
     fn read_plain(&mut self, scratch: &mut [u8], mut wl: Option<&mut WireLog>) -> ReadOutcome {

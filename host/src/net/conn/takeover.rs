@@ -36,12 +36,15 @@ pub struct SavedConn {
     pub write: Side,
     /// A guest holds it (else it waits in the axes).
     pub adopted: bool,
+    /// The balancer a PROXY header came through (`peer` is the client).
+    pub proxied_by: Option<SocketAddr>,
 }
 
 impl Conn {
     /// What a successor needs to carry this connection on, if it can move.
     pub fn save(&self, id: u64) -> Option<SavedConn> {
-        if self.closing || !matches!(self.transport, Transport::Plain) {
+        // One still to say whose it is stays, to be served here.
+        if self.closing || self.awaiting_proxy || !matches!(self.transport, Transport::Plain) {
             return None;
         }
         let read = match self.read {
@@ -65,6 +68,7 @@ impl Conn {
             read,
             write,
             adopted: self.adopted,
+            proxied_by: self.proxied_by,
         })
     }
 
@@ -89,6 +93,7 @@ impl Conn {
             Side::Done => WriteSide::FinSent,
         };
         c.adopted = saved.adopted;
+        c.proxied_by = saved.proxied_by;
         c.held = true;
         c.account();
         c

@@ -1,6 +1,8 @@
 //! A test guest that authorizes by TLS identity: each connection is greeted
 //! with what the host told it about the peer, then echoed. A client whose
-//! certificate subject contains "CN=mallory" is refused and closed.
+//! certificate subject contains "CN=mallory" is refused and closed. A plain
+//! connection that came through a balancer speaking the PROXY protocol is
+//! greeted "plain ca=CLIENT via=BALANCER".
 
 use hio_guest::{Error, Remoter, Server, Service};
 
@@ -15,7 +17,10 @@ impl Service for Whoami {
 
     fn connected(&mut self, ix: &mut Remoter, _: &mut ()) {
         let greeting = match &ix.tls {
-            None => "plain\n".to_string(),
+            None => match ix.proxied_by() {
+                Some(via) => format!("plain ca={} via={via}\n", ix.ca),
+                None => "plain\n".to_string(),
+            },
             Some(t) => {
                 let (subject, sans, sha) = match &t.peer_certificate {
                     Some(c) => (c.subject.clone(), c.sans.join(","), c.sha256.clone()),
