@@ -182,6 +182,9 @@ fn tls_clients_finish_on_the_old_process_while_new_ones_reach_the_new_one() {
     let mut old = HostProcess::spawn(&guest("echo"), &flags);
     let mut staying = TlsClient::connect(old.addr(), pki.client(None, None)).unwrap();
     staying.echo(b"before the upgrade").unwrap();
+    // A successor that would serve plain TCP on the TLS port is refused.
+    let (ok, log) = failing_successor(&[], "echo", &path, &[]);
+    assert!(!ok && log.contains("it serves TLS: start this one with the same"), "{log}");
     let mut new = successor("echo", &path, &tls);
     staying.echo(b"still served by the old process").unwrap();
     let mut arriving = TlsClient::connect(new.addr(), pki.client(None, None)).unwrap();
@@ -232,7 +235,8 @@ fn a_successor_too_slow_to_commit_is_refused_and_the_old_one_resumes() {
     c.send(b"one\n");
     assert_eq!(c.recv_line(), "1 ONE\n");
     let mut slow = std::os::unix::net::UnixStream::connect(&path).unwrap();
-    slow.write_all(b"hio-tk/1\x01\x00\x00\x00").unwrap();
+    // Hello: 1 worker, plain TCP without PROXY headers.
+    slow.write_all(b"hio-tk/1\x01\x00\x00\x00\x00\x00\x00\x00").unwrap();
     let mut header = [0u8; 24];
     slow.read_exact(&mut header).unwrap();
     assert_eq!(&header[..8], b"hio-tk/1", "handed over");
@@ -270,6 +274,12 @@ fn a_second_host_cannot_steal_the_upgrade_socket() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
     assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
     std::fs::remove_file(precious).unwrap();
+    // Nowhere to listen for a successor: refused at start, not found out at the upgrade.
+    let mut cmd = Command::new(host_binary());
+    cmd.args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(["--upgrade-socket", "/nonexistent/hio/upgrade.sock"]);
+    let out = hio_tests::output_within(&mut cmd, PATIENCE).expect("ends");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot listen for a successor"));
     let mut cmd = Command::new(host_binary());
     cmd.args(["run", guest("echo").to_str().unwrap(), "--listen", "127.0.0.1:0"])
         .args(["--upgrade-socket", path.to_str().unwrap()]);

@@ -118,7 +118,7 @@ pub trait Service: 'static {
     /// The host began draining (SIGTERM): no connection will join again,
     /// those in ixes are served until they end or the host's drain timeout
     /// resets them ([`Server::draining`] is true from now on). Called once,
-    /// before that cycle's [`Service::recur`]. A request/response policy
+    /// after that cycle's [`Service::recur`] (its cutoffs are gone from ixes). A request/response policy
     /// may close connections idle between requests here; the default does
     /// nothing, so every peer finishes its exchange.
     fn draining(&mut self, _server: &mut Server<Self::Conn>) {}

@@ -85,10 +85,11 @@ fn restore<S: Service>(service: &mut S, server: &mut Server<S::Conn>, state: sna
 impl<S: Service> Instance for App<S> {
     fn service(&mut self, cycle: Cycle) -> Option<f64> {
         let App { server, service } = self;
-        if server.begin_cycle(cycle.tyme, cycle.accepts, cycle.ready) {
+        let began_draining = server.begin_cycle(cycle.tyme, cycle.accepts, cycle.ready);
+        service.recur(server);
+        if began_draining {
             service.draining(server);
         }
-        service.recur(server);
         for (ca, conn) in server.take_removed() {
             service.removed(&ca, conn);
         }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::config::Config;
 use crate::server::notify::Notifier;
-use crate::server::takeover::{self, Part, Takeover, WorkerLink, serve_successors};
+use crate::server::takeover::{self, Part, Takeover, Terms, WorkerLink, serve_successors};
 use crate::server::{Server, Stopper};
 
 /// What a server run as the process (the `hio-host` binary) does besides
@@ -42,12 +42,13 @@ pub struct Process {
 /// them all. With one worker this is a plain [`Server`] on the calling thread.
 pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
     let Process { signals, notifier, mut listeners, upgrade_socket, takeover } = process;
+    let terms = Terms::of(&config);
     let (predecessor, mut parts) = match (&upgrade_socket, takeover) {
         (None, true) => bail!("--takeover needs --upgrade-socket PATH: where the running hio-host listens"),
         (Some(path), true) => {
             Server::preflight(&config)?;
             tracing::info!("taking over the listen sockets and connections of the hio-host at {}", path.display());
-            let (predecessor, parts) = Takeover::begin(path, workers)?;
+            let (predecessor, parts) = Takeover::begin(path, workers, terms)?;
             if parts.len() != workers {
                 bail!("the running hio-host has {} workers: start this one with --workers {0}", parts.len());
             }
@@ -69,8 +70,11 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
             predecessor.commit()?;
             tracing::info!(connections = server.committed(), "took over from the process before");
         }
-        let successors =
-            upgrade_socket.as_ref().and_then(|path| listen_for_successors(path, vec![server.link_successors()]));
+        let links = vec![server.link_successors()];
+        let successors = match &upgrade_socket {
+            Some(path) => listen_for_successors(path, links, terms, takeover)?,
+            None => None,
+        };
         if let Some(notifier) = &notifier {
             notifier.ready(&server.listening(), &guest);
         }
@@ -128,9 +132,17 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
             let _ = go.send(true);
         }
     }
-    let successors = upgrade_socket
-        .as_ref()
-        .and_then(|path| listen_for_successors(path, running.iter().map(|r| r.link.clone()).collect()));
+    let links = running.iter().map(|r| r.link.clone()).collect();
+    let successors = match &upgrade_socket {
+        Some(path) => match listen_for_successors(path, links, terms, takeover) {
+            Ok(listening) => listening,
+            Err(e) => {
+                stop_all(running);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     if let Some(early) = early {
         early.pass_on(&running);
     }
@@ -157,12 +169,22 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
     ended.into_iter().collect()
 }
 
-/// Listen for a successor. Serving matters more: a process that cannot
-/// listen for its successor (it may just have taken over) serves on without.
-fn listen_for_successors(path: &Path, links: Vec<WorkerLink>) -> Option<JoinHandle<()>> {
-    serve_successors(path.to_path_buf(), links)
-        .map_err(|e| tracing::error!("serving on without an upgrade socket: {e:#}"))
-        .ok()
+/// Listen for a successor. A process that cannot fails to start, unless it
+/// just took over: then serving matters more, and it serves on without.
+fn listen_for_successors(
+    path: &Path,
+    links: Vec<WorkerLink>,
+    terms: Terms,
+    took_over: bool,
+) -> Result<Option<JoinHandle<()>>> {
+    match serve_successors(path.to_path_buf(), links, terms) {
+        Ok(thread) => Ok(Some(thread)),
+        Err(e) if took_over => {
+            tracing::error!("serving on without an upgrade socket: {e:#}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// At exit, the upgrade socket goes, unless a successor took over (it

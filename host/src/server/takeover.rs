@@ -42,7 +42,8 @@ use crate::config::Config;
 use crate::net::conn::SavedConn;
 
 /// What a successor says first: the protocol and its version (then its
-/// workers, 4 bytes); the serving process's answer starts with it too.
+/// workers and its [`Terms`], 4 bytes each); the serving process's answer
+/// starts with it too.
 pub const HELLO: &[u8; 8] = b"hio-tk/1";
 /// The serving process's answer when it will not hand over, followed by
 /// the reason's length (8 bytes), 8 spare bytes, and the reason.
@@ -62,6 +63,31 @@ const FDS_PER_MESSAGE: usize = 250;
 pub struct SavedSnapshot {
     pub format: String,
     pub state: Vec<u8>,
+}
+
+/// The settings a successor must share with the serving process to serve
+/// what it hands over the same way: the listen sockets' protocol (TLS or
+/// not, PROXY headers or not). Bits of one number on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    pub tls: bool,
+    pub proxy_protocol: bool,
+}
+
+impl Terms {
+    pub fn of(config: &Config) -> Terms {
+        Terms { tls: config.tls.is_some(), proxy_protocol: config.proxy_protocol }
+    }
+
+    fn bits(self) -> u32 {
+        u32::from(self.tls) | (u32::from(self.proxy_protocol) << 1)
+    }
+
+    fn describe(self) -> String {
+        let tls = if self.tls { "TLS" } else { "plain TCP" };
+        let proxy = if self.proxy_protocol { " with --proxy-protocol" } else { "" };
+        format!("{tls}{proxy}")
+    }
 }
 
 /// One worker's share of a takeover.
@@ -187,12 +213,13 @@ pub struct Takeover {
 impl Takeover {
     /// Ask the process serving at `path` for everything it can hand over
     /// to `workers` workers.
-    pub fn begin(path: &Path, workers: usize) -> Result<(Takeover, Vec<Part>)> {
+    pub fn begin(path: &Path, workers: usize, terms: Terms) -> Result<(Takeover, Vec<Part>)> {
         let mut stream = UnixStream::connect(path)
             .with_context(|| format!("no hio-host to take over from at {}", path.display()))?;
         stream.set_read_timeout(Some(ANSWER_WAIT))?;
         let mut hello = HELLO.to_vec();
         hello.extend_from_slice(&(workers as u32).to_le_bytes());
+        hello.extend_from_slice(&terms.bits().to_le_bytes());
         stream.write_all(&hello)?;
         let parts = recv_parts(&mut stream)?;
         Ok((Takeover { stream, path: path.to_path_buf() }, parts))
@@ -232,7 +259,7 @@ pub fn refuse_if_served(path: &Path) -> Result<()> {
 /// Listen at `path` for a successor; hand each worker's share over when one
 /// comes. Returns once a successor has committed (the serving process then
 /// drains what stayed) or the listener fails.
-pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>) -> Result<std::thread::JoinHandle<()>> {
+pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>, terms: Terms) -> Result<std::thread::JoinHandle<()>> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(&path) {
         // Left by a host that is gone (one that is not was refused at start).
@@ -242,6 +269,7 @@ pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>) -> Result<std::
     }
     let listener =
         UnixListener::bind(&path).with_context(|| format!("cannot listen for a successor at {}", path.display()))?;
+    tracing::info!(path = %path.display(), "listening for a successor (hio-host run --takeover)");
     // Whoever may connect here may take every connection: the owner only.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let handle = std::thread::Builder::new().name("hio-successors".into()).spawn(move || {
@@ -256,7 +284,7 @@ pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>) -> Result<std::
                     continue;
                 }
             }
-            match hand_over(stream, &workers, &path) {
+            match hand_over(stream, &workers, terms, &path) {
                 Ok(false) => {}
                 Ok(true) => {
                     tracing::info!("taken over by a successor: what moved is gone from here; draining the rest");
@@ -279,10 +307,10 @@ fn left(deadline: Instant) -> Result<Duration> {
 }
 
 /// One successor's takeover, from this side: whether it took over.
-fn hand_over(mut stream: UnixStream, workers: &[WorkerLink], path: &Path) -> Result<bool> {
+fn hand_over(mut stream: UnixStream, workers: &[WorkerLink], terms: Terms, path: &Path) -> Result<bool> {
     stream.set_read_timeout(Some(HELLO_WAIT))?;
     stream.set_write_timeout(Some(HELLO_WAIT))?;
-    let mut hello = [0u8; 12];
+    let mut hello = [0u8; 16];
     if stream.read_exact(&mut hello).is_err() {
         // Another host checking whether someone listens here.
         tracing::debug!("a connection to the upgrade socket left without a word");
@@ -296,6 +324,10 @@ fn hand_over(mut stream: UnixStream, workers: &[WorkerLink], path: &Path) -> Res
         let n = workers.len();
         refuse(&mut stream, &format!("it has {n} workers: start this one with --workers {n}"))?;
         bail!("a successor with {theirs} workers asked; this host has {n}");
+    }
+    if u32::from_le_bytes(hello[12..16].try_into()?) != terms.bits() {
+        refuse(&mut stream, &format!("it serves {}: start this one with the same", terms.describe()))?;
+        bail!("a successor that would serve otherwise than {} asked", terms.describe());
     }
     tracing::info!(workers = workers.len(), "a successor asks to take over");
     let deadline = Instant::now() + HAND_OVER_LIMIT;
@@ -321,9 +353,12 @@ fn hand_over(mut stream: UnixStream, workers: &[WorkerLink], path: &Path) -> Res
         send_parts(&mut stream, std::mem::take(&mut parts))?;
         stream.set_read_timeout(Some(left(deadline)?))?;
         let mut commit = [0u8; 1];
-        stream
-            .read_exact(&mut commit)
-            .map_err(|_| anyhow!("the successor did not commit within {} s of its hello", HAND_OVER_LIMIT.as_secs()))?;
+        stream.read_exact(&mut commit).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                anyhow!("the successor did not commit within {} s of its hello", HAND_OVER_LIMIT.as_secs())
+            }
+            _ => anyhow!("the successor went away before it committed (it failed to start?)"),
+        })?;
         if &commit != b"C" {
             bail!("the successor sent {commit:?} instead of its commit");
         }
