@@ -27,7 +27,8 @@
 //!   (the supervisor: crash, back-off, restart, hot swap), and the WIT glue
 //! - `server`: the event loop ([`Server`]) with its drain, admission,
 //!   workers ([`pool`]), reports to a supervisor ([`Notifier`]: systemd's
-//!   `sd_notify`, `--ready-fd`)
+//!   `sd_notify`, `--ready-fd`), the admin endpoint (health, status,
+//!   metrics, swaps), binary upgrades (takeover)
 
 pub mod config;
 mod guest;

@@ -76,6 +76,12 @@ struct RunArgs {
     /// fails first, the other serves on untouched.
     #[arg(long, requires = "upgrade_socket")]
     takeover: bool,
+    /// Serve the admin endpoint here (HTTP): /livez, /readyz, /status,
+    /// /metrics (OpenMetrics), POST /swap. Off by default; bind it to
+    /// loopback or a private network, it can swap the guest. Port 0 picks
+    /// one; --ready-fd's line says which (ADMIN=).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<std::net::SocketAddr>,
 }
 
 /// The command line, with every `run` flag also read from the environment,
@@ -278,6 +284,7 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
         listeners,
         upgrade_socket: args.upgrade_socket,
         takeover: args.takeover,
+        admin: args.admin,
     };
     hio_host::pool::run(config, workers, process)
 }

@@ -1,8 +1,10 @@
-//! Counters of what the host did about misbehaving peers and guests, for
-//! operators and tests: connections reset, guest log lines dropped, guest
-//! wake-ups held back. Only the event loop writes them; any thread may read
-//! them while it runs ([`crate::Server::stats`]).
+//! What a server did and holds, for operators (the admin endpoint's
+//! `/metrics` and `/status`) and tests: connections accepted, refused and
+//! reset, bytes moved, the guest's starts, failures and swaps. Only the
+//! event loop writes them, with relaxed atomic stores (no lock, nothing to
+//! wait for); any thread may read them while it runs ([`crate::Server::stats`]).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One monotonically increasing count.
@@ -16,6 +18,20 @@ impl Counter {
 
     pub(crate) fn add(&self, n: u64) -> u64 {
         self.0.fetch_add(n, Ordering::Relaxed) + n
+    }
+}
+
+/// One value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
     }
 }
 
@@ -40,4 +56,35 @@ pub struct Stats {
     /// Times a guest asked to be woken again at once; such wake-ups are
     /// held to one per `MIN_WAKE_INTERVAL`.
     pub wake_spins: Counter,
+    /// Connections accepted into the host.
+    pub accepted: Counter,
+    /// New connections closed at once for being over `--max-conns`.
+    pub refused_cap: Counter,
+    /// New connections refused for want of file descriptors.
+    pub refused_descriptors: Counter,
+    /// Bytes read from peers (plaintext, for TLS).
+    pub bytes_received: Counter,
+    /// Bytes written to peers from the connections' queues (plaintext).
+    pub bytes_sent: Counter,
+    /// Guest instances started (first start, restarts, swaps).
+    pub guest_starts: Counter,
+    /// Guest calls that failed (trap, deadline, fuel, memory, refusal).
+    pub guest_failures: Counter,
+    /// Hot swaps done, and refused (the old guest kept serving).
+    pub swaps_ok: Counter,
+    pub swaps_failed: Counter,
+    /// Connections held now.
+    pub connections: Gauge,
+    /// Bytes held now across connections (received and not consumed,
+    /// queued and not sent).
+    pub buffered: Gauge,
+    /// 1 while a guest is up, 0 while it is down (waiting to restart).
+    pub guest_up: Gauge,
+    /// 1 once draining.
+    pub draining: Gauge,
+    /// When the loop last made a pass, in ms on the process's clock
+    /// (`crate::tyme::process_ms`).
+    pub last_pass_ms: Gauge,
+    /// The last hot swap: the guest and its pause, or why it was refused.
+    pub last_swap: Mutex<Option<String>>,
 }

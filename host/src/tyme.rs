@@ -86,6 +86,13 @@ impl VirtualTyme {
     }
 }
 
+/// Milliseconds since this process first asked: a clock every thread shares
+/// (the loops' last passes, the admin endpoint's uptime).
+pub fn process_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -284,6 +284,8 @@ impl Drop for KillOnDrop {
 pub struct HostProcess {
     pub child: KillOnDrop,
     pub port: u16,
+    /// Where its admin endpoint listens (`--admin`), from the ready line.
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -340,7 +342,8 @@ impl HostProcess {
             .and_then(|a| a.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| panic!("no LISTEN= in the ready line {ready:?}"))
             .port();
-        HostProcess { child, port, log }
+        let admin = ready.split_whitespace().find_map(|w| w.strip_prefix("ADMIN=")?.parse().ok());
+        HostProcess { child, port, admin, log }
     }
 
     pub fn addr(&self) -> SocketAddr {

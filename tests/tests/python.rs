@@ -4,11 +4,20 @@
 use std::io::Write;
 use std::net::Shutdown;
 
+use std::time::Duration;
+
 use hio_tests::{PATIENCE, TestServer, assert_interleaved_echo, guest};
+
+/// An interpreter's start (importing its modules) takes tens of ms on a
+/// quiet machine and more beside a busy test suite on two cores: more than
+/// the default 100 ms call deadline meant for a cycle's work.
+fn for_python(config: &mut hio_host::Config) {
+    config.limits.deadline = Duration::from_secs(2);
+}
 
 #[test]
 fn the_python_guest_echoes_like_the_rust_one() {
-    let server = TestServer::start("python-echo");
+    let server = TestServer::start_with("python-echo", for_python);
     assert_interleaved_echo(&server, 3, 10);
     let mut big = server.connect();
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 241) as u8).collect();
@@ -23,7 +32,7 @@ fn the_python_guest_echoes_like_the_rust_one() {
 
 #[test]
 fn rust_and_python_guests_swap_under_a_live_connection() {
-    let server = TestServer::start("echo");
+    let server = TestServer::start_with("echo", for_python);
     let mut c = server.connect();
     c.echo(b"rust");
     for name in ["python-echo", "upper", "python-echo"] {

@@ -22,7 +22,7 @@ const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_WASM_LD: &str = "/usr/lib/llvm-22/bin/wasm-ld";
 /// The real hio, as a peer for interop tests, and the builder of Python guests.
-const PIP_PACKAGES: &[&str] = &["hio==0.6.10", "componentize-py==0.25.*"];
+const PIP_PACKAGES: &[&str] = &["hio==0.6.10", "componentize-py==0.25.*", "prometheus-client==0.21.*"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -195,7 +195,7 @@ fn ensure_debian_toolchain() -> Result<()> {
 
 /// The real peers tests drive the host with, from Debian, each named by a
 /// program it installs.
-const TEST_PEERS: &[(&str, &str)] = &[("/usr/bin/systemd-socket-activate", "systemd")];
+const TEST_PEERS: &[(&str, &str)] = &[("/usr/bin/systemd-socket-activate", "systemd"), ("/usr/bin/curl", "curl")];
 
 fn ensure_test_peers() -> Result<()> {
     let missing: Vec<&str> =

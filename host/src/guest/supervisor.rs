@@ -115,6 +115,9 @@ impl Supervisor {
         swapper: Swapper,
     ) -> Result<Supervisor> {
         let generation = runtime.launch(&component, host, &config, snapshot).map_err(|f| f.error)?;
+        let stats = generation.host_ref().stats();
+        stats.guest_starts.add(1);
+        stats.guest_up.set(1);
         Ok(Supervisor {
             runtime,
             component,
@@ -245,6 +248,8 @@ impl Supervisor {
     /// the limit (the documented fail policy: better a clear exit for a
     /// supervisor than a guest crashing in a hot loop).
     fn go_down(&mut self, host: HostState, culprit: bool) -> Result<()> {
+        host.stats().guest_failures.add(1);
+        host.stats().guest_up.set(0);
         self.restarts.failed(culprit);
         if self.restarts.exhausted() {
             let n = host.connection_count();
@@ -267,6 +272,8 @@ impl Supervisor {
         let Some((host, _)) = self.tenant.take() else { unreachable!("was down") };
         match self.runtime.launch(&self.component, host, &self.config, None) {
             Ok(generation) => {
+                generation.host_ref().stats().guest_starts.add(1);
+                generation.host_ref().stats().guest_up.set(1);
                 self.tenant = Tenant::Up(generation);
                 tracing::warn!(attempt = self.restarts.in_a_row, "guest restarted; connections handed over");
                 self.next_wake = Some(f64::NEG_INFINITY);
@@ -299,6 +306,7 @@ impl Supervisor {
             ),
             Err(e) => tracing::error!("swap to {} failed, old guest kept: {e}", path.display()),
         }
+        self.record_swap(&path, &outcome);
         if let Some(reply) = reply {
             // Whoever asked may have stopped listening; the log has it.
             let _ = reply.send(outcome);
@@ -307,6 +315,24 @@ impl Supervisor {
             bail!("guest failed {} times in a row; giving up", self.restarts.max);
         }
         Ok(())
+    }
+
+    /// Count the swap and keep its outcome for `/status`.
+    fn record_swap(&mut self, path: &Path, outcome: &SwapOutcome) {
+        let stats = self.host().stats().clone();
+        let said = match outcome {
+            Ok(r) => {
+                stats.swaps_ok.add(1);
+                stats.guest_starts.add(1);
+                stats.guest_up.set(1);
+                format!("swapped to {} ({} µs pause)", r.guest.display(), r.pause.as_micros())
+            }
+            Err(e) => {
+                stats.swaps_failed.add(1);
+                format!("swap to {} refused: {e}", path.display())
+            }
+        };
+        *stats.last_swap.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(said);
     }
 
     /// The old guest saves its state, a new instance of `component` starts

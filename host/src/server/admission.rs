@@ -18,17 +18,13 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 pub struct Admission {
     max_conns: usize,
-    /// Connections closed at once for being over `max_conns`.
-    refused: u64,
-    /// Connections closed at once for want of file descriptors.
-    shed: u64,
     /// Accept again then, after an accept error.
     retry_at: Option<Instant>,
 }
 
 impl Admission {
     pub fn new(max_conns: usize) -> Admission {
-        Admission { max_conns, refused: 0, shed: 0, retry_at: None }
+        Admission { max_conns, retry_at: None }
     }
 
     /// When the loop must look at the listener again without an event.
@@ -49,11 +45,14 @@ impl Admission {
             match host.acceptor().accept() {
                 Ok((sock, peer)) => {
                     if host.connection_count() >= self.max_conns {
-                        self.refuse(sock, peer);
+                        self.refuse(host, sock, peer);
                         continue;
                     }
                     match host.admit(sock, peer, registry) {
-                        Ok(_) => accepted += 1,
+                        Ok(_) => {
+                            host.stats().accepted.add(1);
+                            accepted += 1;
+                        }
                         Err(e) => tracing::warn!(ca = %peer, "cannot take the connection, dropping it: {e:#}"),
                     }
                 }
@@ -77,10 +76,10 @@ impl Admission {
     }
 
     /// Full: a clean close now, so the peer is not left hanging in the backlog.
-    fn refuse(&mut self, sock: mio::net::TcpStream, peer: std::net::SocketAddr) {
-        self.refused += 1;
-        if self.refused.is_power_of_two() {
-            tracing::warn!(ca = %peer, max_conns = self.max_conns, refused = self.refused, "at --max-conns: closing new connection");
+    fn refuse(&mut self, host: &HostState, sock: mio::net::TcpStream, peer: std::net::SocketAddr) {
+        let refused = host.stats().refused_cap.add(1);
+        if refused.is_power_of_two() {
+            tracing::warn!(ca = %peer, max_conns = self.max_conns, refused, "at --max-conns: closing new connection");
         }
         let _ = sock.shutdown(std::net::Shutdown::Both);
     }
@@ -88,9 +87,9 @@ impl Admission {
     /// Out of descriptors: refuse one pending peer with the reserve.
     /// Returns whether to go on accepting.
     fn shed_one(&mut self, host: &mut HostState, e: &std::io::Error, now: Instant) -> bool {
-        self.shed += 1;
-        if self.shed.is_power_of_two() {
-            tracing::warn!(shed = self.shed, "out of file descriptors ({e}): refusing new connections");
+        let shed = host.stats().refused_descriptors.add(1);
+        if shed.is_power_of_two() {
+            tracing::warn!(shed, "out of file descriptors ({e}): refusing new connections");
         }
         match host.acceptor_mut().shed() {
             Shed::Refused => true,

@@ -15,6 +15,7 @@
 //! What survives a guest is `crate::state`; the guest's lifecycle is
 //! `crate::guest::supervisor`.
 
+pub mod admin;
 mod admission;
 pub mod notify;
 pub mod pool;
@@ -120,6 +121,9 @@ struct Control {
     notifier: Option<(Arc<Notifier>, usize)>,
     /// SIGHUP swaps asked for and not yet installed.
     reloads: usize,
+    /// The longest the loop may sleep, so readers see it turn (the admin
+    /// endpoint's liveness).
+    heartbeat: Option<Duration>,
     /// A successor process's requests to take over (`--upgrade-socket`).
     asks: Option<std::sync::mpsc::Receiver<takeover::Ask>>,
     /// Set once the server closed (ends the `--watch` thread).
@@ -239,6 +243,7 @@ impl Server {
                 drain_deadline: None,
                 notifier: None,
                 reloads: 0,
+                heartbeat: None,
                 asks: None,
             },
         })
@@ -253,6 +258,13 @@ impl Server {
     /// several sockets); empty once draining.
     pub fn listening(&self) -> Vec<SocketAddr> {
         self.host().acceptor().local_addrs()
+    }
+
+    /// What the admin endpoint watches of this loop; from now on the loop
+    /// turns at least every `admin::HEARTBEAT`, so a live loop looks live.
+    pub fn watched(&mut self) -> admin::Watched {
+        self.control.heartbeat = Some(admin::HEARTBEAT);
+        admin::Watched { stats: self.stats(), swapper: self.swapper() }
     }
 
     /// Report readiness, reloads, the drain and liveness to `notifier`, as
@@ -349,10 +361,21 @@ impl Server {
             self.reloaded();
         }
         self.guest.host().settle(self.poll.registry(), &mut self.scratch);
+        self.publish();
         if let Some((notifier, worker)) = &self.control.notifier {
             notifier.beat(*worker, self.host().connection_count());
         }
         Ok(())
+    }
+
+    /// What the loop holds now, for readers on other threads (metrics,
+    /// status, liveness): three relaxed stores a pass.
+    fn publish(&self) {
+        let host = self.host();
+        let stats = host.stats();
+        stats.connections.set(host.connection_count() as u64);
+        stats.buffered.set(host.budget().held() as u64);
+        stats.last_pass_ms.set(crate::tyme::process_ms());
     }
 
     /// A swap was installed (or refused): one SIGHUP's reload is over.
@@ -454,6 +477,7 @@ impl Server {
             [host.next_handshake_deadline(), host.next_stall(), self.admission.retry_at(), self.control.drain_deadline];
         // A supervisor's watchdog wants to hear from every loop in time.
         let beat = self.control.notifier.as_ref().and_then(|(n, _)| n.beat_within());
+        let beat = beat.into_iter().chain(self.control.heartbeat).min();
         let most = deadlines
             .into_iter()
             .flatten()

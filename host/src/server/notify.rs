@@ -75,8 +75,9 @@ impl Notifier {
     }
 
     /// Every worker serves: `READY=1` with a status, and the ready line
-    /// `READY=1 MAINPID=<pid> LISTEN=<addr>[ LISTEN=<addr>...]` on `--ready-fd`.
-    pub fn ready(&self, listening: &[SocketAddr], guest: &str) {
+    /// `READY=1 MAINPID=<pid> LISTEN=<addr>[ LISTEN=<addr>...][ ADMIN=<addr>]`
+    /// on `--ready-fd`.
+    pub fn ready(&self, listening: &[SocketAddr], admin: Option<SocketAddr>, guest: &str) {
         *lock(&self.guest) = guest.to_string();
         let status = self.sent_status();
         send(&[NotifyState::Ready, NotifyState::MainPid(std::process::id()), NotifyState::Status(&status)]);
@@ -84,6 +85,9 @@ impl Notifier {
         let mut line = format!("READY=1 MAINPID={}", std::process::id());
         for addr in listening {
             line.push_str(&format!(" LISTEN={addr}"));
+        }
+        if let Some(addr) = admin {
+            line.push_str(&format!(" ADMIN={addr}"));
         }
         line.push('\n');
         if let Err(e) = file.write_all(line.as_bytes()).and_then(|()| file.flush()) {

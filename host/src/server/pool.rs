@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::config::Config;
+use crate::server::admin;
 use crate::server::notify::Notifier;
 use crate::server::takeover::{self, Part, Takeover, Terms, WorkerLink, serve_successors};
 use crate::server::{Server, Stopper};
@@ -35,13 +36,15 @@ pub struct Process {
     /// Take over from the process listening at `upgrade_socket` instead of
     /// opening afresh (`--takeover`).
     pub takeover: bool,
+    /// Serve the admin endpoint here (`--admin`; see `server::admin`).
+    pub admin: Option<SocketAddr>,
 }
 
 /// Serve `config` with `workers` event loops until drained or stopped (by
 /// signals, if `process.signals`) or until one of them fails; then close
 /// them all. With one worker this is a plain [`Server`] on the calling thread.
 pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
-    let Process { signals, notifier, mut listeners, upgrade_socket, takeover } = process;
+    let Process { signals, notifier, mut listeners, upgrade_socket, takeover, admin } = process;
     let terms = Terms::of(&config);
     let (predecessor, mut parts) = match (&upgrade_socket, takeover) {
         (None, true) => bail!("--takeover needs --upgrade-socket PATH: where the running hio-host listens"),
@@ -63,7 +66,8 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
     };
     if workers <= 1 {
         let resume = parts.pop().flatten();
-        let worker = Worker { n: 0, signals, notifier: notifier.clone(), inherited: listeners, resume };
+        let worker =
+            Worker { n: 0, signals, notifier: notifier.clone(), inherited: listeners, resume, admin: admin.is_some() };
         let guest = config.guest.display().to_string();
         let mut server = worker.open(config)?;
         if let Some(predecessor) = predecessor {
@@ -75,8 +79,9 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
             Some(path) => listen_for_successors(path, links, terms, takeover)?,
             None => None,
         };
+        let admin = admin.map(|addr| admin::serve(addr, vec![server.watched()])).transpose()?;
         if let Some(notifier) = &notifier {
-            notifier.ready(&server.listening(), &guest);
+            notifier.ready(&server.listening(), admin, &guest);
         }
         let ended = server.run();
         forget_upgrade_socket(upgrade_socket.as_deref(), successors);
@@ -106,7 +111,7 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
         }
         // The last worker takes the inherited sockets themselves, the others copies.
         let inherited = if n + 1 == workers { std::mem::take(&mut listeners) } else { copies(&listeners)? };
-        let worker = Worker { n, signals, notifier: notifier.clone(), inherited, resume };
+        let worker = Worker { n, signals, notifier: notifier.clone(), inherited, resume, admin: admin.is_some() };
         match start(worker, own, done_tx.clone()) {
             Ok((addrs, r)) => {
                 // The first worker resolved port 0; the rest join it there.
@@ -146,8 +151,16 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
     if let Some(early) = early {
         early.pass_on(&running);
     }
+    let watched: Vec<admin::Watched> = running.iter().filter_map(|r| r.watched.clone()).collect();
+    let admin = match admin.map(|addr| admin::serve(addr, watched)).transpose() {
+        Ok(admin) => admin,
+        Err(e) => {
+            stop_all(running);
+            return Err(e);
+        }
+    };
     if let Some(notifier) = &notifier {
-        notifier.ready(&listening, &config.guest.display().to_string());
+        notifier.ready(&listening, admin, &config.guest.display().to_string());
     }
     // A signal reaches every worker, and each drains its own connections
     // in its own time; a failure reaches only one, and ends them all.
@@ -205,6 +218,7 @@ struct Running {
     /// worker is open (and a predecessor has let go).
     go: Option<mpsc::Sender<bool>>,
     link: WorkerLink,
+    watched: Option<admin::Watched>,
 }
 
 /// SIGTERM/SIGINT while workers start: each worker hears signals from when
@@ -249,6 +263,8 @@ struct Worker {
     inherited: Vec<TcpListener>,
     /// What a predecessor process handed this worker.
     resume: Option<Part>,
+    /// The admin endpoint watches it.
+    admin: bool,
 }
 
 impl Worker {
@@ -271,7 +287,7 @@ impl Worker {
 /// Open a worker on its own thread; returns once it is open, with where it
 /// listens. It runs once told to go.
 fn start(worker: Worker, config: Config, done: mpsc::Sender<Result<()>>) -> Result<(Vec<SocketAddr>, Running)> {
-    let (n, resumed) = (worker.n, worker.resume.is_some());
+    let (n, resumed, watch) = (worker.n, worker.resume.is_some(), worker.admin);
     let (ready_tx, ready_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
@@ -285,7 +301,8 @@ fn start(worker: Worker, config: Config, done: mpsc::Sender<Result<()>>) -> Resu
                     return;
                 }
             };
-            let _ = ready_tx.send(Ok((server.listening(), server.stopper(), server.link_successors())));
+            let watched = watch.then(|| server.watched());
+            let _ = ready_tx.send(Ok((server.listening(), server.stopper(), server.link_successors(), watched)));
             if go_rx.recv() != Ok(true) {
                 return;
             }
@@ -296,7 +313,9 @@ fn start(worker: Worker, config: Config, done: mpsc::Sender<Result<()>>) -> Resu
         })
         .context("cannot start a worker thread")?;
     match ready_rx.recv() {
-        Ok(Ok((addrs, stopper, link))) => Ok((addrs, Running { stopper, thread, go: Some(go_tx), link })),
+        Ok(Ok((addrs, stopper, link, watched))) => {
+            Ok((addrs, Running { stopper, thread, go: Some(go_tx), link, watched }))
+        }
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)

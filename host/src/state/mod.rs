@@ -157,6 +157,7 @@ impl HostState {
     pub fn begin_drain(&mut self, registry: &Registry) {
         self.acceptor.close(registry);
         self.draining = true;
+        self.stats.draining.set(1);
     }
 
     pub fn draining(&self) -> bool {
@@ -333,14 +334,18 @@ impl HostState {
             let Some(c) = self.conns.get_mut(&id) else { continue };
             let was_cutoff = c.cutoff();
             let (mut news, mut proxy) = (false, None);
-            if writable
-                && (c.queued() > 0 || c.needs_flush())
-                && let Err(e) = c.flush(self.wirelog.as_mut())
-            {
-                tracing::warn!(ca = %c.peer, "send failed: {e}");
+            if writable && (c.queued() > 0 || c.needs_flush()) {
+                match c.flush(self.wirelog.as_mut()) {
+                    Ok(sent) => self.stats.bytes_sent.add(sent),
+                    Err(e) => {
+                        tracing::warn!(ca = %c.peer, "send failed: {e}");
+                        0
+                    }
+                };
             }
             if readable {
                 let got = c.read(scratch, self.wirelog.as_mut());
+                self.stats.bytes_received.add(got.bytes as u64);
                 news = got.bytes > 0 || got.new_cutoff || got.tls_changed;
                 proxy = got.proxy;
             }
@@ -422,9 +427,13 @@ impl HostState {
             let Some(c) = self.conns.get_mut(&id) else { continue };
             c.in_dirty = false;
             let was_cutoff = c.cutoff();
-            if let Err(e) = c.flush(self.wirelog.as_mut()) {
-                tracing::warn!(ca = %c.peer, "send failed: {e}");
-            }
+            match c.flush(self.wirelog.as_mut()) {
+                Ok(sent) => self.stats.bytes_sent.add(sent),
+                Err(e) => {
+                    tracing::warn!(ca = %c.peer, "send failed: {e}");
+                    0
+                }
+            };
             let mut news = false;
             if c.wants_read_resume() {
                 c.clear_read_pause();
