@@ -195,7 +195,8 @@ fn ensure_debian_toolchain() -> Result<()> {
 
 /// The real peers tests drive the host with, from Debian, each named by a
 /// program it installs.
-const TEST_PEERS: &[(&str, &str)] = &[("/usr/bin/systemd-socket-activate", "systemd"), ("/usr/bin/curl", "curl")];
+const TEST_PEERS: &[(&str, &str)] =
+    &[("/usr/bin/systemd-socket-activate", "systemd"), ("/usr/bin/curl", "curl"), ("/usr/sbin/haproxy", "haproxy")];
 
 fn ensure_test_peers() -> Result<()> {
     let missing: Vec<&str> =
