@@ -5,6 +5,9 @@
 //! wait for); any thread may read them while it runs ([`crate::Server::stats`]).
 
 use std::sync::Mutex;
+
+pub use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::exponential_buckets;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One monotonically increasing count.
@@ -36,7 +39,7 @@ impl Gauge {
 }
 
 /// A server's counters (one set per worker with `--workers`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Open connections reset because their peer took no byte of their
     /// queued output for `send_timeout` seconds.
@@ -87,4 +90,55 @@ pub struct Stats {
     pub last_pass_ms: Gauge,
     /// The last hot swap: the guest and its pause, or why it was refused.
     pub last_swap: Mutex<Option<String>>,
+    /// Guest traps, by cause: past the deadline, out of fuel, at the memory
+    /// limit, anything else (a panic, an unreachable, a bad handle).
+    pub traps_deadline: Counter,
+    pub traps_fuel: Counter,
+    pub traps_memory: Counter,
+    pub traps_other: Counter,
+    /// TLS handshakes finished, and failed (refused, broken, timed out).
+    pub tls_handshakes: Counter,
+    pub tls_handshakes_failed: Counter,
+    /// Hot swaps' pauses of the loop, in seconds.
+    pub swap_pause: Histogram,
+    /// Guest calls' (`service`) durations, in seconds.
+    pub guest_call: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        // 10 µs to about 5 s, doubling.
+        let buckets = || Histogram::new(exponential_buckets(1e-5, 2.0, 20));
+        Stats {
+            send_timeouts: Counter::default(),
+            linger_resets: Counter::default(),
+            given_up: Counter::default(),
+            bytes_dropped: Counter::default(),
+            guest_log_dropped: Counter::default(),
+            wake_spins: Counter::default(),
+            accepted: Counter::default(),
+            refused_cap: Counter::default(),
+            refused_descriptors: Counter::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            guest_starts: Counter::default(),
+            guest_failures: Counter::default(),
+            swaps_ok: Counter::default(),
+            swaps_failed: Counter::default(),
+            connections: Gauge::default(),
+            buffered: Gauge::default(),
+            guest_up: Gauge::default(),
+            draining: Gauge::default(),
+            last_pass_ms: Gauge::default(),
+            last_swap: Mutex::default(),
+            traps_deadline: Counter::default(),
+            traps_fuel: Counter::default(),
+            traps_memory: Counter::default(),
+            traps_other: Counter::default(),
+            tls_handshakes: Counter::default(),
+            tls_handshakes_failed: Counter::default(),
+            swap_pause: buckets(),
+            guest_call: buckets(),
+        }
+    }
 }

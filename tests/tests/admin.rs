@@ -70,6 +70,8 @@ fn metrics_count_what_happened() {
     assert_eq!(sample(&s, "hio_guest_up", None), 1.0);
     assert_eq!(sample(&s, "hio_guest_starts_total", None), 2.0, "the first start and the swap");
     assert_eq!(sample(&s, "hio_connections_refused_total", Some(("reason", "cap"))), 0.0);
+    assert_eq!(sample(&s, "hio_swap_pause_seconds_count", None), 1.0);
+    assert!(sample(&s, "hio_guest_call_seconds_count", None) >= 3.0, "a cycle per echo at least");
 }
 
 #[test]
@@ -83,6 +85,9 @@ fn a_crashing_guest_shows_in_the_metrics_and_readiness_follows_the_drain() {
         let s = metrics(admin);
         sample(&s, "hio_guest_failures_total", None) >= 1.0 && sample(&s, "hio_guest_up", None) == 1.0
     });
+    let s = metrics(admin);
+    assert!(sample(&s, "hio_guest_traps_total", Some(("cause", "other"))) >= 1.0, "a panic is a trap");
+    assert_eq!(sample(&s, "hio_guest_traps_total", Some(("cause", "deadline"))), 0.0);
     let mut held = host.connect();
     held.send(b"a");
     host.signal("TERM");

@@ -297,13 +297,24 @@ impl Generation {
 
     /// Name the cause of a trap plainly; the full trace follows.
     fn trapped(&self, call: &str, e: wasmtime::Error) -> anyhow::Error {
+        let stats = self.store.data().host.stats();
         let cause = match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => format!("ran past its {} ms deadline", self.limits.deadline.as_millis()),
-            Some(Trap::OutOfFuel) => format!("burnt all its fuel ({} per call)", self.limits.fuel.unwrap_or(0)),
+            Some(Trap::Interrupt) => {
+                stats.traps_deadline.add(1);
+                format!("ran past its {} ms deadline", self.limits.deadline.as_millis())
+            }
+            Some(Trap::OutOfFuel) => {
+                stats.traps_fuel.add(1);
+                format!("burnt all its fuel ({} per call)", self.limits.fuel.unwrap_or(0))
+            }
             _ if self.store.data().limiter.memory_hit => {
+                stats.traps_memory.add(1);
                 format!("hit its memory limit of {} MiB", self.limits.memory >> 20)
             }
-            _ => "trapped".to_string(),
+            _ => {
+                stats.traps_other.add(1);
+                "trapped".to_string()
+            }
         };
         anyhow!("guest {cause} in {call}: {e:#}")
     }

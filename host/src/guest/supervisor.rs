@@ -210,7 +210,10 @@ impl Supervisor {
         let cycle = Cycle { tyme, accepts: self.host_ref().accepts_waiting(), ready };
         self.last_cycle = now;
         let Tenant::Up(generation) = &mut self.tenant else { unreachable!("checked above") };
-        match generation.service(&cycle) {
+        let called = Instant::now();
+        let served = generation.service(&cycle);
+        self.host_ref().stats().guest_call.observe(called.elapsed().as_secs_f64());
+        match served {
             Ok(wake) => {
                 self.woken(usable_wake(wake), tyme);
                 self.restarts.in_a_row = 0;
@@ -323,6 +326,7 @@ impl Supervisor {
         let said = match outcome {
             Ok(r) => {
                 stats.swaps_ok.add(1);
+                stats.swap_pause.observe(r.pause.as_secs_f64());
                 stats.guest_starts.add(1);
                 stats.guest_up.set(1);
                 format!("swapped to {} ({} µs pause)", r.guest.display(), r.pause.as_micros())

@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -30,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::guest::swap::{SwapOutcome, Swapper};
-use crate::stats::Stats;
+use crate::stats::{Histogram, Stats};
 use crate::tyme::process_ms;
 
 /// A loop that made no pass for this long is not live. Loops with an admin
@@ -204,6 +205,9 @@ impl std::fmt::Debug for Watched {
     }
 }
 
+/// A histogram per worker: name, help, where it is.
+type HistogramSeries = (&'static str, &'static str, fn(&Stats) -> &Histogram);
+
 /// A counter (`kind` true) or gauge per worker, with extra labels.
 type Series<'a> = (&'a str, &'a str, bool, &'a [(&'a str, fn(&Stats) -> u64)]);
 
@@ -245,6 +249,23 @@ const SERIES: &[Series] = &[
         true,
         &[("", |s| s.guest_log_dropped.get())],
     ),
+    (
+        "hio_guest_traps",
+        "Guest traps, by cause",
+        true,
+        &[
+            ("deadline", |s| s.traps_deadline.get()),
+            ("fuel", |s| s.traps_fuel.get()),
+            ("memory", |s| s.traps_memory.get()),
+            ("other", |s| s.traps_other.get()),
+        ],
+    ),
+    (
+        "hio_tls_handshakes",
+        "TLS handshakes, by outcome",
+        true,
+        &[("ok", |s| s.tls_handshakes.get()), ("failed", |s| s.tls_handshakes_failed.get())],
+    ),
     ("hio_draining", "1 once draining", false, &[("", |s| s.draining.get())]),
 ];
 
@@ -258,7 +279,12 @@ impl Collector for Metrics {
                 for &(reason, value) in values {
                     let mut labels = vec![("worker", n.to_string())];
                     if !reason.is_empty() {
-                        labels.push((if name == "hio_swaps" { "outcome" } else { "reason" }, reason.to_string()));
+                        let key = match name {
+                            "hio_swaps" | "hio_tls_handshakes" => "outcome",
+                            "hio_guest_traps" => "cause",
+                            _ => "reason",
+                        };
+                        labels.push((key, reason.to_string()));
                     }
                     let metric = family.encode_family(&labels)?;
                     let v = value(&w.stats);
@@ -268,6 +294,16 @@ impl Collector for Metrics {
                         ConstGauge::new(v as i64).encode(metric)?;
                     }
                 }
+            }
+        }
+        let histograms: [HistogramSeries; 2] = [
+            ("hio_swap_pause_seconds", "Hot swaps' pauses of the event loop", |s| &s.swap_pause),
+            ("hio_guest_call_seconds", "Guest service calls' durations", |s| &s.guest_call),
+        ];
+        for (name, help, histogram) in histograms {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (n, w) in self.0.iter().enumerate() {
+                histogram(&w.stats).encode(family.encode_family(&vec![("worker", n.to_string())])?)?;
             }
         }
         Ok(())

@@ -24,7 +24,7 @@ use self::ending::Stalls;
 use self::handing::Handing;
 use crate::net::acceptor::Acceptor;
 use crate::net::backpressure::Budget;
-use crate::net::conn::{Conn, StallLimits};
+use crate::net::conn::{Conn, StallLimits, TlsState};
 use crate::net::proxy;
 use crate::net::tls::{TlsAcceptor, TlsConfig};
 use crate::net::wirelog::WireLog;
@@ -322,6 +322,7 @@ impl HostState {
                 tracing::warn!(ca = %c.peer, id, "no whole PROXY header in time: closing");
                 self.release(id);
             } else if c.handshaking() {
+                self.stats.tls_handshakes_failed.add(1);
                 c.abort("handshake not finished in time".into());
                 self.after_io(id, true, true);
             }
@@ -344,8 +345,15 @@ impl HostState {
                 };
             }
             if readable {
+                let was_handshaking = c.handshaking();
                 let got = c.read(scratch, self.wirelog.as_mut());
                 self.stats.bytes_received.add(got.bytes as u64);
+                if got.tls_changed && was_handshaking {
+                    match c.tls_state() {
+                        Some(TlsState::Connected(_)) => self.stats.tls_handshakes.add(1),
+                        _ => self.stats.tls_handshakes_failed.add(1),
+                    };
+                }
                 news = got.bytes > 0 || got.new_cutoff || got.tls_changed;
                 proxy = got.proxy;
             }
