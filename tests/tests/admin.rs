@@ -123,6 +123,17 @@ fn status_tells_the_guest_and_post_swap_swaps_it() {
     assert!(body.contains("cannot read guest"), "{body}");
     let (_, body) = curl(admin, "GET", "/status", None);
     assert!(body.contains("swap to /nonexistent/guest.wasm refused"), "{body}");
+    // Endless or blocking "guests" are refused at once, not read.
+    let fifo = std::env::temp_dir().join(format!("hio-admin-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for path in ["/dev/zero", fifo.to_str().unwrap()] {
+        let (code, body) = curl(admin, "POST", "/swap", Some(path));
+        assert!(code == 422 && body.contains("not a regular file"), "{path}: {code} {body}");
+    }
+    std::fs::remove_file(&fifo).unwrap();
+    c.send(b"still");
+    assert_eq!(c.recv_exact(5), b"STILL");
     assert_eq!(curl(admin, "GET", "/nope", None).0, 404);
     assert_eq!(curl(admin, "DELETE", "/swap", None).0, 405);
 }

@@ -34,6 +34,12 @@ fn guest_file_fails_with(name: &str, contents: &[u8], needle: &str) {
 }
 
 #[test]
+fn a_guest_path_that_is_not_a_regular_file() {
+    fails_with(&["run", "/dev/zero", "--listen", "127.0.0.1:0"], "not a regular file");
+    fails_with(&["run", "/tmp", "--listen", "127.0.0.1:0"], "not a regular file");
+}
+
+#[test]
 fn file_that_is_not_a_component() {
     guest_file_fails_with("not-wasm", b"this is not wasm", "not a valid wasm component");
 }

@@ -37,6 +37,30 @@ fn served(name: &str, ifaces: &[&str]) -> bool {
     ifaces.contains(&iface) && major == our_major && minor == our_minor && patch <= our_patch
 }
 
+/// The largest guest file read (an interpreter's component is tens of MB):
+/// a path to something endless (`/dev/zero`) is refused, not read until
+/// memory runs out.
+pub const MAX_GUEST_BYTES: u64 = 512 << 20;
+
+/// A guest file's bytes: a regular file (not a FIFO that would block the
+/// reader, not a device), at most [`MAX_GUEST_BYTES`].
+fn read_guest(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        anyhow::bail!("not a regular file");
+    }
+    if meta.len() > MAX_GUEST_BYTES {
+        anyhow::bail!("{} bytes, over the {} MiB a guest may have", meta.len(), MAX_GUEST_BYTES >> 20);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)?.take(MAX_GUEST_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_GUEST_BYTES {
+        anyhow::bail!("it grew past the {} MiB a guest may have while being read", MAX_GUEST_BYTES >> 20);
+    }
+    Ok(bytes)
+}
+
 /// What `hio-host check` found.
 #[derive(Debug)]
 pub struct Check {
@@ -97,7 +121,7 @@ impl Runtime {
     }
 
     fn compile(&self, path: &Path) -> Result<(Component, cache::Origin)> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read guest {}", path.display()))?;
+        let bytes = read_guest(path).with_context(|| format!("cannot read guest {}", path.display()))?;
         cache::component(&self.engine, &bytes, self.cache.as_deref())
             .map_err(|e| anyhow!("{} is not a valid wasm component: {e:#}", path.display()))
     }

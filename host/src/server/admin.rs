@@ -56,10 +56,18 @@ pub fn serve(addr: SocketAddr, workers: Vec<Watched>) -> Result<SocketAddr> {
     registry.register_collector(Box::new(Metrics(workers.clone())));
     std::thread::Builder::new().name("hio-admin".into()).spawn(move || {
         for mut request in server.incoming_requests() {
-            let response = answer(&mut request, &workers, &registry);
-            if let Err(e) = request.respond(response) {
-                tracing::debug!("admin endpoint: cannot answer: {e}");
+            if request.method() == &Method::Post && request.url() == "/swap" {
+                // A swap takes as long as compiling the guest: health checks
+                // must not wait behind it.
+                let workers = workers.clone();
+                std::thread::spawn(move || {
+                    let response = swap(&mut request, &workers);
+                    reply(request, response);
+                });
+                continue;
             }
+            let response = answer(&mut request, &workers, &registry);
+            reply(request, response);
         }
     })?;
     tracing::info!(admin = %bound, "admin endpoint: /livez /readyz /status /metrics, POST /swap");
@@ -67,6 +75,12 @@ pub fn serve(addr: SocketAddr, workers: Vec<Watched>) -> Result<SocketAddr> {
 }
 
 type Answer = Response<std::io::Cursor<Vec<u8>>>;
+
+fn reply(request: Request, response: Answer) {
+    if let Err(e) = request.respond(response) {
+        tracing::debug!("admin endpoint: cannot answer: {e}");
+    }
+}
 
 fn answer(request: &mut Request, workers: &[Watched], registry: &Registry) -> Answer {
     let path = request.url().split('?').next().unwrap_or_default().to_string();
@@ -174,7 +188,9 @@ fn swap(request: &mut Request, workers: &[Watched]) -> Answer {
     use std::io::Read;
     let mut body = String::new();
     // A path is a few hundred bytes; more is not a request for this.
-    let _ = request.as_reader().take(4096).read_to_string(&mut body);
+    if let Err(e) = request.as_reader().take(4096).read_to_string(&mut body) {
+        return text(400, &format!("the body must be a guest's path in UTF-8 (or empty): {e}\n"));
+    }
     let path = Some(body.trim()).filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
     let asked: Vec<_> = workers.iter().map(|w| w.swapper.swap(path.clone())).collect();
     let outcomes: Vec<SwapOutcome> =
