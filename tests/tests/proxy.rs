@@ -87,7 +87,7 @@ fn a_bad_or_missing_header_closes_only_that_connection() {
     assert!(good.recv_line().starts_with("plain ca=192.0.2.7:4242"));
     let log = host.log();
     assert!(log.contains("PROXY protocol: bad PROXY v1 header"), "{log}");
-    assert!(log.contains("no whole PROXY header in its first 1024 bytes"), "{log}");
+    assert!(log.contains("a PROXY v2 header of 2016 bytes, over the 1024 taken"), "{log}");
     assert!(log.contains("no whole PROXY header in time"), "{log}");
 }
 

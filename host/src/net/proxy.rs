@@ -19,6 +19,9 @@ pub const MAX_HEADER: usize = 1024;
 /// handshake timeout says otherwise): a balancer sends it at once.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How every v2 header begins.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
 /// Where reading a connection's header stands.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Header {
@@ -59,6 +62,14 @@ pub fn take(sock: &mut TcpStream) -> Header {
 /// A header at the start of `bytes`: its length and the client's address;
 /// `None` while incomplete.
 fn parse(bytes: &[u8]) -> Result<Option<(usize, Option<SocketAddr>)>, String> {
+    // A v2 header says its length in its 15th and 16th bytes: one longer
+    // than the bound is refused now, not waited for.
+    if bytes.len() >= 16 && bytes.starts_with(V2_SIGNATURE) {
+        let declared = 16 + usize::from(u16::from_be_bytes([bytes[14], bytes[15]]));
+        if declared > MAX_HEADER {
+            return Err(format!("a PROXY v2 header of {declared} bytes, over the {MAX_HEADER} taken"));
+        }
+    }
     let result = HeaderResult::parse(bytes);
     if result.is_incomplete() {
         return Ok(None);
@@ -121,6 +132,12 @@ mod tests {
         // LOCAL: the balancer's own health check.
         let local = [b"\r\n\r\n\0\r\nQUIT\n".as_slice(), &[0x20, 0x00, 0, 0]].concat();
         assert_eq!(parse(&local), Ok(Some((16, None))));
+    }
+
+    #[test]
+    fn a_v2_header_longer_than_the_bound_is_refused_from_its_length() {
+        let long = [V2_SIGNATURE, &[0x21, 0x11, 0x07, 0xD0]].concat();
+        assert!(parse(&long).is_err_and(|e| e.contains("2016 bytes")));
     }
 
     #[test]
