@@ -243,11 +243,7 @@ impl Takeover {
 /// one does (it would take the socket from the first), or to replace a file
 /// that is no socket.
 pub fn refuse_if_served(path: &Path) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_socket()) {
-        bail!("--upgrade-socket {}: a file that is not a socket is there", path.display());
-    }
-    if UnixStream::connect(path).is_ok() {
+    if socket_there(path)? && UnixStream::connect(path).is_ok() {
         bail!(
             "another hio-host listens for successors at {}: start with --takeover to take over from it",
             path.display()
@@ -256,16 +252,24 @@ pub fn refuse_if_served(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a socket file is at `path` (nothing there: false); a file that
+/// is no socket is an error, never to be replaced.
+fn socket_there(path: &Path) -> Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => Ok(true),
+        Ok(_) => bail!("--upgrade-socket {}: a file that is not a socket is there", path.display()),
+        Err(_) => Ok(false),
+    }
+}
+
 /// Listen at `path` for a successor; hand each worker's share over when one
 /// comes. Returns once a successor has committed (the serving process then
 /// drains what stayed) or the listener fails.
 pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>, terms: Terms) -> Result<std::thread::JoinHandle<()>> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(&path) {
+    if socket_there(&path)? {
         // Left by a host that is gone (one that is not was refused at start).
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)?,
-        Ok(_) => bail!("--upgrade-socket {}: a file that is not a socket is there", path.display()),
-        Err(_) => {}
+        std::fs::remove_file(&path)?;
     }
     let listener =
         UnixListener::bind(&path).with_context(|| format!("cannot listen for a successor at {}", path.display()))?;
