@@ -39,7 +39,7 @@ pub mod stats;
 pub mod tyme;
 
 pub use net::{acceptor, tls};
-pub use server::pool;
+pub use server::{admin, pool};
 
 pub use config::{
     Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LINGER, DEFAULT_MAX_BUFFERED, DEFAULT_MAX_CONNS, DEFAULT_MAX_RESTARTS,

@@ -47,10 +47,16 @@ pub struct Stats {
     /// Closing connections reset because their peer took no byte of what
     /// was left to send for `linger` seconds.
     pub linger_resets: Counter,
-    /// Connections reset because the host gave up on bytes it held for them
-    /// (their input crashed the guest twice, or the server closed with
-    /// bytes undelivered).
-    pub given_up: Counter,
+    /// Connections reset because their input crashed the guest twice.
+    pub poison_resets: Counter,
+    /// Connections still open when a drain's deadline passed, reset.
+    pub drain_resets: Counter,
+    /// Connections reset as the server closed with bytes undelivered.
+    pub shutdown_resets: Counter,
+    /// Connections that ended cleanly: everything delivered, then FIN.
+    pub closed: Counter,
+    /// Connections closed for a missing or malformed PROXY header.
+    pub proxy_refused: Counter,
     /// Bytes dropped with those resets: queued output the peer never got
     /// and received input the guest never consumed.
     pub bytes_dropped: Counter,
@@ -71,6 +77,8 @@ pub struct Stats {
     pub bytes_sent: Counter,
     /// Guest instances started (first start, restarts, swaps).
     pub guest_starts: Counter,
+    /// Guest instances started again after a failure (a subset of starts).
+    pub guest_restarts: Counter,
     /// Guest calls that failed (trap, deadline, fuel, memory, refusal).
     pub guest_failures: Counter,
     /// Hot swaps done, and refused (the old guest kept serving).
@@ -85,20 +93,33 @@ pub struct Stats {
     pub guest_up: Gauge,
     /// 1 once draining.
     pub draining: Gauge,
+    /// The bound on `buffered` (`--max-buffered`, this worker's share), in bytes.
+    pub buffered_limit: Gauge,
     /// When the loop last made a pass, in ms on the process's clock
     /// (`crate::tyme::process_ms`).
     pub last_pass_ms: Gauge,
     /// The last hot swap: the guest and its pause, or why it was refused.
     pub last_swap: Mutex<Option<String>>,
     /// Guest traps, by cause: past the deadline, out of fuel, at the memory
-    /// limit, anything else (a panic, an unreachable, a bad handle).
+    /// limit, a panic (wasm's `unreachable`, which is what a Rust panic
+    /// becomes), a forged or stale resource handle, anything else.
     pub traps_deadline: Counter,
     pub traps_fuel: Counter,
     pub traps_memory: Counter,
+    pub traps_panic: Counter,
+    pub traps_forged_handle: Counter,
     pub traps_other: Counter,
-    /// TLS handshakes finished, and failed (refused, broken, timed out).
+    /// TLS handshakes finished.
     pub tls_handshakes: Counter,
-    pub tls_handshakes_failed: Counter,
+    /// TLS handshakes failed, by cause: not finished within
+    /// `--handshake-timeout`, the peer closed, its certificate was refused,
+    /// anything else it broke in the protocol.
+    pub tls_failed_timeout: Counter,
+    pub tls_failed_peer_closed: Counter,
+    pub tls_failed_certificate: Counter,
+    pub tls_failed_protocol: Counter,
+    /// TLS handshakes' durations, from accept to connected, in seconds.
+    pub tls_handshake: Histogram,
     /// Hot swaps' pauses of the loop, in seconds.
     pub swap_pause: Histogram,
     /// Guest calls' (`service`) durations, in seconds.
@@ -112,7 +133,11 @@ impl Default for Stats {
         Stats {
             send_timeouts: Counter::default(),
             linger_resets: Counter::default(),
-            given_up: Counter::default(),
+            poison_resets: Counter::default(),
+            drain_resets: Counter::default(),
+            shutdown_resets: Counter::default(),
+            closed: Counter::default(),
+            proxy_refused: Counter::default(),
             bytes_dropped: Counter::default(),
             guest_log_dropped: Counter::default(),
             wake_spins: Counter::default(),
@@ -122,6 +147,7 @@ impl Default for Stats {
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             guest_starts: Counter::default(),
+            guest_restarts: Counter::default(),
             guest_failures: Counter::default(),
             swaps_ok: Counter::default(),
             swaps_failed: Counter::default(),
@@ -129,14 +155,21 @@ impl Default for Stats {
             buffered: Gauge::default(),
             guest_up: Gauge::default(),
             draining: Gauge::default(),
+            buffered_limit: Gauge::default(),
             last_pass_ms: Gauge::default(),
             last_swap: Mutex::default(),
             traps_deadline: Counter::default(),
             traps_fuel: Counter::default(),
             traps_memory: Counter::default(),
+            traps_panic: Counter::default(),
+            traps_forged_handle: Counter::default(),
             traps_other: Counter::default(),
             tls_handshakes: Counter::default(),
-            tls_handshakes_failed: Counter::default(),
+            tls_failed_timeout: Counter::default(),
+            tls_failed_peer_closed: Counter::default(),
+            tls_failed_certificate: Counter::default(),
+            tls_failed_protocol: Counter::default(),
+            tls_handshake: buckets(),
             swap_pause: buckets(),
             guest_call: buckets(),
         }

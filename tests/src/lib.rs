@@ -46,6 +46,7 @@ pub struct TestServer {
     pub stats: Arc<Stats>,
     stopper: Stopper,
     swapper: Swapper,
+    watched: hio_host::admin::Watched,
     thread: Option<JoinHandle<Result<()>>>,
 }
 
@@ -80,11 +81,19 @@ impl TestServer {
                     bail!(msg);
                 }
             };
-            let _ = tx.send(Ok((server.local_addr(), server.stopper(), server.swapper(), server.stats())));
+            let _ = tx.send(Ok((server.local_addr(), server.stopper(), server.watched())));
             server.run()
         });
-        let (addr, stopper, swapper, stats) = rx.recv().context("server thread died")??;
-        Ok(TestServer { addr, stats, stopper, swapper, thread: Some(thread) })
+        let (addr, stopper, watched) = rx.recv().context("server thread died")??;
+        let (stats, swapper) = (watched.stats.clone(), watched.swapper.clone());
+        Ok(TestServer { addr, stats, stopper, swapper, watched, thread: Some(thread) })
+    }
+
+    /// Serve the admin endpoint for this server on a free loopback port
+    /// (its thread lives as long as the test process).
+    pub fn serve_admin(&self) -> SocketAddr {
+        hio_host::admin::serve("127.0.0.1:0".parse().expect("literal address"), vec![self.watched.clone()])
+            .expect("the admin endpoint starts")
     }
 
     /// Hot-swaps this server's guest.

@@ -72,6 +72,16 @@ fn metrics_count_what_happened() {
     assert_eq!(sample(&s, "hio_connections_refused_total", Some(("reason", "cap"))), 0.0);
     assert_eq!(sample(&s, "hio_swap_pause_seconds_count", None), 1.0);
     assert!(sample(&s, "hio_guest_call_seconds_count", None) >= 3.0, "a cycle per echo at least");
+    assert!(sample(&s, "hio_buffered_bytes_limit", None) >= (1 << 20) as f64);
+    drop(clients.pop());
+    eventually("a clean close to be counted", || {
+        sample(&metrics(admin), "hio_connections_closed_total", Some(("reason", "clean"))) == 1.0
+    });
+    let s = metrics(admin);
+    assert_eq!(sample(&s, "hio_connections", None), 2.0);
+    for reason in ["send_timeout", "linger", "poison", "drain_timeout", "shutdown", "proxy_header"] {
+        assert_eq!(sample(&s, "hio_connections_closed_total", Some(("reason", reason))), 0.0, "{reason}");
+    }
 }
 
 #[test]
@@ -85,9 +95,15 @@ fn a_crashing_guest_shows_in_the_metrics_and_readiness_follows_the_drain() {
         let s = metrics(admin);
         sample(&s, "hio_guest_failures_total", None) >= 1.0 && sample(&s, "hio_guest_up", None) == 1.0
     });
+    eventually("the poison peer to be reset", || {
+        sample(&metrics(admin), "hio_connections_closed_total", Some(("reason", "poison"))) == 1.0
+    });
     let s = metrics(admin);
-    assert!(sample(&s, "hio_guest_traps_total", Some(("cause", "other"))) >= 1.0, "a panic is a trap");
-    assert_eq!(sample(&s, "hio_guest_traps_total", Some(("cause", "deadline"))), 0.0);
+    assert!(sample(&s, "hio_guest_traps_total", Some(("cause", "panic"))) >= 1.0, "a panic is a trap");
+    assert!(sample(&s, "hio_guest_restarts_total", None) >= 1.0);
+    for cause in ["deadline", "fuel", "memory", "forged_handle", "other"] {
+        assert_eq!(sample(&s, "hio_guest_traps_total", Some(("cause", cause))), 0.0, "{cause}");
+    }
     let mut held = host.connect();
     held.send(b"a");
     host.signal("TERM");
@@ -136,4 +152,73 @@ fn status_tells_the_guest_and_post_swap_swaps_it() {
     assert_eq!(c.recv_exact(5), b"STILL");
     assert_eq!(curl(admin, "GET", "/nope", None).0, 404);
     assert_eq!(curl(admin, "DELETE", "/swap", None).0, 405);
+}
+
+/// A guest down (crashed, and every restart fails) makes the host unready;
+/// a swap to a working guest makes it ready again. In-process, on virtual
+/// tyme: `crashy` cannot start while tyme is in [100, 200).
+#[test]
+fn readyz_is_503_while_the_guest_is_down_and_200_after_a_swap() {
+    let tyme = hio_tests::VirtualTyme::new(0.0);
+    let t = tyme.clone();
+    let server = hio_tests::TestServer::start_with("crashy", move |c| {
+        c.virtual_tyme = Some(t);
+        c.tock = 0.01;
+        c.max_restarts = 0;
+        c.tymeout = 0.0;
+    });
+    let admin = server.serve_admin();
+    assert_eq!(curl(admin, "GET", "/readyz", None), (200, "ok\n".into()));
+    let mut a = server.connect();
+    a.echo(b"before");
+    tyme.tick(150.0);
+    let mut poison = server.connect();
+    poison.send(b"panic");
+    eventually("readyz to say the guest is down", || curl(admin, "GET", "/readyz", None).0 == 503);
+    let (_, why) = curl(admin, "GET", "/readyz", None);
+    assert!(why.contains("the guest is down"), "{why}");
+    let (_, status) = curl(admin, "GET", "/status", None);
+    assert!(status.contains("\"ready\":false"), "{status}");
+    a.send(b"held while down");
+    let (code, body) = curl(admin, "POST", "/swap", Some(guest("echo").to_str().unwrap()));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(curl(admin, "GET", "/readyz", None), (200, "ok\n".into()));
+    assert_eq!(a.recv_exact(15), b"held while down", "nothing received while down is lost");
+    server.connect().echo(b"new peers served");
+}
+
+/// TLS handshakes: completed with their durations, failed by reason.
+#[test]
+fn tls_handshakes_are_counted_by_outcome() {
+    let pki = hio_tests::pki::Pki::new("admin-tls");
+    let server = hio_tests::TestServer::start_with("echo", |c| {
+        let mut tls = pki.server_config();
+        tls.handshake_timeout = 0.3;
+        c.tls = Some(tls);
+    });
+    let admin = server.serve_admin();
+    let mut good = hio_tests::pki::TlsClient::connect(server.addr, pki.client(Some(&pki.alice), None)).unwrap();
+    good.echo(b"hello").unwrap();
+    assert!(
+        hio_tests::pki::TlsClient::connect(server.addr, pki.client(Some(&pki.stranger), None))
+            .and_then(|mut c| c.echo(b"x"))
+            .is_err()
+    );
+    let mut garbage = server.connect();
+    garbage.send(b"GET / HTTP/1.0\r\n\r\n");
+    let mut silent = server.connect();
+    let mut quitter = server.connect();
+    quitter.send(&[0x16, 0x03, 0x01]);
+    drop(quitter);
+    eventually("every failure to be counted", || {
+        let s = metrics(admin);
+        ["certificate", "protocol", "timeout", "peer_closed"]
+            .iter()
+            .all(|r| sample(&s, "hio_tls_handshakes_failed_total", Some(("reason", r))) == 1.0)
+    });
+    let s = metrics(admin);
+    assert_eq!(sample(&s, "hio_tls_handshakes_total", None), 1.0);
+    assert_eq!(sample(&s, "hio_tls_handshake_seconds_count", None), 1.0);
+    assert!(sample(&s, "hio_tls_handshake_seconds_sum", None) < 5.0);
+    assert!(silent.closed_by_server(Duration::from_secs(10)));
 }

@@ -336,3 +336,45 @@ fn json_logs_are_one_object_per_line_with_the_same_fields() {
     assert!(accepted["ca"].as_str().is_some_and(|ca| ca.starts_with("127.0.0.1:")) && accepted["id"].is_u64());
     assert_eq!(find("draining: serving")["target"], "guest");
 }
+
+/// The echo component renamed to speak `hio:tcp@version` (interface names
+/// are length-prefixed strings: a version of the same length keeps it valid).
+fn echo_speaking(version: &str) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(guest("echo")).unwrap();
+    for iface in ["types", "host", "acceptor", "remoter", "guest"] {
+        let (from, to) = (format!("hio:tcp/{iface}@0.2.1"), format!("hio:tcp/{iface}@{version}"));
+        assert_eq!(from.len(), to.len());
+        let mut at = 0;
+        while let Some(i) = bytes[at..].windows(from.len()).position(|w| w == from.as_bytes()) {
+            bytes[at + i..at + i + to.len()].copy_from_slice(to.as_bytes());
+            at += i + to.len();
+        }
+    }
+    let path = std::env::temp_dir().join(format!("echo-{version}-{}.wasm", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// `check` and `run` agree on versions: a semver-compatible guest (any
+/// 0.2.z) is served; another is refused by both with one line naming both.
+#[test]
+fn check_and_run_agree_on_wit_versions() {
+    let later = echo_speaking("0.2.9");
+    let out = Command::new(host_binary()).args(["check", later.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let mut host = HostProcess::spawn(&later, &[]);
+    host.connect().echo(b"a 0.2.9 guest that uses nothing new is served");
+    host.signal("TERM");
+    assert!(host.exit_within(Duration::from_secs(10)).success());
+    std::fs::remove_file(later).unwrap();
+
+    let want = "guest speaks hio:tcp@0.3.0, this host speaks hio:tcp@0.2.x";
+    let next = echo_speaking("0.3.0");
+    let out = Command::new(host_binary()).args(["check", next.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert_eq!(text.lines().filter(|l| l.contains("problem")).count(), 1, "{text}");
+    assert!(text.contains(want), "{text}");
+    fails_with(&["run", next.to_str().unwrap(), "--listen", "127.0.0.1:0"], want);
+    std::fs::remove_file(next).unwrap();
+}

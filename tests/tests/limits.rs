@@ -3,20 +3,23 @@
 //! their bytes are untouched.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hio_host::stats::Stats;
 use hio_tests::{Ending, TestServer};
 
-fn misbehaves_on(word: &[u8]) {
-    misbehaves_within(word, |_| {});
+fn misbehaves_on(word: &[u8]) -> Arc<Stats> {
+    misbehaves_within(word, |_| {})
 }
 
-fn misbehaves_within(word: &[u8], limits: impl FnOnce(&mut hio_host::Limits)) {
-    misbehaves_after(Duration::ZERO, word, limits);
+fn misbehaves_within(word: &[u8], limits: impl FnOnce(&mut hio_host::Limits)) -> Arc<Stats> {
+    misbehaves_after(Duration::ZERO, word, limits)
 }
 
 /// `idle`: how long the host sits with nothing to do before the word.
-fn misbehaves_after(idle: Duration, word: &[u8], limits: impl FnOnce(&mut hio_host::Limits)) {
+/// Returns the host's counters.
+fn misbehaves_after(idle: Duration, word: &[u8], limits: impl FnOnce(&mut hio_host::Limits)) -> Arc<Stats> {
     let server = TestServer::start_with("evil", |c| {
         c.limits.deadline = Duration::from_millis(50);
         c.limits.memory = 16 << 20;
@@ -40,11 +43,12 @@ fn misbehaves_after(idle: Duration, word: &[u8], limits: impl FnOnce(&mut hio_ho
         a.echo(format!("a after {i}").as_bytes());
     }
     server.connect().echo(b"new connections too");
+    server.stats.clone()
 }
 
 #[test]
 fn a_guest_that_loops_forever_is_stopped_at_its_deadline() {
-    misbehaves_on(b"spin");
+    assert!(misbehaves_on(b"spin").traps_deadline.get() >= 1);
 }
 
 #[test]
@@ -57,15 +61,16 @@ fn a_guest_that_loops_after_the_host_sat_idle_is_still_stopped_at_its_deadline()
 #[test]
 fn a_guest_that_loops_forever_is_stopped_when_its_fuel_runs_out() {
     // A deadline far away: only fuel can stop it in time.
-    misbehaves_within(b"spin", |l| {
+    let stats = misbehaves_within(b"spin", |l| {
         l.deadline = Duration::from_secs(60);
         l.fuel = Some(50_000_000);
     });
+    assert!(stats.traps_fuel.get() >= 1);
 }
 
 #[test]
 fn a_guest_that_allocates_without_end_is_stopped_at_its_memory_limit() {
-    misbehaves_on(b"hog");
+    assert!(misbehaves_on(b"hog").traps_memory.get() >= 1);
 }
 
 #[test]
@@ -91,7 +96,9 @@ fn a_guest_cannot_queue_without_end_to_a_peer_that_does_not_read() {
 
 #[test]
 fn a_guest_that_forges_handles_is_refused_without_harm() {
-    misbehaves_on(b"forge");
+    let stats = misbehaves_on(b"forge");
+    assert!(stats.traps_forged_handle.get() >= 1);
+    assert_eq!(stats.traps_other.get(), 0);
 }
 
 #[test]
@@ -103,13 +110,17 @@ fn a_guest_that_traps_in_start_never_replaces_a_working_one() {
         Ok(_) => panic!("a guest that traps in start was served"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(err.contains("trapped in start"), "{err}");
+    assert!(err.contains("panicked (trapped on unreachable code) in start"), "{err}");
     // As a swap: refused, the old guest keeps serving.
     let server = TestServer::start("echo");
     let mut c = server.connect();
     c.echo(b"before");
     let outcome = server.swapper().swap(Some(hio_tests::guest("badstart"))).recv_timeout(hio_tests::PATIENCE).unwrap();
-    assert!(outcome.expect_err("swapped to a guest that cannot start").contains("trapped in start"));
+    assert!(
+        outcome
+            .expect_err("swapped to a guest that cannot start")
+            .contains("panicked (trapped on unreachable code) in start")
+    );
     c.echo(b"old guest still serving");
 }
 

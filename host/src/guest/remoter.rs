@@ -55,7 +55,7 @@ pub(super) fn tls_state(c: &Conn) -> TlsState {
     match c.tls_state() {
         None => TlsState::Plain,
         Some(ConnTls::Handshaking) => TlsState::Handshaking,
-        Some(ConnTls::Aborted(why)) => TlsState::Aborted(why.clone()),
+        Some(ConnTls::Aborted(_, why)) => TlsState::Aborted(why.clone()),
         Some(ConnTls::Connected(info)) => TlsState::Connected(TlsInfo {
             version: info.version.clone(),
             cipher_suite: info.cipher_suite.clone(),

@@ -16,25 +16,58 @@ use crate::config::Limits;
 use crate::state::HostState;
 
 /// Interfaces this host gives guests (besides WASI 0.2, linked with nothing
-/// granted; `instantiate_pre` checks those), and the one it needs from them,
-/// at the WIT's version: a guest built against an earlier 0.2.x fits too
-/// (semver: a patch release only adds).
+/// granted; `instantiate_pre` checks those), and the one it needs from them.
 const PROVIDED: &[&str] = &["hio:tcp/types", "hio:tcp/host", "hio:tcp/acceptor", "hio:tcp/remoter"];
 const GUEST_EXPORT: &str = "hio:tcp/guest";
-const WIT_VERSION: (u64, u64, u64) = (0, 2, 1);
+/// The version of `wit/hio.wit` this host was built from.
+pub const WIT_VERSION: (u64, u64, u64) = (0, 2, 1);
 
-/// Whether `name` (`iface@x.y.z`) is one of `ifaces` at a version this
-/// host serves: the same 0.minor, a patch up to ours.
-fn served(name: &str, ifaces: &[&str]) -> bool {
-    let Some((iface, version)) = name.split_once('@') else { return false };
-    let mut parts = version.split('.').map(str::parse::<u64>);
-    let (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch)), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let (our_major, our_minor, our_patch) = WIT_VERSION;
-    ifaces.contains(&iface) && major == our_major && minor == our_minor && patch <= our_patch
+/// A `hio:tcp` interface name's version (`hio:tcp/host@0.2.1` gives 0.2.1).
+fn hio_version(name: &str) -> Option<(u64, u64, u64)> {
+    let (iface, version) = name.split_once('@')?;
+    if !iface.starts_with("hio:tcp/") {
+        return None;
+    }
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().ok());
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Some(major)), Some(Some(minor)), Some(Some(patch)), None) => Some((major, minor, patch)),
+        _ => Some((u64::MAX, 0, 0)),
+    }
+}
+
+/// The compatibility promise (semver, as Cargo reads it): a guest built
+/// against `hio:tcp` 0.y.z fits a host of 0.y.w. With z <= w it always
+/// links (a patch release only adds); with z > w it links unless it uses
+/// what the patch added. Any other version is refused with one line naming
+/// both.
+fn version_problem(names: &[String]) -> Option<String> {
+    let (major, minor, _) = WIT_VERSION;
+    let speaks = format!("this host speaks hio:tcp@{major}.{minor}.x (built from {})", wit_version());
+    names.iter().filter_map(|n| hio_version(n).map(|v| (n, v))).find_map(|(name, (ma, mi, _))| {
+        let compatible = ma == major && (major > 0 || mi == minor);
+        (!compatible).then(|| match name.split_once('@') {
+            Some((_, v)) => format!("guest speaks hio:tcp@{v}, {speaks}"),
+            None => format!("guest uses {name}, {speaks}"),
+        })
+    })
+}
+
+/// Say so when a guest of a newer patch release fails to link: it uses
+/// what this host lacks.
+fn newer_patch(names: &[String], e: wasmtime::Error) -> anyhow::Error {
+    let newest = names.iter().filter_map(|n| hio_version(n)).max();
+    match newest {
+        Some(v @ (major, minor, patch)) if v > WIT_VERSION => anyhow!(
+            "guest speaks hio:tcp@{major}.{minor}.{patch}, newer than this host's {}, and uses what it lacks: {e:#}",
+            wit_version()
+        ),
+        _ => e.into(),
+    }
+}
+
+fn wit_version() -> String {
+    let (major, minor, patch) = WIT_VERSION;
+    format!("{major}.{minor}.{patch}")
 }
 
 /// The largest guest file read (an interpreter's component is tens of MB):
@@ -120,6 +153,14 @@ impl Runtime {
         Ok((component, origin))
     }
 
+    /// A component's import and export names.
+    fn names(&self, component: &Component) -> (Vec<String>, Vec<String>) {
+        let ty = component.component_type();
+        let imports = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        (imports, exports)
+    }
+
     fn compile(&self, path: &Path) -> Result<(Component, cache::Origin)> {
         let bytes = read_guest(path).with_context(|| format!("cannot read guest {}", path.display()))?;
         cache::component(&self.engine, &bytes, self.cache.as_deref())
@@ -129,7 +170,13 @@ impl Runtime {
     /// Whether the linker can give `component` everything it imports and
     /// find the exports the host calls.
     fn fit(&self, component: &Component) -> Result<()> {
-        ServerPre::new(self.linker.instantiate_pre(component)?)?;
+        let (imports, exports) = self.names(component);
+        let names: Vec<String> = imports.into_iter().chain(exports).collect();
+        if let Some(problem) = version_problem(&names) {
+            anyhow::bail!(problem);
+        }
+        let pre = self.linker.instantiate_pre(component).map_err(|e| newer_patch(&names, e))?;
+        ServerPre::new(pre).map_err(|e| newer_patch(&names, e))?;
         Ok(())
     }
 
@@ -137,17 +184,15 @@ impl Runtime {
     /// host, if it does not (`hio-host check`).
     pub fn check(&self, path: &Path) -> Result<Check> {
         let (component, _) = self.compile(path)?;
-        let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let (imports, exports) = self.names(&component);
+        let iface = |name: &String| name.split('@').next().unwrap_or_default().to_string();
         let mut problems: Vec<String> = imports
             .iter()
-            .filter(|i| !served(i, PROVIDED) && !i.starts_with("wasi:"))
+            .filter(|i| !i.starts_with("wasi:") && !PROVIDED.contains(&iface(i).as_str()))
             .map(|i| format!("imports {i}, which this host does not provide"))
             .collect();
-        if !exports.iter().any(|e| served(e, &[GUEST_EXPORT])) {
-            let (major, minor, patch) = WIT_VERSION;
-            problems.push(format!("does not export {GUEST_EXPORT}@{major}.{minor}.{patch} (start, service, save)"));
+        if !exports.iter().any(|e| iface(e) == GUEST_EXPORT) {
+            problems.push(format!("does not export {GUEST_EXPORT}@{} (start, service, save)", wit_version()));
         }
         if problems.is_empty()
             && let Err(e) = self.fit(&component)
@@ -335,6 +380,17 @@ impl Generation {
                 stats.traps_memory.add(1);
                 format!("hit its memory limit of {} MiB", self.limits.memory >> 20)
             }
+            // What a Rust panic compiles to.
+            Some(Trap::UnreachableCodeReached) => {
+                stats.traps_panic.add(1);
+                "panicked (trapped on unreachable code)".to_string()
+            }
+            // wasmtime's refusal of a resource handle the guest does not
+            // hold ("unknown handle index", "... used with the wrong type").
+            None if e.root_cause().to_string().contains("handle index") => {
+                stats.traps_forged_handle.add(1);
+                "passed a handle it does not hold".to_string()
+            }
             _ => {
                 stats.traps_other.add(1);
                 "trapped".to_string()
@@ -349,14 +405,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_guest_built_against_an_earlier_patch_release_is_served() {
-        assert!(served("hio:tcp/host@0.2.0", PROVIDED));
-        assert!(served("hio:tcp/host@0.2.1", PROVIDED));
-        assert!(!served("hio:tcp/host@0.2.2", PROVIDED), "a newer patch may import what this host lacks");
-        assert!(!served("hio:tcp/host@0.3.0", PROVIDED));
-        assert!(!served("hio:tcp/host@0.1.0", PROVIDED));
-        assert!(!served("hio:tcp/host", PROVIDED));
-        assert!(!served("hio:tcp/other@0.2.0", PROVIDED));
-        assert!(served("hio:tcp/guest@0.2.0", &[GUEST_EXPORT]));
+    fn semver_compatible_versions_are_accepted_and_others_named() {
+        let names = |v: &str| vec![format!("hio:tcp/host@{v}"), "wasi:io/streams@0.2.0".to_string()];
+        for fits in ["0.2.0", "0.2.1", "0.2.9"] {
+            assert_eq!(version_problem(&names(fits)), None, "{fits}");
+        }
+        for refused in ["0.3.0", "0.1.0", "1.0.0", "0.2"] {
+            let problem = version_problem(&names(refused)).expect(refused);
+            assert!(problem.starts_with(&format!("guest speaks hio:tcp@{refused}, this host speaks hio:tcp@0.2.x")));
+        }
+        assert_eq!(version_problem(&["hio:tcp/host".to_string()]), None, "unversioned: left to the linker");
     }
 }

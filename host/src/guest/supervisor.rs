@@ -275,8 +275,10 @@ impl Supervisor {
         let Some((host, _)) = self.tenant.take() else { unreachable!("was down") };
         match self.runtime.launch(&self.component, host, &self.config, None) {
             Ok(generation) => {
-                generation.host_ref().stats().guest_starts.add(1);
-                generation.host_ref().stats().guest_up.set(1);
+                let stats = generation.host_ref().stats();
+                stats.guest_starts.add(1);
+                stats.guest_restarts.add(1);
+                stats.guest_up.set(1);
                 self.tenant = Tenant::Up(generation);
                 tracing::warn!(attempt = self.restarts.in_a_row, "guest restarted; connections handed over");
                 self.next_wake = Some(f64::NEG_INFINITY);

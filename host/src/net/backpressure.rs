@@ -64,6 +64,11 @@ impl Budget {
         Budget { held: Arc::new(AtomicUsize::new(0)), limit }
     }
 
+    /// The bound, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Bytes held now by every connection.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)

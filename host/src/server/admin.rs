@@ -14,6 +14,9 @@
 //!   (`prometheus-client`), labelled by worker.
 //! - `POST /swap` (body: a guest path, or empty for the current file): a
 //!   hot swap of every worker, as SIGHUP does; JSON with each outcome.
+//!
+//! A program embedding the host serves it for its own servers: take
+//! [`crate::Server::watched`] from each before `run`, then call [`serve`].
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -44,11 +47,16 @@ const SWAP_WAIT: Duration = Duration::from_secs(120);
 /// One worker as the endpoint sees it.
 #[derive(Clone)]
 pub struct Watched {
+    /// What its loop publishes.
     pub stats: Arc<Stats>,
+    /// How `POST /swap` reaches it.
     pub swapper: Swapper,
 }
 
-/// Serve the endpoint at `addr` for `workers`; returns where it listens.
+/// Serve the endpoint at `addr` (port 0 picks a free one) for `workers`
+/// (labelled 0, 1... in that order) on a thread of its own, which lives as
+/// long as the process; returns where it listens. Errors: the address
+/// cannot be bound.
 pub fn serve(addr: SocketAddr, workers: Vec<Watched>) -> Result<SocketAddr> {
     let server = tiny_http::Server::http(addr).map_err(|e| anyhow!("cannot serve --admin on {addr}: {e}"))?;
     let bound = server.server_addr().to_ip().ok_or_else(|| anyhow!("--admin is not an IP address"))?;
@@ -224,82 +232,117 @@ impl std::fmt::Debug for Watched {
 /// A histogram per worker: name, help, where it is.
 type HistogramSeries = (&'static str, &'static str, fn(&Stats) -> &Histogram);
 
-/// A counter (`kind` true) or gauge per worker, with extra labels.
-type Series<'a> = (&'a str, &'a str, bool, &'a [(&'a str, fn(&Stats) -> u64)]);
+/// A counter (`counter` true) or gauge per worker: name, help, the name of
+/// its extra label (or ""), and each value with that label's value.
+type Series<'a> = (&'a str, &'a str, bool, &'a str, &'a [(&'a str, fn(&Stats) -> u64)]);
 
 const SERIES: &[Series] = &[
-    ("hio_connections", "Connections held now", false, &[("", |s| s.connections.get())]),
+    ("hio_connections", "Connections held now", false, "", &[("", |s| s.connections.get())]),
     (
         "hio_buffered_bytes",
         "Bytes held now across connections (received, queued)",
         false,
+        "",
         &[("", |s| s.buffered.get())],
     ),
-    ("hio_connections_accepted", "Connections accepted", true, &[("", |s| s.accepted.get())]),
+    (
+        "hio_buffered_bytes_limit",
+        "The bound on hio_buffered_bytes (--max-buffered, this worker's share)",
+        false,
+        "",
+        &[("", |s| s.buffered_limit.get())],
+    ),
+    ("hio_connections_accepted", "Connections accepted", true, "", &[("", |s| s.accepted.get())]),
     (
         "hio_connections_refused",
         "New connections refused, by reason",
         true,
+        "reason",
         &[("cap", |s| s.refused_cap.get()), ("descriptors", |s| s.refused_descriptors.get())],
     ),
     (
-        "hio_connections_reset",
-        "Connections the host gave up on and reset, by reason",
+        "hio_connections_closed",
+        "Connections ended, by reason: clean (everything delivered, then FIN), proxy_header (closed before the \
+         guest met it); every other reason is a reset",
         true,
+        "reason",
         &[
+            ("clean", |s| s.closed.get()),
+            ("proxy_header", |s| s.proxy_refused.get()),
             ("send_timeout", |s| s.send_timeouts.get()),
             ("linger", |s| s.linger_resets.get()),
-            ("given_up", |s| s.given_up.get()),
+            ("poison", |s| s.poison_resets.get()),
+            ("drain_timeout", |s| s.drain_resets.get()),
+            ("shutdown", |s| s.shutdown_resets.get()),
         ],
     ),
-    ("hio_bytes_received", "Bytes read from peers", true, &[("", |s| s.bytes_received.get())]),
-    ("hio_bytes_sent", "Bytes written to peers from the queues", true, &[("", |s| s.bytes_sent.get())]),
-    ("hio_bytes_dropped", "Bytes dropped with resets", true, &[("", |s| s.bytes_dropped.get())]),
-    ("hio_guest_up", "1 while the guest is up", false, &[("", |s| s.guest_up.get())]),
-    ("hio_guest_starts", "Guest instances started", true, &[("", |s| s.guest_starts.get())]),
-    ("hio_guest_failures", "Guest calls that failed", true, &[("", |s| s.guest_failures.get())]),
-    ("hio_swaps", "Hot swaps, by outcome", true, &[("ok", |s| s.swaps_ok.get()), ("failed", |s| s.swaps_failed.get())]),
+    ("hio_bytes_received", "Bytes read from peers", true, "", &[("", |s| s.bytes_received.get())]),
+    ("hio_bytes_sent", "Bytes written to peers from the queues", true, "", &[("", |s| s.bytes_sent.get())]),
+    ("hio_bytes_dropped", "Bytes dropped with resets", true, "", &[("", |s| s.bytes_dropped.get())]),
+    ("hio_guest_up", "1 while the guest is up", false, "", &[("", |s| s.guest_up.get())]),
+    ("hio_guest_starts", "Guest instances started", true, "", &[("", |s| s.guest_starts.get())]),
+    (
+        "hio_guest_restarts",
+        "Guest instances started again after a failure",
+        true,
+        "",
+        &[("", |s| s.guest_restarts.get())],
+    ),
+    ("hio_guest_failures", "Guest calls that failed", true, "", &[("", |s| s.guest_failures.get())]),
+    (
+        "hio_swaps",
+        "Hot swaps, by outcome",
+        true,
+        "outcome",
+        &[("ok", |s| s.swaps_ok.get()), ("failed", |s| s.swaps_failed.get())],
+    ),
     (
         "hio_guest_log_dropped",
         "Guest log lines dropped over the rate limit",
         true,
+        "",
         &[("", |s| s.guest_log_dropped.get())],
     ),
     (
         "hio_guest_traps",
         "Guest traps, by cause",
         true,
+        "cause",
         &[
             ("deadline", |s| s.traps_deadline.get()),
             ("fuel", |s| s.traps_fuel.get()),
             ("memory", |s| s.traps_memory.get()),
+            ("panic", |s| s.traps_panic.get()),
+            ("forged_handle", |s| s.traps_forged_handle.get()),
             ("other", |s| s.traps_other.get()),
         ],
     ),
+    ("hio_tls_handshakes", "TLS handshakes completed", true, "", &[("", |s| s.tls_handshakes.get())]),
     (
-        "hio_tls_handshakes",
-        "TLS handshakes, by outcome",
+        "hio_tls_handshakes_failed",
+        "TLS handshakes failed, by reason",
         true,
-        &[("ok", |s| s.tls_handshakes.get()), ("failed", |s| s.tls_handshakes_failed.get())],
+        "reason",
+        &[
+            ("timeout", |s| s.tls_failed_timeout.get()),
+            ("peer_closed", |s| s.tls_failed_peer_closed.get()),
+            ("certificate", |s| s.tls_failed_certificate.get()),
+            ("protocol", |s| s.tls_failed_protocol.get()),
+        ],
     ),
-    ("hio_draining", "1 once draining", false, &[("", |s| s.draining.get())]),
+    ("hio_draining", "1 once draining", false, "", &[("", |s| s.draining.get())]),
 ];
 
 impl Collector for Metrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for &(name, help, counter, values) in SERIES {
+        for &(name, help, counter, key, values) in SERIES {
             let kind =
                 if counter { ConstCounter::new(0u64).metric_type() } else { ConstGauge::new(0i64).metric_type() };
             let mut family = encoder.encode_descriptor(name, help, None, kind)?;
             for (n, w) in self.0.iter().enumerate() {
                 for &(reason, value) in values {
                     let mut labels = vec![("worker", n.to_string())];
-                    if !reason.is_empty() {
-                        let key = match name {
-                            "hio_swaps" | "hio_tls_handshakes" => "outcome",
-                            "hio_guest_traps" => "cause",
-                            _ => "reason",
-                        };
+                    if !key.is_empty() {
                         labels.push((key, reason.to_string()));
                     }
                     let metric = family.encode_family(&labels)?;
@@ -312,9 +355,10 @@ impl Collector for Metrics {
                 }
             }
         }
-        let histograms: [HistogramSeries; 2] = [
+        let histograms: [HistogramSeries; 3] = [
             ("hio_swap_pause_seconds", "Hot swaps' pauses of the event loop", |s| &s.swap_pause),
             ("hio_guest_call_seconds", "Guest service calls' durations", |s| &s.guest_call),
+            ("hio_tls_handshake_seconds", "TLS handshakes' durations, from accept to connected", |s| &s.tls_handshake),
         ];
         for (name, help, histogram) in histograms {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;

@@ -8,7 +8,7 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 use super::HostState;
-use crate::net::conn::{OutputCheck, Stall, StallLimits};
+use crate::net::conn::{Conn, OutputCheck, Stall, StallLimits};
 
 /// Why the host gives up on a connection (and resets it).
 #[derive(Debug, Clone, Copy)]
@@ -36,19 +36,33 @@ impl Stalls {
 impl HostState {
     /// The connection is done: closed cleanly (its socket with it).
     pub(super) fn release(&mut self, id: u64) {
-        if let Some(c) = self.conns.remove(&id) {
-            self.handing.forget(id);
-            // Dropping closes the socket, which also takes it out of
-            // epoll: no deregister call needed.
+        if let Some(c) = self.remove(id) {
+            self.stats.closed.add(1);
             tracing::debug!(ca = %c.peer, id, "closed");
         }
+    }
+
+    /// Close a connection whose PROXY header is missing or malformed: the
+    /// guest never met it.
+    pub(super) fn refuse_proxy(&mut self, id: u64, why: &str) {
+        if let Some(c) = self.remove(id) {
+            self.stats.proxy_refused.add(1);
+            tracing::warn!(ca = %c.peer, id, "PROXY protocol: {why}: closing");
+        }
+    }
+
+    /// Dropping the connection closes the socket, which also takes it out
+    /// of epoll: no deregister call needed.
+    fn remove(&mut self, id: u64) -> Option<Conn> {
+        let c = self.conns.remove(&id)?;
+        self.handing.forget(id);
+        Some(c)
     }
 
     /// Give up on a connection: reset it (RST), so its peer does not take
     /// a truncated stream for a complete one, and say how much was lost.
     pub fn give_up(&mut self, id: u64, why: GiveUp) {
-        let Some(c) = self.conns.remove(&id) else { return };
-        self.handing.forget(id);
+        let Some(c) = self.remove(id) else { return };
         let (unsent, unconsumed, ca) = (c.undelivered(), c.pending(), c.peer);
         let limits = self.stalls.limits;
         match why {
@@ -63,7 +77,7 @@ impl HostState {
                 tracing::warn!(%ca, id, unsent, "closing connection reset: its peer took none of what was left for {secs} s (linger)");
             }
             GiveUp::Poison => {
-                self.stats.given_up.add(1);
+                self.stats.poison_resets.add(1);
                 tracing::warn!(%ca, id, unsent, unconsumed, "connection reset: its bytes crashed the guest twice");
             }
         }
@@ -147,7 +161,7 @@ impl HostState {
             c.reset();
         }
         self.axes.clear();
-        self.stats.given_up.add(reset);
+        self.stats.drain_resets.add(reset);
         self.stats.bytes_dropped.add(dropped);
         if reset > 0 {
             tracing::warn!(reset, dropped, "drain timeout passed: connections still open were reset");
@@ -182,7 +196,8 @@ impl HostState {
                 let _ = c.flush(self.wirelog.as_mut());
             }
         }
-        self.stats.given_up.add(reset);
+        self.stats.shutdown_resets.add(reset);
+        self.stats.closed.add(closed - reset);
         self.stats.bytes_dropped.add(dropped);
         if reset > 0 {
             tracing::warn!(closed, reset, dropped, "closed every connection; those with bytes undelivered were reset");

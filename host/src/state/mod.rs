@@ -24,7 +24,7 @@ use self::ending::Stalls;
 use self::handing::Handing;
 use crate::net::acceptor::Acceptor;
 use crate::net::backpressure::Budget;
-use crate::net::conn::{Conn, StallLimits, TlsState};
+use crate::net::conn::{Conn, StallLimits, TlsFailure, TlsState};
 use crate::net::proxy;
 use crate::net::tls::{TlsAcceptor, TlsConfig};
 use crate::net::wirelog::WireLog;
@@ -109,6 +109,8 @@ impl HostState {
         stall_limits: StallLimits,
         tls: Option<TlsAcceptor>,
     ) -> HostState {
+        let stats = Arc::new(Stats::default());
+        stats.buffered_limit.set(budget.limit() as u64);
         HostState {
             acceptor,
             conns: FxHashMap::default(),
@@ -124,7 +126,7 @@ impl HostState {
             handshakes: VecDeque::new(),
             budget,
             handing: Handing::default(),
-            stats: Arc::default(),
+            stats,
             stalls: Stalls::new(stall_limits),
             now: Instant::now(),
             draining: false,
@@ -319,11 +321,10 @@ impl HostState {
             self.handshakes.pop_front();
             let Some(c) = self.conns.get_mut(&id) else { continue };
             if c.awaiting_proxy {
-                tracing::warn!(ca = %c.peer, id, "no whole PROXY header in time: closing");
-                self.release(id);
+                self.refuse_proxy(id, "no whole PROXY header in time");
             } else if c.handshaking() {
-                self.stats.tls_handshakes_failed.add(1);
-                c.abort("handshake not finished in time".into());
+                c.abort(TlsFailure::Timeout, "handshake not finished in time".into());
+                count_handshake(&self.stats, c, self.now);
                 self.after_io(id, true, true);
             }
         }
@@ -349,10 +350,7 @@ impl HostState {
                 let got = c.read(scratch, self.wirelog.as_mut());
                 self.stats.bytes_received.add(got.bytes as u64);
                 if got.tls_changed && was_handshaking {
-                    match c.tls_state() {
-                        Some(TlsState::Connected(_)) => self.stats.tls_handshakes.add(1),
-                        _ => self.stats.tls_handshakes_failed.add(1),
-                    };
+                    count_handshake(&self.stats, c, self.now);
                 }
                 news = got.bytes > 0 || got.new_cutoff || got.tls_changed;
                 proxy = got.proxy;
@@ -363,8 +361,7 @@ impl HostState {
             match proxy {
                 Some(Ok(())) => self.proxy_header_read(id),
                 Some(Err(why)) => {
-                    tracing::warn!(ca = %c.peer, id, "PROXY protocol: {why}: closing");
-                    self.release(id);
+                    self.refuse_proxy(id, &why);
                     continue;
                 }
                 None => {}
@@ -464,6 +461,28 @@ impl HostState {
             self.after_io(id, news, false);
             self.watch_output(id);
         }
+    }
+}
+
+/// A handshake just ended: count how, and how long it took.
+fn count_handshake(s: &Stats, c: &Conn, now: Instant) {
+    match c.tls_state() {
+        Some(TlsState::Connected(_)) => {
+            s.tls_handshakes.add(1);
+            if let Some(began) = c.handshake_began() {
+                s.tls_handshake.observe(now.saturating_duration_since(began).as_secs_f64());
+            }
+        }
+        Some(TlsState::Aborted(failure, _)) => {
+            match failure {
+                TlsFailure::Timeout => &s.tls_failed_timeout,
+                TlsFailure::PeerClosed => &s.tls_failed_peer_closed,
+                TlsFailure::Certificate => &s.tls_failed_certificate,
+                TlsFailure::Protocol => &s.tls_failed_protocol,
+            }
+            .add(1);
+        }
+        _ => {}
     }
 }
 

@@ -29,7 +29,7 @@ use self::output::OutputWatch;
 pub use self::output::{OutputCheck, Stall, StallLimits};
 pub use self::takeover::SavedConn;
 use self::tls::Tls;
-pub use self::tls::TlsState;
+pub use self::tls::{TlsFailure, TlsState};
 use crate::net::backpressure::{self, Budget, Share};
 use crate::net::proxy::{self, Header};
 use crate::net::wirelog::WireLog;

@@ -6,6 +6,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::sync::Arc;
+use std::time::Instant;
 
 use rustls::server::danger::ClientCertVerifier;
 
@@ -18,7 +19,41 @@ use crate::net::wirelog::WireLog;
 pub enum TlsState {
     Handshaking,
     Connected(PeerInfo),
-    Aborted(String),
+    Aborted(TlsFailure, String),
+}
+
+/// Why TLS gave up on a connection, as the metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The handshake did not finish within `--handshake-timeout`.
+    Timeout,
+    /// The peer closed the connection during the handshake.
+    PeerClosed,
+    /// A certificate was refused: the client's by us (missing, untrusted,
+    /// revoked, expired, also on resumption), or ours by the client (its alert).
+    Certificate,
+    /// Anything else the peer broke in the protocol.
+    Protocol,
+}
+
+impl TlsFailure {
+    fn of(e: &rustls::Error) -> TlsFailure {
+        use rustls::{AlertDescription as A, Error as E};
+        match e {
+            E::InvalidCertificate(_) | E::NoCertificatesPresented | E::InvalidCertRevocationList(_) => {
+                TlsFailure::Certificate
+            }
+            E::AlertReceived(
+                A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA,
+            ) => TlsFailure::Certificate,
+            _ => TlsFailure::Protocol,
+        }
+    }
 }
 
 /// The TLS half of a connection.
@@ -28,11 +63,13 @@ pub struct Tls {
     close_notify_sent: bool,
     /// Checks the client certificate of a resumed session again.
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// When the handshake began (the connection was accepted).
+    began: Instant,
 }
 
 impl Tls {
     pub fn new(session: rustls::ServerConnection, verifier: Option<Arc<dyn ClientCertVerifier>>) -> Tls {
-        Tls { session, state: TlsState::Handshaking, close_notify_sent: false, verifier }
+        Tls { session, state: TlsState::Handshaking, close_notify_sent: false, verifier, began: Instant::now() }
     }
 }
 
@@ -66,21 +103,29 @@ impl Conn {
         self.tls_state() == Some(&TlsState::Handshaking)
     }
 
+    /// When a TLS connection's handshake began.
+    pub fn handshake_began(&self) -> Option<Instant> {
+        match &self.transport {
+            Transport::Tls(tls) => Some(tls.began),
+            Transport::Plain => None,
+        }
+    }
+
     pub(super) fn tls_wants_write(&self) -> bool {
         matches!(&self.transport, Transport::Tls(tls) if tls.session.wants_write())
     }
 
     /// TLS gave up on this connection: say why once, send the alert rustls
     /// queued, then close. Nothing queued for it can be delivered.
-    pub fn abort(&mut self, reason: String) {
+    pub fn abort(&mut self, failure: TlsFailure, reason: String) {
         let peer = self.peer;
         let Some(tls) = self.tls_mut() else { return };
         match tls.state {
-            TlsState::Aborted(_) => return,
+            TlsState::Aborted(..) => return,
             TlsState::Handshaking => tracing::warn!(ca = %peer, "TLS handshake failed: {reason}"),
             TlsState::Connected(_) => tracing::warn!(ca = %peer, "TLS connection failed: {reason}"),
         }
-        tls.state = TlsState::Aborted(reason);
+        tls.state = TlsState::Aborted(failure, reason);
         tls.close_notify_sent = true;
         self.end_read();
         self.tx.clear();
@@ -114,9 +159,9 @@ impl Conn {
                     true
                 }
             };
-            if let Err(why) = tls.progress() {
+            if let Err((failure, why)) = tls.progress() {
                 out.tls_changed = true;
-                self.abort(why);
+                self.abort(failure, why);
                 return self.ended(out);
             }
             out.tls_changed |= tls.connected_now();
@@ -126,7 +171,7 @@ impl Conn {
                     return self.paused(out);
                 }
                 if self.handshaking() {
-                    self.abort("peer closed the connection during the handshake".into());
+                    self.abort(TlsFailure::PeerClosed, "peer closed the connection during the handshake".into());
                     out.tls_changed = true;
                 }
                 return self.ended(out);
@@ -222,13 +267,13 @@ impl Conn {
 impl Tls {
     /// Decrypt what arrived; `Err` with why if the peer broke the protocol
     /// or, resuming a session, presented a certificate no longer good.
-    fn progress(&mut self) -> Result<(), String> {
-        self.session.process_new_packets().map_err(|e| e.to_string())?;
+    fn progress(&mut self) -> Result<(), (TlsFailure, String)> {
+        self.session.process_new_packets().map_err(|e| (TlsFailure::of(&e), e.to_string()))?;
         if self.state == TlsState::Handshaking
             && !self.session.is_handshaking()
             && let Some(v) = &self.verifier
         {
-            check_resumed(&self.session, v.as_ref())?;
+            check_resumed(&self.session, v.as_ref()).map_err(|why| (TlsFailure::Certificate, why))?;
         }
         Ok(())
     }
