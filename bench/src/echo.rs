@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -66,34 +67,58 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn servers() -> Result<[(&'static str, Host); 2]> {
-    Ok([("native mio", Host::native()?), ("hio-host echo.wasm", Host::spawn(&root().join("target/wasm/echo.wasm"))?)])
+/// Two servers taking turns; the ratios are the second's to the first's.
+type Pair = [(String, Host); 2];
+
+/// The baseline and this build's hio-host, or (`compare`) another hio-host
+/// binary and this build's.
+fn servers(compare: Option<&Path>) -> Result<Pair> {
+    let echo = root().join("target/wasm/echo.wasm");
+    let this = ("hio-host echo.wasm".to_string(), Host::spawn(&echo)?);
+    Ok(match compare {
+        None => [("native mio".into(), Host::native()?), this],
+        Some(bin) => [(format!("{} echo.wasm", bin.display()), Host::spawn_binary(bin, &echo, &[])?), this],
+    })
 }
 
-pub fn run(scenarios: &str, seconds: f64, rounds: usize) -> Result<()> {
+/// hio-host alone, and hio-host with its admin endpoint scraped 10 times a
+/// second (Prometheus scrapes every 15 s to 1 min): the metrics' cost.
+fn scraped() -> Result<Pair> {
+    let echo = root().join("target/wasm/echo.wasm");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let watched = Host::spawn_with(&echo, &["--admin", &admin.to_string()])?;
+    std::thread::spawn(move || {
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let Ok(mut c) = TcpStream::connect(admin) else { break };
+            let mut body = Vec::new();
+            if c.write_all(request.as_bytes()).and_then(|_| c.read_to_end(&mut body)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok([
+        ("hio-host echo.wasm".into(), Host::spawn(&echo)?),
+        ("hio-host echo.wasm --admin, /metrics scraped 10/s".into(), watched),
+    ])
+}
+
+pub fn run(scenarios: &str, seconds: f64, rounds: usize, compare: Option<&Path>) -> Result<()> {
     let duration = Duration::from_secs_f64(seconds);
     let warmup = Duration::from_secs(1);
     let rounds = rounds.max(1);
+    let b = (100, 1024, 4);
     for s in scenarios.split(',') {
+        let traffic = |title, shape, pair| traffic(title, shape, warmup, duration, rounds, pair);
         match s {
-            "a" => traffic("(a) latency: 1 connection, 64 B, 1 in flight", (1, 64, 1), warmup, duration, rounds)?,
-            "b" => traffic(
-                "(b) throughput: 100 connections, 1 KiB, 4 in flight",
-                (100, 1024, 4),
-                warmup,
-                duration,
-                rounds,
-            )?,
-            "c" => traffic(
-                "(c) bandwidth: 1 connection, 64 KiB, 4 in flight",
-                (1, 64 * 1024, 4),
-                warmup,
-                duration,
-                rounds,
-            )?,
+            "a" => traffic("(a) latency: 1 connection, 64 B, 1 in flight", (1, 64, 1), servers(compare)?)?,
+            "b" => traffic("(b) throughput: 100 connections, 1 KiB, 4 in flight", b, servers(compare)?)?,
+            "c" => traffic("(c) bandwidth: 1 connection, 64 KiB, 4 in flight", (1, 64 * 1024, 4), servers(compare)?)?,
             "d" => idle(10_000, Duration::from_secs(10))?,
             "e" => connects(Duration::from_secs_f64(seconds.min(3.0)))?,
-            other => bail!("unknown scenario {other:?}: a, b, c, d or e"),
+            "m" => traffic("(m) metrics' cost: (b) with the admin endpoint scraped", b, scraped()?)?,
+            other => bail!("unknown scenario {other:?}: a, b, c, d, e or m"),
         }
     }
     Ok(())
@@ -108,8 +133,8 @@ fn traffic(
     warmup: Duration,
     duration: Duration,
     rounds: usize,
+    servers: Pair,
 ) -> Result<()> {
-    let servers = servers()?;
     let mut figures: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..rounds {
         for (i, (_, host)) in servers.iter().enumerate() {
@@ -176,7 +201,7 @@ fn idle(conns: usize, hold: Duration) -> Result<()> {
     println!("\n### (d) {conns} idle connections held {}s, then each echoes once\n", hold.as_secs());
     println!("| server | connected | server CPU while idle | RSS per connection | answered after idle |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    for (name, host) in servers()? {
+    for (name, host) in servers(None)? {
         let pid = host.child.id();
         let rss0 = rss_kib(pid)?;
         let mut socks = Vec::with_capacity(conns);
@@ -208,7 +233,7 @@ fn connects(duration: Duration) -> Result<()> {
     println!("| server | connections/s | failed | server CPU ms per 1000 connections |");
     println!("| --- | ---: | ---: | ---: |");
     let mut rates = Vec::new();
-    for (name, host) in servers()? {
+    for (name, host) in servers(None)? {
         let pid = host.child.id();
         let (ok, failed, stop) =
             (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));

@@ -1,6 +1,6 @@
 //! hio-host benchmarks, run against the real `hio-host` binary.
 //!
-//!   hio-bench echo [--scenarios a,b,c,d,e] [--seconds 5] [--rounds 3]
+//!   hio-bench echo [--scenarios a,b,c,d,e,m] [--seconds 5] [--rounds 3] [--compare HIO_HOST_BINARY]
 //!   hio-bench swap [--conns 100,1000,10000] [--swaps 30]
 //!   hio-bench swap-memory [--swaps 1000] [--conns 100]
 //!   hio-bench upgrade [--conns 100,1000,10000] [--upgrades 10]
@@ -15,6 +15,9 @@
 //!
 //! echo: the same scenarios against a minimal native mio echo server and
 //! against `hio-host run echo.wasm`, side by side; see BENCHMARKS.md.
+//! `--compare` puts another build's `hio-host` in the baseline's place (a
+//! before/after of a change, in alternating rounds); scenario m is (b)
+//! with and without the admin endpoint scraped 10 times a second.
 //!
 //! swap: serve echo with N open connections, hot-swap the guest (SIGHUP
 //! after replacing the file, alternating echo and upper) K times, and report
@@ -57,7 +60,8 @@ fn main() -> Result<()> {
             let scenarios = flag("--scenarios").unwrap_or_else(|| "a,b,c,d,e".into());
             let seconds: f64 = flag("--seconds").unwrap_or_else(|| "5".into()).parse()?;
             let rounds: usize = flag("--rounds").unwrap_or_else(|| "3".into()).parse()?;
-            echo::run(&scenarios, seconds, rounds)
+            let compare = flag("--compare").map(PathBuf::from);
+            echo::run(&scenarios, seconds, rounds, compare.as_deref())
         }
         Some("swap") => {
             let conns = counts(flag("--conns"))?;
@@ -157,7 +161,12 @@ impl Host {
     }
 
     fn spawn_with(guest: &Path, extra: &[&str]) -> Result<Host> {
-        let mut cmd = Command::new(root().join("target/release/hio-host"));
+        Host::spawn_binary(&root().join("target/release/hio-host"), guest, extra)
+    }
+
+    /// `binary run guest` (an `hio-host` binary of another build, to compare).
+    fn spawn_binary(binary: &Path, guest: &Path, extra: &[&str]) -> Result<Host> {
+        let mut cmd = Command::new(binary);
         cmd.args(["run", guest.to_str().context("utf-8 path")?, "--listen", "127.0.0.1:0", "--tymeout", "0"]);
         cmd.args(extra);
         Host::start(cmd)
