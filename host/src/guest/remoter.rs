@@ -124,7 +124,7 @@ impl HostRemoter for StoreData {
     }
 
     fn queued(&mut self, h: Resource<ConnRef>) -> Result<u64, Error> {
-        self.on_conn(&h, |c, _| c.undelivered())
+        self.on_conn(&h, |c, _| c.unsent())
     }
 
     fn shutdown(&mut self, h: Resource<ConnRef>, how: ShutdownHow) -> Result<(), Error> {

@@ -134,6 +134,15 @@ impl Conn {
         self.queued() + u64::from(kernel_unsent(&self.sock))
     }
 
+    /// Bytes still to go out: queued in the host, and in the kernel not yet
+    /// sent (a peer that stops reading closes its window and they stay).
+    /// Unlike [`Conn::undelivered`], bytes in flight are not counted: their
+    /// acknowledgement may be delayed (40 ms on Linux), and a guest must not
+    /// take a peer that read everything for one still taking its output.
+    pub fn unsent(&self) -> u64 {
+        self.queued() + u64::from(kernel_queue(&self.sock, libc::SIOCOUTQNSD))
+    }
+
     /// Whether to look at this connection's output in a while: something
     /// waits for the peer, or it wrote since the last look (what it wrote
     /// may sit in the kernel, unread); and no look is due soon enough already.
@@ -232,11 +241,17 @@ fn look_every(limit: Duration) -> Duration {
 /// Bytes in the kernel's send queue not yet acknowledged by the peer
 /// (SIOCOUTQ, a FIN counting one); 0 if it cannot tell.
 fn kernel_unsent(sock: &TcpStream) -> u32 {
+    kernel_queue(sock, libc::TIOCOUTQ)
+}
+
+/// A count of the socket's send queue by `request` (`TIOCOUTQ`: not yet
+/// acknowledged; `SIOCOUTQNSD`: not yet sent); 0 if it cannot tell.
+fn kernel_queue(sock: &TcpStream, request: libc::c_ulong) -> u32 {
     use std::os::fd::AsRawFd;
-    let mut unsent: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ writes one int through the pointer, which lives for the call.
-    let ok = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) } == 0;
-    if ok { u32::try_from(unsent).unwrap_or(0) } else { 0 }
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: both requests write one int through the pointer, which lives for the call.
+    let ok = unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut bytes) } == 0;
+    if ok { u32::try_from(bytes).unwrap_or(0) } else { 0 }
 }
 
 #[cfg(test)]
