@@ -5,22 +5,20 @@
 //!   cargo xtask build        host binary + every guest component
 //!   cargo xtask guests       guest components only (target/wasm/NAME.wasm)
 //!   cargo xtask bench [ARGS] build, then run hio-bench (every scenario by default)
+//!   cargo xtask wit          copy wit/hio.wit into the crates that package it
 //!
 //! Guests build with rustup's wasm32 target when it is installed, and
 //! otherwise with Debian's rustc-web (see ../shared/notes/wasm-toolchain.md),
-//! whose packages are installed here when missing. Python guests
+//! whose packages are installed here when missing (`hio-build`, which
+//! `hio-host build` uses too). Python guests
 //! (guest/NAME/app.py) build with componentize-py from a venv in target/pyenv.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
+use hio_build::status;
 
-const WASM_TARGET: &str = "wasm32-unknown-unknown";
-const DEBIAN_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "lld-22"];
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
-const DEBIAN_CARGO: &str = "/usr/bin/cargo";
-const DEBIAN_WASM_LD: &str = "/usr/lib/llvm-22/bin/wasm-ld";
 /// The real hio, as a peer for interop tests, and the builder of Python guests.
 const PIP_PACKAGES: &[&str] = &["hio==0.6.10", "componentize-py==0.25.*", "prometheus-client==0.21.*"];
 
@@ -40,6 +38,7 @@ fn run(args: &[String]) -> Result<()> {
     let (task, rest) = args.split_first().map(|(t, r)| (t.as_str(), r)).unwrap_or(("help", &[]));
     match task {
         "guests" => build_guests(&root),
+        "wit" => copy_wit(&root),
         "build" => build_all(&root),
         "run" => {
             build_all(&root)?;
@@ -51,6 +50,7 @@ fn run(args: &[String]) -> Result<()> {
             status(cmd.args(rest))
         }
         "test" => {
+            check_wit(&root)?;
             build_all(&root)?;
             ensure_test_peers()?;
             let python = python_env(&root)?;
@@ -85,7 +85,7 @@ fn run(args: &[String]) -> Result<()> {
             }
         }
         _ => {
-            eprintln!("usage: cargo xtask run|test|build|guests|bench [ARGS]");
+            eprintln!("usage: cargo xtask run|test|build|guests|bench|wit [ARGS]");
             Ok(())
         }
     }
@@ -95,10 +95,23 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-fn status(cmd: &mut Command) -> Result<()> {
-    let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
-    if !st.success() {
-        bail!("{cmd:?} failed: {st}");
+/// The crates that carry the WIT inside them, so each packages and builds
+/// on its own; `wit/hio.wit` is the one to edit.
+const WIT_COPIES: &[&str] = &["host/wit/hio.wit", "guest/sdk/wit/hio.wit"];
+
+fn copy_wit(root: &Path) -> Result<()> {
+    for copy in WIT_COPIES {
+        std::fs::copy(root.join("wit/hio.wit"), root.join(copy)).with_context(|| format!("cannot write {copy}"))?;
+    }
+    Ok(())
+}
+
+fn check_wit(root: &Path) -> Result<()> {
+    let source = std::fs::read(root.join("wit/hio.wit")).context("cannot read wit/hio.wit")?;
+    for copy in WIT_COPIES {
+        if std::fs::read(root.join(copy)).ok().as_ref() != Some(&source) {
+            bail!("{copy} differs from wit/hio.wit: edit wit/hio.wit, then run `cargo xtask wit`");
+        }
     }
     Ok(())
 }
@@ -110,87 +123,20 @@ fn build_all(root: &Path) -> Result<()> {
     build_guests(root)
 }
 
-/// Every cdylib in the guest workspace becomes target/wasm/NAME.wasm.
+/// Every cdylib in the guest workspace becomes target/wasm/NAME.wasm
+/// (`hio-build`: rustup's wasm target, or Debian's toolchain).
 fn build_guests(root: &Path) -> Result<()> {
-    let target_dir = root.join("target/wasm-build");
-    let mut cmd = if rustup_has_wasm_target() {
-        let mut c = Command::new("cargo");
-        c.args(["build", "--release", "--target", WASM_TARGET]);
-        c
-    } else {
-        ensure_debian_toolchain()?;
-        let mut c = Command::new(DEBIAN_CARGO);
-        c.args(["build", "--release", "--target", WASM_TARGET, "-Z", "build-std=std,panic_abort"])
-            .env("RUSTC", DEBIAN_RUSTC)
-            .env("RUSTC_BOOTSTRAP", "1")
-            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", DEBIAN_WASM_LD)
-            // rustup's wrappers must not redirect Debian's cargo to rustup's toolchain.
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("RUSTC_WRAPPER");
-        c
-    };
-    status(cmd.current_dir(root.join("guest")).args(["--workspace"]).env("CARGO_TARGET_DIR", &target_dir))?;
-
+    let toolchain = hio_build::Toolchain::find()?;
     let out = root.join("target/wasm");
-    std::fs::create_dir_all(&out)?;
-    let built = target_dir.join(WASM_TARGET).join("release");
-    for name in guest_names(root)? {
-        let core = built.join(format!("{name}.wasm"));
-        let module =
-            std::fs::read(&core).with_context(|| format!("guest {name} was not built at {}", core.display()))?;
-        let component = wit_component::ComponentEncoder::default()
-            .module(&module)
-            .with_context(|| format!("{name}: not a guest module"))?
-            .validate(true)
-            .encode()
-            .with_context(|| format!("{name}: cannot make a component"))?;
-        let dest = out.join(format!("{name}.wasm"));
-        std::fs::write(&dest, component)?;
+    let spec = hio_build::Build {
+        dir: root.join("guest"),
+        target_dir: Some(root.join("target/wasm-build")),
+        out: Some(out.clone()),
+    };
+    for dest in hio_build::build(&spec, &toolchain)? {
         eprintln!("xtask: guest component {}", dest.display());
     }
     build_python_guests(root, &out)
-}
-
-/// Guest crates: cdylib packages under guest/ and tests/guests/.
-fn guest_names(root: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for dir in [root.join("guest"), root.join("tests/guests")] {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
-            let manifest = entry?.path().join("Cargo.toml");
-            let Ok(text) = std::fs::read_to_string(&manifest) else {
-                continue;
-            };
-            if !text.contains("cdylib") {
-                continue;
-            }
-            let name = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("name = \"").and_then(|r| r.strip_suffix('"')))
-                .with_context(|| format!("no package name in {}", manifest.display()))?;
-            names.push(name.to_string());
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-fn rustup_has_wasm_target() -> bool {
-    Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET))
-        .unwrap_or(false)
-}
-
-/// Install Debian's second Rust (with std sources) and LLVM's wasm linker.
-fn ensure_debian_toolchain() -> Result<()> {
-    let have = [DEBIAN_RUSTC, DEBIAN_CARGO, DEBIAN_WASM_LD].iter().all(|p| Path::new(p).exists())
-        && Path::new("/usr/lib/rustlib/src/rust/library").exists();
-    if have {
-        return Ok(());
-    }
-    eprintln!("xtask: no rustup wasm target; installing Debian's {}", DEBIAN_PACKAGES.join(" "));
-    apt_install(DEBIAN_PACKAGES).context("cannot install the wasm toolchain; see ../shared/notes/wasm-toolchain.md")
 }
 
 /// The real peers tests drive the host with, from Debian, each named by a
@@ -205,27 +151,7 @@ fn ensure_test_peers() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing Debian's {} for the tests", missing.join(" "));
-    apt_install(&missing).context("cannot install the tests' peers")
-}
-
-fn apt_install(packages: &[&str]) -> Result<()> {
-    let sudo = !is_root();
-    let apt = |args: &[&str]| {
-        let mut c = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
-        if sudo {
-            c.arg("apt-get");
-        }
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        status(&mut c)
-    };
-    apt(&["update", "-qq"])?;
-    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    install.extend_from_slice(packages);
-    apt(&install)
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
+    hio_build::toolchain::apt_install(&missing).context("cannot install the tests' peers")
 }
 
 /// A venv with the real hio client for interop tests (target/pyenv).

@@ -18,10 +18,12 @@
 //! hio_guest::export_service!(Echo);
 //! ```
 
+#![warn(missing_docs)]
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "server",
         pub_export_macro: true,
         export_macro_name: "export_bindings",

@@ -36,7 +36,7 @@ pub use self::runtime::{Check, Failed, Generation, Runtime};
 use crate::state::HostState;
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "wit",
     world: "server",
     with: {
         "hio:tcp/remoter.remoter": ConnRef,

@@ -1,0 +1,127 @@
+#![warn(missing_docs)]
+//! Scaffold and build hio-host guest components, outside this repository
+//! as inside it (`hio-host new`, `hio-host build`, `cargo xtask guests`).
+//!
+//! - [`toolchain`]: which Rust can build for wasm here: rustup's
+//!   `wasm32-unknown-unknown` target, or Debian's `rustc-web` with the std
+//!   sources (`-Z build-std`) and LLVM's `wasm-ld`, installed when missing.
+//! - [`build()`]: `cargo build` a crate or workspace for wasm, then encode
+//!   every `cdylib` as a component (`wit-component`).
+//! - [`scaffold`]: a new guest crate from templates.
+
+pub mod scaffold;
+pub mod toolchain;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+pub use toolchain::Toolchain;
+
+/// Run `cmd`; an error names it and its exit status.
+pub fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+/// What to build and where.
+#[derive(Clone, Debug)]
+pub struct Build {
+    /// The crate or workspace (its `Cargo.toml`'s directory).
+    pub dir: PathBuf,
+    /// Cargo's target directory; default: the crate's own (`cargo metadata`).
+    pub target_dir: Option<PathBuf>,
+    /// Where components go (`NAME.wasm`, the package name);
+    /// default: `wasm/` in the target directory.
+    pub out: Option<PathBuf>,
+}
+
+impl Build {
+    /// Build the crate (every member, for a workspace) at `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Build {
+        Build { dir: dir.into(), target_dir: None, out: None }
+    }
+}
+
+/// Build every `cdylib` package of `spec.dir` for wasm, in release mode,
+/// and encode each as a component; returns their paths. Errors: no wasm
+/// toolchain can be had, cargo fails, a module is not a guest (it does not
+/// export the `hio:tcp` world's functions).
+pub fn build(spec: &Build, toolchain: &Toolchain) -> Result<Vec<PathBuf>> {
+    let meta = metadata(&spec.dir)?;
+    let target_dir = match &spec.target_dir {
+        Some(t) => t.clone(),
+        None => PathBuf::from(meta["target_directory"].as_str().context("cargo metadata: no target directory")?),
+    };
+    let guests = cdylibs(&meta);
+    if guests.is_empty() {
+        bail!("{} has no cdylib package: a guest crate has `[lib] crate-type = [\"cdylib\"]`", spec.dir.display());
+    }
+    let mut cmd = toolchain.cargo_build();
+    cmd.current_dir(&spec.dir).arg("--workspace").env("CARGO_TARGET_DIR", &target_dir);
+    status(&mut cmd)?;
+    let built = target_dir.join(toolchain::WASM_TARGET).join("release");
+    let out = spec.out.clone().unwrap_or_else(|| target_dir.join("wasm"));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    guests.iter().map(|name| componentize(&built, name, &out)).collect()
+}
+
+/// Cargo's target directory for the crate or workspace at `dir`
+/// (`CARGO_TARGET_DIR` and config included).
+pub fn target_directory(dir: &Path) -> Result<PathBuf> {
+    let meta = metadata(dir)?;
+    Ok(PathBuf::from(meta["target_directory"].as_str().context("cargo metadata: no target directory")?))
+}
+
+/// The names of the `cdylib` packages in a workspace's metadata.
+fn cdylibs(meta: &serde_json::Value) -> Vec<String> {
+    let members: Vec<&str> =
+        meta["workspace_members"].as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect();
+    let mut names: Vec<String> = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["id"].as_str().is_some_and(|id| members.contains(&id)))
+        .filter(|p| {
+            p["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["kind"].as_array().into_iter().flatten().any(|k| k == "cdylib"))
+        })
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+fn metadata(dir: &Path) -> Result<serde_json::Value> {
+    let out = Command::new("cargo")
+        .current_dir(dir)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .with_context(|| format!("cannot run cargo metadata in {}", dir.display()))?;
+    if !out.status.success() {
+        bail!("cargo metadata in {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).context("cargo metadata: not JSON")
+}
+
+/// The core module cargo built for package `name` as `out/NAME.wasm`, a component.
+fn componentize(built: &Path, name: &str, out: &Path) -> Result<PathBuf> {
+    let core = built.join(format!("{}.wasm", name.replace('-', "_")));
+    let module = std::fs::read(&core).with_context(|| format!("guest {name} was not built at {}", core.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .with_context(|| format!("{name}: not a guest module"))?
+        .validate(true)
+        .encode()
+        .with_context(|| format!("{name}: cannot make a component"))?;
+    let dest = out.join(format!("{name}.wasm"));
+    std::fs::write(&dest, component).with_context(|| format!("cannot write {}", dest.display()))?;
+    Ok(dest)
+}

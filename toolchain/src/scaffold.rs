@@ -1,0 +1,111 @@
+//! `hio-host new`: a guest crate, ready to test, build, check and serve.
+//!
+//! Its dependencies on the SDK (`hio-guest`) and the test harness
+//! (`hio-test`) are paths into the checkout this tool was built from when
+//! it is still there (these crates are not on crates.io yet), else their
+//! crates.io versions.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// The template's files: (path in the new crate, contents with `{{name}}`,
+/// `{{hio_guest}}` and `{{hio_test}}` to fill in).
+const RUST: &[(&str, &str)] = &[
+    ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
+    ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+    ("tests/guest.rs", include_str!("../templates/rust/tests/guest.rs")),
+    ("README.md", include_str!("../templates/rust/README.md")),
+    (".gitignore", include_str!("../templates/rust/gitignore")),
+];
+
+/// What [`new`] made.
+#[derive(Debug)]
+pub struct Created {
+    /// The crate's directory.
+    pub dir: PathBuf,
+    /// Its package name.
+    pub name: String,
+    /// The files written, relative to `dir`.
+    pub files: Vec<&'static str>,
+    /// Where `hio-guest` and `hio-test` come from (a checkout's path, or crates.io).
+    pub sdk: String,
+}
+
+/// Write a new guest crate at `dir` (created; it must not exist or be
+/// empty), named `name` or after the directory. Errors: `dir` holds
+/// files, the name is not a valid package name, a file cannot be written.
+pub fn new(dir: &Path, name: Option<&str>) -> Result<Created> {
+    if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        bail!("{} exists and is not empty", dir.display());
+    }
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => dir.file_name().and_then(|n| n.to_str()).context("name the guest with --name")?.to_string(),
+    };
+    check_name(&name)?;
+    let (hio_guest, hio_test, sdk) = dependencies();
+    for (path, template) in RUST {
+        let text =
+            template.replace("{{name}}", &name).replace("{{hio_guest}}", &hio_guest).replace("{{hio_test}}", &hio_test);
+        let dest = dir.join(path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&dest, text).with_context(|| format!("cannot write {}", dest.display()))?;
+    }
+    Ok(Created { dir: dir.to_path_buf(), name, files: RUST.iter().map(|(p, _)| *p).collect(), sdk })
+}
+
+/// A Cargo package name: ASCII letters, digits, `-` and `_`, starting with a letter.
+fn check_name(name: &str) -> Result<()> {
+    let ok = name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        bail!("{name:?} is not a package name (ASCII letters, digits, - and _, starting with a letter): use --name");
+    }
+    Ok(())
+}
+
+/// The `hio-guest` and `hio-test` dependency lines, and where they point.
+fn dependencies() -> (String, String, String) {
+    let version = env!("CARGO_PKG_VERSION");
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf);
+    match checkout.filter(|c| c.join("guest/sdk/Cargo.toml").is_file() && c.join("harness/Cargo.toml").is_file()) {
+        Some(c) => (
+            format!("hio-guest = {{ version = \"{version}\", path = {:?} }}", c.join("guest/sdk")),
+            format!("hio-test = {{ version = \"{version}\", path = {:?} }}", c.join("harness")),
+            format!("the checkout at {}", c.display()),
+        ),
+        None => (format!("hio-guest = \"{version}\""), format!("hio-test = \"{version}\""), "crates.io".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_names() {
+        for good in ["policy", "my-policy", "p2_x"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "2fast", "my policy", "-x", "é"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_crate_is_written_once() {
+        let dir = std::env::temp_dir().join(format!("hio-scaffold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let made = new(&dir, Some("numbered")).unwrap();
+        assert_eq!(made.name, "numbered");
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("name = \"numbered\"") && manifest.contains("hio-guest = "), "{manifest}");
+        assert!(!manifest.contains("{{"), "every placeholder filled: {manifest}");
+        let err = new(&dir, None).unwrap_err().to_string();
+        assert!(err.contains("not empty"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
