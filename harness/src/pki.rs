@@ -1,5 +1,15 @@
-//! Certificates made fresh by each test with rcgen, written as PEM files,
-//! and a blocking rustls client.
+//! Certificates made fresh by each test with rcgen, written as PEM files
+//! in a temporary directory (removed on drop), and a blocking rustls client.
+//!
+//! ```no_run
+//! use hio_test::{TestHost, pki::Pki};
+//!
+//! let pki = Pki::new("my-test");
+//! let host = TestHost::start_with("target/wasm/echo.wasm", |c| c.tls = Some(pki.server_config()));
+//! let mut peer = host.connect_tls(pki.client(Some(&pki.alice), None));
+//! peer.send(b"hello");
+//! peer.expect(b"hello");
+//! ```
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,9 +30,13 @@ use crate::PATIENCE;
 /// signed, plus a client certificate from another CA, an expired one, and
 /// a revoked one with the CA's revocation list.
 pub struct Pki {
+    /// Where the files are.
     pub dir: PathBuf,
+    /// The CA's certificate (PEM).
     pub ca: PathBuf,
+    /// The server's certificate (PEM), for `localhost` and 127.0.0.1.
     pub server_cert: PathBuf,
+    /// Its private key (PEM).
     pub server_key: PathBuf,
     /// CN=alice, SAN DNS:alice.example and URI spiffe://example/alice.
     pub alice: (PathBuf, PathBuf),
@@ -134,6 +148,8 @@ fn crl(path: &Path, signer: &Ca, revoked: &[&str]) {
 }
 
 impl Pki {
+    /// A fresh PKI in a temporary directory named after `tag` (and the
+    /// process), removed when dropped.
     pub fn new(tag: &str) -> Pki {
         let dir = std::env::temp_dir().join(format!("hio-pki-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -215,6 +231,7 @@ impl Drop for Pki {
 
 /// A blocking TLS client over real TCP.
 pub struct TlsClient {
+    /// The session over its socket.
     pub tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
 }
 
@@ -233,16 +250,19 @@ impl TlsClient {
         Ok(TlsClient { tls })
     }
 
+    /// Send `data` (all of it).
     pub fn send(&mut self, data: &[u8]) -> Result<(), String> {
         self.tls.write_all(data).and_then(|_| self.tls.flush()).map_err(|e| e.to_string())
     }
 
+    /// Receive exactly `n` bytes.
     pub fn recv_exact(&mut self, n: usize) -> Result<Vec<u8>, String> {
         let mut buf = vec![0; n];
         self.tls.read_exact(&mut buf).map_err(|e| e.to_string())?;
         Ok(buf)
     }
 
+    /// Receive up to and including the next `\n`.
     pub fn recv_line(&mut self) -> Result<String, String> {
         let mut line = Vec::new();
         let mut b = [0u8; 1];
@@ -256,6 +276,7 @@ impl TlsClient {
         Ok(String::from_utf8_lossy(&line).into_owned())
     }
 
+    /// Send `data` and expect it back.
     pub fn echo(&mut self, data: &[u8]) -> Result<(), String> {
         self.send(data)?;
         let got = self.recv_exact(data.len())?;

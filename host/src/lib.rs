@@ -30,6 +30,8 @@
 //!   `sd_notify`, `--ready-fd`), the admin endpoint (health, status,
 //!   metrics, swaps), binary upgrades (takeover)
 
+#![warn(missing_docs)]
+
 pub mod config;
 mod guest;
 mod net;

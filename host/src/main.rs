@@ -30,6 +30,25 @@ enum Cmd {
     /// HIO_* environment variable (--drain-timeout: HIO_DRAIN_TIMEOUT) or
     /// a --config file; flags win over the environment, which wins over the file.
     Run(Box<RunArgs>),
+    /// Write a new guest crate at PATH: a policy (src/lib.rs), its tests in
+    /// the real host (tests/guest.rs, with hio-test), a README with the
+    /// commands to test, build, check and serve it.
+    New {
+        /// Where (created; it must not exist or be empty).
+        path: PathBuf,
+        /// Package name; default: PATH's last component.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Build the guest crate (or workspace) at DIR into components
+    /// (TARGET/wasm/NAME.wasm) and check each fits this host. Uses rustup's
+    /// wasm32-unknown-unknown target, or Debian's rustc-web toolchain
+    /// (installed with apt when missing).
+    Build {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// `hio-host run`: the server's [`Config`] (every flag but these two is
@@ -155,13 +174,15 @@ fn main() -> ExitCode {
     };
     let format = match &cli.command {
         Cmd::Run(args) => args.log_format,
-        Cmd::Check { .. } => LogFormat::Text,
+        Cmd::Check { .. } | Cmd::New { .. } | Cmd::Build { .. } => LogFormat::Text,
     };
     init_logging(format);
     let result = match cli.command {
         Cmd::Run(args) if args.print_config => print_config(&args, &matches, &from_file),
         Cmd::Run(args) => serve(*args),
         Cmd::Check { guest } => check(&guest),
+        Cmd::New { path, name } => new(&path, name.as_deref()),
+        Cmd::Build { dir } => build(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -228,6 +249,24 @@ fn print_config(args: &RunArgs, matches: &ArgMatches, from_file: &BTreeSet<Strin
     let run_cmd = cmd.find_subcommand("run").ok_or_else(|| anyhow::anyhow!("no run command"))?;
     use std::io::Write;
     std::io::stdout().write_all(file::print(run_cmd, run, from_file).as_bytes())?;
+    Ok(())
+}
+
+fn new(path: &std::path::Path, name: Option<&str>) -> anyhow::Result<()> {
+    let made = hio_build::scaffold::new(path, name)?;
+    println!("created guest {} in {} (hio-guest and hio-test from {})", made.name, made.dir.display(), made.sdk);
+    for file in &made.files {
+        println!("  {file}");
+    }
+    println!("next: cd {} && cargo test && hio-host build", made.dir.display());
+    Ok(())
+}
+
+fn build(dir: &std::path::Path) -> anyhow::Result<()> {
+    let toolchain = hio_build::Toolchain::find()?;
+    for component in hio_build::build(&hio_build::Build::new(dir), &toolchain)? {
+        check(&component)?;
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Counter(AtomicU64);
 
 impl Counter {
+    /// The count now.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -29,6 +30,7 @@ impl Counter {
 pub struct Gauge(AtomicU64);
 
 impl Gauge {
+    /// The value now.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -79,10 +81,13 @@ pub struct Stats {
     pub guest_starts: Counter,
     /// Guest instances started again after a failure (a subset of starts).
     pub guest_restarts: Counter,
+    /// Guest cycles (`service` calls), failed ones included.
+    pub guest_cycles: Counter,
     /// Guest calls that failed (trap, deadline, fuel, memory, refusal).
     pub guest_failures: Counter,
-    /// Hot swaps done, and refused (the old guest kept serving).
+    /// Hot swaps done (the refused ones: `swaps_failed`, the old guest kept serving).
     pub swaps_ok: Counter,
+    /// Hot swaps refused.
     pub swaps_failed: Counter,
     /// Connections held now.
     pub connections: Gauge,
@@ -104,10 +109,15 @@ pub struct Stats {
     /// limit, a panic (wasm's `unreachable`, which is what a Rust panic
     /// becomes), a forged or stale resource handle, anything else.
     pub traps_deadline: Counter,
+    /// Traps for burning all the fuel of a call.
     pub traps_fuel: Counter,
+    /// Traps at the memory limit.
     pub traps_memory: Counter,
+    /// Panics.
     pub traps_panic: Counter,
+    /// Forged or stale resource handles.
     pub traps_forged_handle: Counter,
+    /// Any other trap.
     pub traps_other: Counter,
     /// TLS handshakes finished.
     pub tls_handshakes: Counter,
@@ -115,8 +125,11 @@ pub struct Stats {
     /// `--handshake-timeout`, the peer closed, its certificate was refused,
     /// anything else it broke in the protocol.
     pub tls_failed_timeout: Counter,
+    /// Handshakes the peer closed.
     pub tls_failed_peer_closed: Counter,
+    /// Handshakes with a refused certificate.
     pub tls_failed_certificate: Counter,
+    /// Any other protocol failure.
     pub tls_failed_protocol: Counter,
     /// TLS handshakes' durations, from accept to connected, in seconds.
     pub tls_handshake: Histogram,
@@ -148,6 +161,7 @@ impl Default for Stats {
             bytes_sent: Counter::default(),
             guest_starts: Counter::default(),
             guest_restarts: Counter::default(),
+            guest_cycles: Counter::default(),
             guest_failures: Counter::default(),
             swaps_ok: Counter::default(),
             swaps_failed: Counter::default(),

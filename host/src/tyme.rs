@@ -38,10 +38,12 @@ pub enum Clock {
 }
 
 impl Clock {
+    /// The real clock, starting at 0.0 now.
     pub fn real() -> Self {
         Clock::Real(Instant::now())
     }
 
+    /// The tyme now, in seconds.
     pub fn tyme(&self) -> f64 {
         self.tyme_at(Instant::now())
     }
@@ -54,6 +56,7 @@ impl Clock {
         }
     }
 
+    /// Whether tyme moves only by hand.
     pub fn is_virtual(&self) -> bool {
         matches!(self, Clock::Virtual(_))
     }
@@ -65,10 +68,12 @@ impl Clock {
 pub struct VirtualTyme(Arc<AtomicU64>);
 
 impl VirtualTyme {
+    /// A virtual tyme at `tyme` seconds.
     pub fn new(tyme: f64) -> Self {
         VirtualTyme(Arc::new(AtomicU64::new(tyme.to_bits())))
     }
 
+    /// The tyme now, in seconds.
     pub fn tyme(&self) -> f64 {
         f64::from_bits(self.0.load(Ordering::Acquire))
     }

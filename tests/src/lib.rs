@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-pub mod pki;
 pub use hio_host::stats::Stats;
 pub use hio_host::{Config, Server, Stopper, Swapper, VirtualTyme};
+pub use hio_test::pki;
 
 /// The workspace root.
 pub fn root() -> PathBuf {

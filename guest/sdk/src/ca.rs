@@ -5,11 +5,14 @@ use crate::bindings::hio::tcp::types::Address;
 /// A peer address, hio's ca `(host, port)`: the key of ixes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ca {
+    /// Host name or IP address, as text.
     pub host: String,
+    /// Port number.
     pub port: u16,
 }
 
 impl Ca {
+    /// The address `host:port`.
     pub fn new(host: impl Into<String>, port: u16) -> Ca {
         Ca { host: host.into(), port }
     }

@@ -22,6 +22,8 @@ pub enum Received {
     Ended,
 }
 
+/// hio's Remoter: one connection, as the policy sees it (`ix`). Its
+/// bytes live in the host; `rxbs` is what was handed over and not yet consumed.
 pub struct Remoter {
     handle: Handle,
     /// The host's key for this connection.
@@ -254,15 +256,18 @@ impl Remoter {
         Ok(self.handle.queued()?)
     }
 
+    /// Shut down one or both directions of the socket (hio's `shutdown`).
     pub fn shutdown(&mut self, how: ShutdownHow) -> Result<(), Error> {
         self.check_open()?;
         Ok(self.handle.shutdown(how)?)
     }
 
+    /// No more sending: the host sends what is queued, then FIN.
     pub fn shutdown_send(&mut self) -> Result<(), Error> {
         self.shutdown(ShutdownHow::Send)
     }
 
+    /// No more receiving.
     pub fn shutdown_receive(&mut self) -> Result<(), Error> {
         self.shutdown(ShutdownHow::Receive)
     }
@@ -276,6 +281,7 @@ impl Remoter {
         Ok(self.handle.close()?)
     }
 
+    /// Whether this connection was closed.
     pub fn closed(&self) -> bool {
         self.closed
     }

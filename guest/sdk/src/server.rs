@@ -29,13 +29,15 @@ struct Joined<C> {
 /// ([`crate::Service::Conn`]; `()` for none).
 pub struct Server<C = ()> {
     listener: Listener,
-    /// Listen address (resolved) and its external form.
+    /// Listen address (resolved; hio's ha).
     pub ha: Ca,
+    /// The listen address as peers reach it (hio's eha).
     pub eha: Ca,
     /// Read size for each Remoter's `receive`, in bytes (hio's bs).
     pub bs: u32,
     /// Idle timeout for each connection in seconds; 0 never times out.
     pub tymeout: f64,
+    /// Owner of the guest's tyme, set from the host's each cycle (hio's Tymist).
     pub tymist: Tymist,
     /// hio's ixes, by the host's connection id.
     ixes: FxHashMap<u64, Joined<C>>,
@@ -80,10 +82,12 @@ impl<C: Default> Server<C> {
         }
     }
 
+    /// The host's listener, as the guest sees it.
     pub fn listener(&self) -> &Listener {
         &self.listener
     }
 
+    /// The tyme now, in seconds (the host's clock, real or virtual).
     pub fn tyme(&self) -> f64 {
         self.tymist.tyme()
     }
@@ -246,6 +250,7 @@ impl<C: Default> Server<C> {
         self.by_ca.get(ca).and_then(|id| self.ixes.get(id)).map(|j| &j.ix)
     }
 
+    /// The Remoter of `ca`, to change it.
     pub fn ix_mut(&mut self, ca: &Ca) -> Option<&mut Remoter> {
         let id = self.by_ca.get(ca)?;
         self.ixes.get_mut(id).map(|j| &mut j.ix)
@@ -285,14 +290,17 @@ impl<C: Default> Server<C> {
         self.ix_mut(ca).ok_or_else(|| Error::InvalidCa(ca.clone()))
     }
 
+    /// Shut down the socket of `ca` in one or both directions.
     pub fn shutdown_ix(&mut self, ca: &Ca, how: ShutdownHow) -> Result<(), Error> {
         self.ix_at(ca)?.shutdown(how)
     }
 
+    /// No more sending on `ca`: queued bytes, then FIN.
     pub fn shutdown_send_ix(&mut self, ca: &Ca) -> Result<(), Error> {
         self.ix_at(ca)?.shutdown_send()
     }
 
+    /// No more receiving on `ca`.
     pub fn shutdown_receive_ix(&mut self, ca: &Ca) -> Result<(), Error> {
         self.ix_at(ca)?.shutdown_receive()
     }
@@ -302,6 +310,7 @@ impl<C: Default> Server<C> {
         self.ix_at(ca)?.close()
     }
 
+    /// Close every connection in ixes.
     pub fn close_all_ix(&mut self) {
         for joined in self.ixes.values_mut() {
             let _ = joined.ix.close();
@@ -339,6 +348,7 @@ impl<C: Default> Server<C> {
         closed
     }
 
+    /// Receive on `ca` into its rxbs (hio's `serviceReceivesIx`); returns the bytes added.
     pub fn service_receives_ix(&mut self, ca: &Ca) -> Result<usize, Error> {
         self.ix_at(ca)?.service_receives()
     }

@@ -10,6 +10,7 @@
 //! policy's bytes to the end. "hio-guest/1" is the same without flag 4, so
 //! one decoder reads both.
 
+/// The snapshot format this SDK writes (it still reads `hio-guest/1`).
 pub const FORMAT: &str = "hio-guest/2";
 
 /// The formats [`State::decode`] reads.
@@ -22,25 +23,36 @@ const REFRESHABLE: u8 = 1;
 const CUTOFF: u8 = 2;
 const HAS_CONN: u8 = 4;
 
+/// One connection in a snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IxState {
+    /// The host's connection id.
     pub id: u64,
+    /// Its idle tymer's start, in seconds of tyme.
     pub start: f64,
+    /// Its idle tymer's stop, in seconds of tyme.
     pub stop: f64,
+    /// Whether sends and receives refresh the tymer.
     pub refreshable: bool,
+    /// Whether the peer had closed.
     pub cutoff: bool,
     /// What the policy's `save_conn` made of this connection's state.
     pub conn: Option<Vec<u8>>,
 }
 
+/// What a guest saves at a hot swap: its connections and the policy's state.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct State {
+    /// Every connection in ixes.
     pub ixes: Vec<IxState>,
+    /// The policy's `kind()` (what its `restore` accepts).
     pub kind: String,
+    /// The policy's `save()`.
     pub service: Vec<u8>,
 }
 
 impl State {
+    /// The snapshot's bytes (little-endian, length-prefixed).
     pub fn encode(&self) -> Vec<u8> {
         let conns: usize = self.ixes.iter().filter_map(|ix| ix.conn.as_ref()).map(|c| 4 + c.len()).sum();
         let mut out = Vec::with_capacity(8 + self.ixes.len() * RECORD + conns + self.kind.len() + self.service.len());

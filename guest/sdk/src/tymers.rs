@@ -28,6 +28,8 @@ impl Ord for Entry {
     }
 }
 
+/// Idle tymers of every connection, earliest stop first: a cycle looks only
+/// at those due, not at every connection.
 #[derive(Debug, Default)]
 pub struct TymerQueue {
     heap: BinaryHeap<Reverse<Entry>>,
@@ -44,6 +46,7 @@ pub enum Due {
 }
 
 impl TymerQueue {
+    /// Stop connection `id`'s tymer at `stop` (seconds of tyme).
     pub fn push(&mut self, id: u64, stop: f64) {
         self.heap.push(Reverse(Entry { stop, id }));
     }
@@ -71,10 +74,12 @@ impl TymerQueue {
         expired
     }
 
+    /// Entries held (stale ones included).
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
+    /// Whether no entry is held.
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

@@ -11,10 +11,12 @@ pub struct Tymist {
 }
 
 impl Tymist {
+    /// A tymist at `tyme` seconds.
     pub fn new(tyme: f64) -> Self {
         Tymist { tyme: Rc::new(Cell::new(tyme)) }
     }
 
+    /// The tyme now, in seconds.
     pub fn tyme(&self) -> f64 {
         self.tyme.get()
     }
@@ -42,6 +44,7 @@ impl Tymist {
 pub struct Tymth(Rc<Cell<f64>>);
 
 impl Tymth {
+    /// The tyme now, in seconds.
     pub fn tyme(&self) -> f64 {
         self.0.get()
     }
@@ -62,30 +65,37 @@ impl Tymer {
         Tymer { tymth, start, stop: start + duration }
     }
 
+    /// The tyme now, in seconds.
     pub fn tyme(&self) -> f64 {
         self.tymth.tyme()
     }
 
+    /// How long it lasts, in seconds.
     pub fn duration(&self) -> f64 {
         self.stop - self.start
     }
 
+    /// When it started, in seconds of tyme.
     pub fn start_tyme(&self) -> f64 {
         self.start
     }
 
+    /// When it stops, in seconds of tyme.
     pub fn stop_tyme(&self) -> f64 {
         self.stop
     }
 
+    /// Seconds since it started.
     pub fn elapsed(&self) -> f64 {
         self.tyme() - self.start
     }
 
+    /// Seconds until it stops (negative once past).
     pub fn remaining(&self) -> f64 {
         self.stop - self.tyme()
     }
 
+    /// Whether its stop has passed.
     pub fn expired(&self) -> bool {
         self.tyme() >= self.stop
     }

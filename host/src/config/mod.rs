@@ -136,6 +136,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// hio's defaults (those of `hio-host run`) for serving the component at `guest`.
     pub fn new(guest: impl Into<PathBuf>) -> Config {
         Config {
             guest: guest.into(),
@@ -232,6 +233,8 @@ impl Default for Limits {
 pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Limits {
+    /// Check every setting as `Server::open` does (seconds in range, TLS
+    /// files named together...); the error names the setting.
     pub fn validate(&self) -> Result<()> {
         if self.deadline.is_zero() || self.memory < (1 << 20) {
             bail!("guest limits too small: deadline must be > 0 and memory at least 1 MiB");

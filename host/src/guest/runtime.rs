@@ -97,7 +97,9 @@ fn read_guest(path: &Path) -> Result<Vec<u8>> {
 /// What `hio-host check` found.
 #[derive(Debug)]
 pub struct Check {
+    /// What the component imports (`iface@version`).
     pub imports: Vec<String>,
+    /// What it exports.
     pub exports: Vec<String>,
     /// Empty when the component fits.
     pub problems: Vec<String>,

@@ -212,7 +212,9 @@ impl Supervisor {
         let Tenant::Up(generation) = &mut self.tenant else { unreachable!("checked above") };
         let called = Instant::now();
         let served = generation.service(&cycle);
-        self.host_ref().stats().guest_call.observe(called.elapsed().as_secs_f64());
+        let stats = self.host_ref().stats();
+        stats.guest_call.observe(called.elapsed().as_secs_f64());
+        stats.guest_cycles.add(1);
         match served {
             Ok(wake) => {
                 self.woken(usable_wake(wake), tyme);
@@ -293,6 +295,17 @@ impl Supervisor {
                 self.go_down(host, culprit)
             }
         }
+    }
+
+    /// Fail the guest as a trap would (`Swapper::crash_guest`): drop its
+    /// instance without `save`, restart it after the back-off.
+    pub fn crash(&mut self) -> Result<()> {
+        if !matches!(self.tenant, Tenant::Up(_)) {
+            return Ok(());
+        }
+        let Some((host, _)) = self.tenant.take() else { return Ok(()) };
+        tracing::warn!("guest made to fail on request (Swapper::crash_guest)");
+        self.go_down(host, false)
     }
 
     /// Hot swap to a loaded component, and say how it went.

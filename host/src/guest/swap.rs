@@ -28,6 +28,7 @@ pub(crate) fn stamp(path: &Path) -> Option<Stamp> {
 /// What a successful swap did.
 #[derive(Debug, Clone)]
 pub struct SwapReport {
+    /// The component now serving.
     pub guest: PathBuf,
     /// How long the serving loop was stopped for the hand-over.
     pub pause: Duration,
@@ -37,6 +38,14 @@ pub struct SwapReport {
 
 /// A swap's result: the report, or why the old guest is still serving.
 pub type SwapOutcome = std::result::Result<SwapReport, String>;
+
+/// What another thread asks the loop to do with its guest.
+pub(crate) enum Change {
+    /// Swap to this compiled (or failed) guest.
+    Swap(Loaded),
+    /// Fail the guest as a trap would ([`Swapper::crash_guest`]).
+    Crash,
+}
 
 /// A compiled (or failed) guest waiting for the loop.
 pub(crate) struct Loaded {
@@ -50,7 +59,7 @@ pub(crate) struct Loaded {
 pub struct Swapper {
     runtime: Arc<Runtime>,
     current: Arc<Mutex<PathBuf>>,
-    loaded: Sender<Loaded>,
+    loaded: Sender<Change>,
     waker: Arc<Waker>,
 }
 
@@ -59,7 +68,7 @@ impl Swapper {
         runtime: Arc<Runtime>,
         current: Arc<Mutex<PathBuf>>,
         waker: Arc<Waker>,
-    ) -> (Swapper, Receiver<Loaded>) {
+    ) -> (Swapper, Receiver<Change>) {
         let (loaded, rx) = mpsc::channel();
         (Swapper { runtime, current, loaded, waker }, rx)
     }
@@ -87,12 +96,25 @@ impl Swapper {
         let spawned = std::thread::Builder::new().name("hio-compile".into()).spawn(move || {
             let component = this.runtime.load(&path);
             // The server may be gone; then nobody wants this guest.
-            if this.loaded.send(Loaded { path, component, reply }).is_ok() {
-                let _ = this.waker.wake();
-            }
+            this.send(Change::Swap(Loaded { path, component, reply }));
         });
         if let Err(e) = spawned {
             tracing::error!("cannot start compiling the new guest: {e}");
+        }
+    }
+
+    /// Make the guest fail as if it trapped, for tests of a policy: its
+    /// instance and everything in its memory are dropped without `save`,
+    /// and it is started again after the usual back-off with every
+    /// connection and byte the host holds (counted in `guest_failures`).
+    pub fn crash_guest(&self) {
+        self.send(Change::Crash);
+    }
+
+    fn send(&self, change: Change) {
+        // The server may be gone; then nobody wants this change.
+        if self.loaded.send(change).is_ok() {
+            let _ = self.waker.wake();
         }
     }
 

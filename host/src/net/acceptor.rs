@@ -55,7 +55,9 @@ pub struct Acceptor {
     /// Resolved listen address (port 0 replaced by the real port) of the
     /// first listener, the one hio's `ha` names.
     pub ha: SocketAddr,
+    /// Socket buffer size to raise to, in bytes (hio's bs).
     pub bs: u32,
+    /// Listen backlog (hio's bl).
     pub bl: u32,
     /// A descriptor held back for when the process runs out of them: let go
     /// to accept one pending connection and close it at once, so peers are
@@ -159,6 +161,7 @@ impl Acceptor {
         self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
+    /// Whether it still listens (false once a drain closed it).
     pub fn is_open(&self) -> bool {
         !self.listeners.is_empty()
     }
@@ -187,6 +190,7 @@ impl Acceptor {
         shed
     }
 
+    /// The first address it listens on (hio's eha: port 0 resolved).
     pub fn eha(&self) -> SocketAddr {
         eha(self.ha)
     }

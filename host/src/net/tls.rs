@@ -29,8 +29,10 @@ pub enum Certify {
 /// hio's `version`: one protocol version, or both when unset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TlsVersion {
+    /// TLS 1.2 only.
     #[value(name = "1.2")]
     Tls12,
+    /// TLS 1.3 only.
     #[value(name = "1.3")]
     Tls13,
 }
@@ -78,6 +80,8 @@ pub struct TlsConfig {
 pub const DEFAULT_HANDSHAKE_TIMEOUT: f64 = 10.0;
 
 impl TlsConfig {
+    /// TLS with this certificate chain and key (PEM files), hio's other
+    /// defaults: client certificates required, both versions, 5 s handshakes.
     pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsConfig {
         TlsConfig {
             cert: cert.into(),
@@ -98,6 +102,7 @@ impl TlsConfig {
         crate::tyme::seconds("handshake timeout", self.handshake_timeout, false).map(|_| ())
     }
 
+    /// Read the files and make the acceptor; errors name the file and what is wrong with it.
     pub fn acceptor(&self) -> Result<TlsAcceptor> {
         let handshake_timeout = crate::tyme::seconds("handshake timeout", self.handshake_timeout, false)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -195,6 +200,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 pub struct TlsAcceptor {
     config: Arc<ServerConfig>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// How long a handshake may take before it is aborted.
     pub handshake_timeout: Duration,
 }
 
@@ -249,7 +255,9 @@ pub struct PeerInfo {
     pub version: String,
     /// IANA-style name, e.g. "TLS13_AES_256_GCM_SHA384".
     pub cipher_suite: String,
+    /// The ALPN protocol agreed on, if any.
     pub alpn: Option<String>,
+    /// The client certificate that verified, if one was sent.
     pub certificate: Option<PeerCertificate>,
 }
 
@@ -264,6 +272,7 @@ pub struct PeerCertificate {
     pub sha256: String,
 }
 
+/// Who is on the other end of `tls`, once its handshake is done.
 pub fn peer_info(tls: &ServerConnection) -> PeerInfo {
     let version = match tls.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
@@ -277,6 +286,7 @@ pub fn peer_info(tls: &ServerConnection) -> PeerInfo {
     PeerInfo { version, cipher_suite, alpn, certificate }
 }
 
+/// The subject, SANs, issuer and validity of a DER certificate (what a guest sees).
 pub fn describe_certificate(der: &[u8]) -> PeerCertificate {
     let sha256 = Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect();
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {

@@ -40,6 +40,7 @@ use crate::tyme::process_ms;
 /// A loop that made no pass for this long is not live. Loops with an admin
 /// endpoint make one at least every [`HEARTBEAT`].
 pub const LIVE_WITHIN: Duration = Duration::from_secs(10);
+/// The longest a watched loop sleeps.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long `POST /swap` waits for the loops' answers.
 const SWAP_WAIT: Duration = Duration::from_secs(120);

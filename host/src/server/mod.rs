@@ -35,7 +35,7 @@ use self::notify::Notifier;
 use crate::config::Config;
 use crate::guest::cache::Origin;
 use crate::guest::supervisor::Supervisor;
-use crate::guest::swap::{Loaded, Swapper, stamp};
+use crate::guest::swap::{Change, Swapper, stamp};
 use crate::guest::{GuestConfig, Runtime, Snapshot};
 use crate::net::acceptor::Acceptor;
 use crate::net::backpressure::Budget;
@@ -133,7 +133,7 @@ struct Control {
 /// Hot swaps: the handle others ask with, and the guests compiled for it.
 struct Swaps {
     swapper: Swapper,
-    loaded: Receiver<Loaded>,
+    loaded: Receiver<Change>,
 }
 
 /// A running server: the host's sockets plus the current guest generation.
@@ -290,6 +290,7 @@ impl Server {
         self.host().stats().clone()
     }
 
+    /// A handle that stops or drains this server from any thread.
     pub fn stopper(&self) -> Stopper {
         Stopper { request: self.control.request.clone(), waker: self.control.waker.clone() }
     }
@@ -356,9 +357,14 @@ impl Server {
         host.expire_stalls();
         host.serve_io(&self.touched, &mut self.scratch);
         self.guest.cycle(new_accepts, now)?;
-        while let Ok(loaded) = self.swaps.loaded.try_recv() {
-            self.guest.install(loaded)?;
-            self.reloaded();
+        while let Ok(change) = self.swaps.loaded.try_recv() {
+            match change {
+                Change::Swap(loaded) => {
+                    self.guest.install(loaded)?;
+                    self.reloaded();
+                }
+                Change::Crash => self.guest.crash()?,
+            }
         }
         self.guest.host().settle(self.poll.registry(), &mut self.scratch);
         self.publish();
