@@ -30,20 +30,27 @@ enum Cmd {
     /// HIO_* environment variable (--drain-timeout: HIO_DRAIN_TIMEOUT) or
     /// a --config file; flags win over the environment, which wins over the file.
     Run(Box<RunArgs>),
-    /// Write a new guest crate at PATH: a policy (src/lib.rs), its tests in
-    /// the real host (tests/guest.rs, with hio-test), a README with the
-    /// commands to test, build, check and serve it.
+    /// Write a new guest at PATH. Rust: a crate with a policy (src/lib.rs),
+    /// its tests in the real host (tests/guest.rs, with hio-test) and a
+    /// README with the commands to test, build, check and serve it.
+    /// Python or JavaScript: app.py or app.js, the WIT and a README.
     New {
         /// Where (created; it must not exist or be empty).
         path: PathBuf,
         /// Package name; default: PATH's last component.
         #[arg(long)]
         name: Option<String>,
+        /// The guest's language: rust, python or js.
+        #[arg(long, default_value = "rust")]
+        lang: hio_build::Lang,
     },
-    /// Build the guest crate (or workspace) at DIR into components
-    /// (TARGET/wasm/NAME.wasm) and check each fits this host. Uses rustup's
-    /// wasm32-unknown-unknown target, or Debian's rustc-web toolchain
-    /// (installed with apt when missing).
+    /// Build the guest at DIR into components (TARGET/wasm/NAME.wasm) and
+    /// check each fits this host. A Rust crate or workspace (Cargo.toml)
+    /// builds with rustup's wasm32-unknown-unknown target, or Debian's
+    /// rustc-web toolchain (installed with apt when missing); a Python app
+    /// (app.py) with componentize-py (from PATH, or installed into
+    /// target/pyenv); a JavaScript app (app.js) with componentize-js
+    /// (installed with npm into target/jsenv).
     Build {
         /// The crate's directory.
         #[arg(default_value = ".")]
@@ -181,7 +188,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) if args.print_config => print_config(&args, &matches, &from_file),
         Cmd::Run(args) => serve(*args),
         Cmd::Check { guest } => check(&guest),
-        Cmd::New { path, name } => new(&path, name.as_deref()),
+        Cmd::New { path, name, lang } => new(&path, name.as_deref(), lang),
         Cmd::Build { dir } => build(&dir),
     };
     match result {
@@ -252,19 +259,20 @@ fn print_config(args: &RunArgs, matches: &ArgMatches, from_file: &BTreeSet<Strin
     Ok(())
 }
 
-fn new(path: &std::path::Path, name: Option<&str>) -> anyhow::Result<()> {
-    let made = hio_build::scaffold::new(path, name)?;
-    println!("created guest {} in {} (hio-guest and hio-test from {})", made.name, made.dir.display(), made.sdk);
+fn new(path: &std::path::Path, name: Option<&str>, lang: hio_build::Lang) -> anyhow::Result<()> {
+    let made = hio_build::scaffold::new(path, name, lang)?;
+    let from = if made.sdk.is_empty() { String::new() } else { format!(" (hio-guest and hio-test from {})", made.sdk) };
+    println!("created guest {} in {}{from}", made.name, made.dir.display());
     for file in &made.files {
         println!("  {file}");
     }
-    println!("next: cd {} && cargo test && hio-host build", made.dir.display());
+    let test = if lang == hio_build::Lang::Rust { "cargo test && " } else { "" };
+    println!("next: cd {} && {test}hio-host build", made.dir.display());
     Ok(())
 }
 
 fn build(dir: &std::path::Path) -> anyhow::Result<()> {
-    let toolchain = hio_build::Toolchain::find()?;
-    for component in hio_build::build(&hio_build::Build::new(dir), &toolchain)? {
+    for component in hio_build::build_dir(dir)? {
         check(&component)?;
     }
     Ok(())

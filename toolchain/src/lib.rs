@@ -7,8 +7,13 @@
 //!   sources (`-Z build-std`) and LLVM's `wasm-ld`, installed when missing.
 //! - [`build()`]: `cargo build` a crate or workspace for wasm, then encode
 //!   every `cdylib` as a component (`wit-component`).
-//! - [`scaffold`]: a new guest crate from templates.
+//! - [`python`]: a Python guest (`app.py`) made a component by componentize-py.
+//! - [`js`]: a JavaScript guest (`app.js`) made a component by componentize-js.
+//! - [`scaffold`]: a new guest (Rust crate, Python or JavaScript app) from templates.
+//! - [`build_dir`]: whichever a directory holds.
 
+pub mod js;
+pub mod python;
 pub mod scaffold;
 pub mod toolchain;
 
@@ -18,6 +23,56 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 pub use toolchain::Toolchain;
+
+/// The `hio:tcp` WIT this tool was built with (written into Python and
+/// JavaScript guests).
+pub const WIT: &str = include_str!("../wit/hio.wit");
+
+/// A guest's language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    /// A crate depending on the `hio-guest` SDK (`Cargo.toml`).
+    Rust,
+    /// `app.py` against the WIT, with componentize-py.
+    Python,
+    /// `app.js` against the WIT, with componentize-js.
+    Js,
+}
+
+impl std::str::FromStr for Lang {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Lang, String> {
+        match s {
+            "rust" => Ok(Lang::Rust),
+            "python" => Ok(Lang::Python),
+            "js" | "javascript" => Ok(Lang::Js),
+            other => Err(format!("no guest language {other:?}: rust, python or js")),
+        }
+    }
+}
+
+/// Build the guest at `dir`, whatever its language (a `Cargo.toml`: Rust;
+/// an `app.py`: Python; an `app.js`: JavaScript), into
+/// `TARGET/wasm/NAME.wasm`; returns the components made. Errors: none of
+/// these files, or the build fails.
+pub fn build_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.join("Cargo.toml").is_file() {
+        return build(&Build::new(dir), &Toolchain::find()?);
+    }
+    let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).context("the guest's directory has no name")?;
+    let (wit, out) = (dir.join("wit"), dir.join("target/wasm"));
+    if dir.join("app.py").is_file() {
+        let tool = python::componentize_py(&dir.join("target/pyenv"))?;
+        return Ok(vec![python::build(&tool, &dir, &wit, name, &out)?]);
+    }
+    if dir.join("app.js").is_file() {
+        let script = js::componentize_js(&dir.join("target/jsenv"))?;
+        return Ok(vec![js::build(&script, &dir, &wit, name, &out)?]);
+    }
+    bail!("{} holds no guest: no Cargo.toml (Rust), app.py (Python) or app.js (JavaScript)", dir.display())
+}
 
 /// Run `cmd`; an error names it and its exit status.
 pub fn status(cmd: &mut Command) -> Result<()> {

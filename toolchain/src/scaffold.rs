@@ -1,6 +1,7 @@
-//! `hio-host new`: a guest crate, ready to test, build, check and serve.
+//! `hio-host new`: a guest, ready to build, check and serve: a Rust crate
+//! (with its tests) or a Python app (with the WIT).
 //!
-//! Its dependencies on the SDK (`hio-guest`) and the test harness
+//! A Rust crate's dependencies on the SDK (`hio-guest`) and the test harness
 //! (`hio-test`) are paths into the checkout this tool was built from when
 //! it is still there (these crates are not on crates.io yet), else their
 //! crates.io versions.
@@ -8,6 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+
+use crate::Lang;
 
 /// The template's files: (path in the new crate, contents with `{{name}}`,
 /// `{{hio_guest}}` and `{{hio_test}}` to fill in).
@@ -19,6 +22,22 @@ const RUST: &[(&str, &str)] = &[
     (".gitignore", include_str!("../templates/rust/gitignore")),
 ];
 
+/// A JavaScript guest's files.
+const JS: &[(&str, &str)] = &[
+    ("app.js", include_str!("../templates/js/app.js")),
+    ("wit/hio.wit", crate::WIT),
+    ("README.md", include_str!("../templates/js/README.md")),
+    (".gitignore", include_str!("../templates/js/gitignore")),
+];
+
+/// A Python guest's files.
+const PYTHON: &[(&str, &str)] = &[
+    ("app.py", include_str!("../templates/python/app.py")),
+    ("wit/hio.wit", crate::WIT),
+    ("README.md", include_str!("../templates/python/README.md")),
+    (".gitignore", include_str!("../templates/python/gitignore")),
+];
+
 /// What [`new`] made.
 #[derive(Debug)]
 pub struct Created {
@@ -28,14 +47,15 @@ pub struct Created {
     pub name: String,
     /// The files written, relative to `dir`.
     pub files: Vec<&'static str>,
-    /// Where `hio-guest` and `hio-test` come from (a checkout's path, or crates.io).
+    /// Where `hio-guest` and `hio-test` come from (a checkout's path, or
+    /// crates.io); empty for Python.
     pub sdk: String,
 }
 
-/// Write a new guest crate at `dir` (created; it must not exist or be
+/// Write a new guest in `lang` at `dir` (created; it must not exist or be
 /// empty), named `name` or after the directory. Errors: `dir` holds
 /// files, the name is not a valid package name, a file cannot be written.
-pub fn new(dir: &Path, name: Option<&str>) -> Result<Created> {
+pub fn new(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Created> {
     if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
         bail!("{} exists and is not empty", dir.display());
     }
@@ -44,8 +64,12 @@ pub fn new(dir: &Path, name: Option<&str>) -> Result<Created> {
         None => dir.file_name().and_then(|n| n.to_str()).context("name the guest with --name")?.to_string(),
     };
     check_name(&name)?;
-    let (hio_guest, hio_test, sdk) = dependencies();
-    for (path, template) in RUST {
+    let ((hio_guest, hio_test, sdk), files) = match lang {
+        Lang::Rust => (dependencies(), RUST),
+        Lang::Python => ((String::new(), String::new(), String::new()), PYTHON),
+        Lang::Js => ((String::new(), String::new(), String::new()), JS),
+    };
+    for (path, template) in files {
         let text =
             template.replace("{{name}}", &name).replace("{{hio_guest}}", &hio_guest).replace("{{hio_test}}", &hio_test);
         let dest = dir.join(path);
@@ -54,7 +78,7 @@ pub fn new(dir: &Path, name: Option<&str>) -> Result<Created> {
         }
         std::fs::write(&dest, text).with_context(|| format!("cannot write {}", dest.display()))?;
     }
-    Ok(Created { dir: dir.to_path_buf(), name, files: RUST.iter().map(|(p, _)| *p).collect(), sdk })
+    Ok(Created { dir: dir.to_path_buf(), name, files: files.iter().map(|(p, _)| *p).collect(), sdk })
 }
 
 /// A Cargo package name: ASCII letters, digits, `-` and `_`, starting with a letter.
@@ -99,12 +123,12 @@ mod tests {
     fn a_crate_is_written_once() {
         let dir = std::env::temp_dir().join(format!("hio-scaffold-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let made = new(&dir, Some("numbered")).unwrap();
+        let made = new(&dir, Some("numbered"), Lang::Rust).unwrap();
         assert_eq!(made.name, "numbered");
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         assert!(manifest.contains("name = \"numbered\"") && manifest.contains("hio-guest = "), "{manifest}");
         assert!(!manifest.contains("{{"), "every placeholder filled: {manifest}");
-        let err = new(&dir, None).unwrap_err().to_string();
+        let err = new(&dir, None, Lang::Python).unwrap_err().to_string();
         assert!(err.contains("not empty"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -3,7 +3,7 @@
 //!   cargo xtask run [ARGS]   build, then serve the echo guest on 127.0.0.1:56000
 //!   cargo xtask test         build, set up test peers, run the whole suite
 //!   cargo xtask build        host binary + every guest component
-//!   cargo xtask guests       guest components only (target/wasm/NAME.wasm)
+//!   cargo xtask guests       guest components only (target/wasm/NAME.wasm; Rust, Python, JavaScript)
 //!   cargo xtask bench [ARGS] build, then run hio-bench (every scenario by default)
 //!   cargo xtask wit          copy wit/hio.wit into the crates that package it
 //!
@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use hio_build::status;
 
 /// The real hio, as a peer for interop tests, and the builder of Python guests.
-const PIP_PACKAGES: &[&str] = &["hio==0.6.10", "componentize-py==0.25.*", "prometheus-client==0.21.*"];
+const PIP_PACKAGES: &[&str] = &["hio==0.6.10", hio_build::python::COMPONENTIZE_PY, "prometheus-client==0.21.*"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -97,7 +97,7 @@ fn root() -> PathBuf {
 
 /// The crates that carry the WIT inside them, so each packages and builds
 /// on its own; `wit/hio.wit` is the one to edit.
-const WIT_COPIES: &[&str] = &["host/wit/hio.wit", "guest/sdk/wit/hio.wit"];
+const WIT_COPIES: &[&str] = &["host/wit/hio.wit", "guest/sdk/wit/hio.wit", "toolchain/wit/hio.wit"];
 
 fn copy_wit(root: &Path) -> Result<()> {
     for copy in WIT_COPIES {
@@ -136,7 +136,8 @@ fn build_guests(root: &Path) -> Result<()> {
     for dest in hio_build::build(&spec, &toolchain)? {
         eprintln!("xtask: guest component {}", dest.display());
     }
-    build_python_guests(root, &out)
+    build_python_guests(root, &out)?;
+    build_js_guests(root, &out)
 }
 
 /// The real peers tests drive the host with, from Debian, each named by a
@@ -177,33 +178,60 @@ fn python_env(root: &Path) -> Result<PathBuf> {
 /// Python guests: guest/NAME/app.py becomes target/wasm/NAME.wasm with
 /// componentize-py (rebuilt when app.py or the WIT is newer).
 fn build_python_guests(root: &Path, out: &Path) -> Result<()> {
-    let mut apps = Vec::new();
-    for entry in std::fs::read_dir(root.join("guest"))? {
-        let dir = entry?.path();
-        if dir.join("app.py").exists() {
-            apps.push(dir);
-        }
-    }
+    let apps = apps_with(root, "app.py")?;
     if apps.is_empty() {
         return Ok(());
     }
     python_env(root)?;
     let tool = root.join("target/pyenv/bin/componentize-py");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let wit_time = modified(&root.join("wit/hio.wit"));
     for dir in apps {
         let name = dir.file_name().and_then(|n| n.to_str()).context("guest directory name")?.to_string();
         let dest = out.join(format!("{name}.wasm"));
-        let fresh = modified(&dest).is_some_and(|d| Some(d) > modified(&dir.join("app.py")) && Some(d) > wit_time);
-        if !fresh {
-            status(
-                Command::new(&tool)
-                    .current_dir(root)
-                    .args(["-d", "wit", "-w", "server", "componentize", "app", "-p"])
-                    .arg(&dir)
-                    .arg("-o")
-                    .arg(&dest),
-            )?;
+        if !fresh(&dest, &[&dir.join("app.py"), &root.join("wit/hio.wit")]) {
+            hio_build::python::build(&tool, &dir, &root.join("wit"), &name, out)?;
+        }
+        eprintln!("xtask: guest component {}", dest.display());
+    }
+    Ok(())
+}
+
+/// Guest directories under guest/ holding `file` (app.py, app.js).
+fn apps_with(root: &Path, file: &str) -> Result<Vec<PathBuf>> {
+    let mut apps = Vec::new();
+    for entry in std::fs::read_dir(root.join("guest"))? {
+        let dir = entry?.path();
+        if dir.join(file).exists() {
+            apps.push(dir);
+        }
+    }
+    apps.sort();
+    Ok(apps)
+}
+
+/// Whether `built` is newer than every one of `sources`.
+fn fresh(built: &Path, sources: &[&Path]) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    modified(built).is_some_and(|b| sources.iter().all(|s| modified(s).is_some_and(|s| b > s)))
+}
+
+/// JavaScript guests: guest/NAME/app.js becomes target/wasm/NAME.wasm with
+/// componentize-js, installed into target/jsenv (rebuilt when app.js or the
+/// WIT is newer). Node.js and npm come from Debian when missing.
+fn build_js_guests(root: &Path, out: &Path) -> Result<()> {
+    let apps = apps_with(root, "app.js")?;
+    if apps.is_empty() {
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/node").exists() && Command::new("node").arg("--version").output().is_err() {
+        eprintln!("xtask: installing Debian's nodejs npm for the JavaScript guests");
+        hio_build::toolchain::apt_install(&["nodejs", "npm"])?;
+    }
+    let script = hio_build::js::componentize_js(&root.join("target/jsenv"))?;
+    for dir in apps {
+        let name = dir.file_name().and_then(|n| n.to_str()).context("guest directory name")?.to_string();
+        let dest = out.join(format!("{name}.wasm"));
+        if !fresh(&dest, &[&dir.join("app.js"), &root.join("wit/hio.wit")]) {
+            hio_build::js::build(&script, &dir, &root.join("wit"), &name, out)?;
         }
         eprintln!("xtask: guest component {}", dest.display());
     }
