@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::load::{Load, Outcome, cpu_seconds};
-use crate::{Host, root, rss_kib};
+use crate::{Host, peers, root, rss_kib};
 
 /// One server's figures in one round.
 struct Figures {
@@ -67,23 +67,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Two servers taking turns; the ratios are the second's to the first's.
-type Pair = [(String, Host); 2];
+/// Servers taking turns; the ratios are each one's to the first's.
+type Servers = Vec<(String, Host)>;
 
 /// The baseline and this build's hio-host, or (`compare`) another hio-host
-/// binary and this build's.
-fn servers(compare: Option<&Path>) -> Result<Pair> {
+/// binary and this build's; with `peers` (the message size), also hio's
+/// own Python server and HAProxy's Lua echo.
+fn servers(compare: Option<&Path>, peers: Option<usize>) -> Result<Servers> {
     let echo = root().join("target/wasm/echo.wasm");
     let this = ("hio-host echo.wasm".to_string(), Host::spawn(&echo)?);
-    Ok(match compare {
-        None => [("native mio".into(), Host::native()?), this],
-        Some(bin) => [(format!("{} echo.wasm", bin.display()), Host::spawn_binary(bin, &echo, &[])?), this],
-    })
+    let mut all = match compare {
+        None => vec![("native mio".into(), Host::native()?), this],
+        Some(bin) => vec![(format!("{} echo.wasm", bin.display()), Host::spawn_binary(bin, &echo, &[])?), this],
+    };
+    if let Some(size) = peers {
+        all.push(("hio 0.6.10 (Python, EchoServerDoer)".into(), peers::hio_python()?));
+        all.push(("HAProxy 2.6 Lua echo service".into(), peers::haproxy_lua(size)?));
+    }
+    Ok(all)
 }
 
 /// hio-host alone, and hio-host with its admin endpoint scraped 10 times a
 /// second (Prometheus scrapes every 15 s to 1 min): the metrics' cost.
-fn scraped() -> Result<Pair> {
+fn scraped() -> Result<Servers> {
     let echo = root().join("target/wasm/echo.wasm");
     let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let watched = Host::spawn_with(&echo, &["--admin", &admin.to_string()])?;
@@ -98,25 +104,38 @@ fn scraped() -> Result<Pair> {
             }
         }
     });
-    Ok([
+    Ok(vec![
         ("hio-host echo.wasm".into(), Host::spawn(&echo)?),
         ("hio-host echo.wasm --admin, /metrics scraped 10/s".into(), watched),
     ])
 }
 
-pub fn run(scenarios: &str, seconds: f64, rounds: usize, compare: Option<&Path>) -> Result<()> {
-    let duration = Duration::from_secs_f64(seconds);
+/// What `hio-bench echo` runs and against whom.
+pub struct Options<'a> {
+    /// Seconds each server is loaded per round (after 1 s of warm-up).
+    pub seconds: f64,
+    /// Alternating rounds.
+    pub rounds: usize,
+    /// Another hio-host binary in the baseline's place.
+    pub compare: Option<&'a Path>,
+    /// Also run hio's Python server and HAProxy's Lua echo in (a)-(c).
+    pub peers: bool,
+}
+
+pub fn run(scenarios: &str, o: &Options) -> Result<()> {
+    let duration = Duration::from_secs_f64(o.seconds);
     let warmup = Duration::from_secs(1);
-    let rounds = rounds.max(1);
-    let b = (100, 1024, 4);
+    let rounds = o.rounds.max(1);
+    let (a, b, c) = ((1, 64, 1), (100, 1024, 4), (1, 64 * 1024, 4));
+    let servers = |(_, size, _): (usize, usize, usize)| servers(o.compare, o.peers.then_some(size));
     for s in scenarios.split(',') {
-        let traffic = |title, shape, pair| traffic(title, shape, warmup, duration, rounds, pair);
+        let traffic = |title, shape, all| traffic(title, shape, warmup, duration, rounds, all);
         match s {
-            "a" => traffic("(a) latency: 1 connection, 64 B, 1 in flight", (1, 64, 1), servers(compare)?)?,
-            "b" => traffic("(b) throughput: 100 connections, 1 KiB, 4 in flight", b, servers(compare)?)?,
-            "c" => traffic("(c) bandwidth: 1 connection, 64 KiB, 4 in flight", (1, 64 * 1024, 4), servers(compare)?)?,
+            "a" => traffic("(a) latency: 1 connection, 64 B, 1 in flight", a, servers(a)?)?,
+            "b" => traffic("(b) throughput: 100 connections, 1 KiB, 4 in flight", b, servers(b)?)?,
+            "c" => traffic("(c) bandwidth: 1 connection, 64 KiB, 4 in flight", c, servers(c)?)?,
             "d" => idle(10_000, Duration::from_secs(10))?,
-            "e" => connects(Duration::from_secs_f64(seconds.min(3.0)))?,
+            "e" => connects(Duration::from_secs_f64(o.seconds.min(3.0)))?,
             "m" => traffic("(m) metrics' cost: (b) with the admin endpoint scraped", b, scraped()?)?,
             other => bail!("unknown scenario {other:?}: a, b, c, d, e or m"),
         }
@@ -133,9 +152,9 @@ fn traffic(
     warmup: Duration,
     duration: Duration,
     rounds: usize,
-    servers: Pair,
+    servers: Servers,
 ) -> Result<()> {
-    let mut figures: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
+    let mut figures: Vec<Vec<Figures>> = servers.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (i, (_, host)) in servers.iter().enumerate() {
             let pid = host.child.id();
@@ -167,29 +186,54 @@ fn traffic(
             100.0 * f.gen_cpu,
         );
     }
-    let ratios =
-        |f: fn(&Figures) -> f64| -> Vec<f64> { figures[1].iter().zip(&figures[0]).map(|(h, n)| f(h) / f(n)).collect() };
-    let r = |f: fn(&Figures) -> f64| median(ratios(f));
-    println!(
-        "| **ratio {}** | **{:.2}x** | **{:.2}x** | {:.2}x | **{:.2}x** | {:.2}x | | **{:.2}x** | |",
-        if servers[0].0 == "native mio" { "hio/native" } else { "second/first" },
-        r(|f| f.msgs_s),
-        r(|f| f.mib_s),
-        r(|f| f.p50),
-        r(|f| f.p99),
-        r(|f| f.p999),
-        r(|f| f.cpu_per_m),
-    );
+    // Each server's ratios to the first, round by round.
+    let ratios = |i: usize, f: fn(&Figures) -> f64| -> Vec<f64> {
+        figures[i].iter().zip(&figures[0]).map(|(h, n)| f(h) / f(n)).collect()
+    };
+    let first = &servers[0].0;
+    for (i, (name, _)) in servers.iter().enumerate().skip(1) {
+        let r = |f: fn(&Figures) -> f64| median(ratios(i, f));
+        println!(
+            "| **{name} / {first}** | **{:.2}x** | **{:.2}x** | {:.2}x | **{:.2}x** | {:.2}x | | **{:.2}x** | |",
+            r(|f| f.msgs_s),
+            r(|f| f.mib_s),
+            r(|f| f.p50),
+            r(|f| f.p99),
+            r(|f| f.p999),
+            r(|f| f.cpu_per_m),
+        );
+    }
     if rounds > 1 {
         let list = |v: Vec<f64>| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
         println!(
-            "\nRatios by round: msgs/s {}; p99 {}; server CPU per message {}.",
-            list(ratios(|f| f.msgs_s)),
-            list(ratios(|f| f.p99)),
-            list(ratios(|f| f.cpu_per_m))
+            "\nRatios of {} by round: msgs/s {}; p99 {}; server CPU per message {}.",
+            servers[1].0,
+            list(ratios(1, |f| f.msgs_s)),
+            list(ratios(1, |f| f.p99)),
+            list(ratios(1, |f| f.cpu_per_m))
         );
     }
+    if servers.len() > 2 {
+        rank(&servers, &figures);
+    }
     Ok(())
+}
+
+/// Where the second server (hio-host) stands among all by throughput and by
+/// server CPU per message (medians).
+fn rank(servers: &Servers, figures: &[Vec<Figures>]) {
+    let medians: Vec<Figures> = figures.iter().map(|f| Figures::median(f)).collect();
+    let place = |better: fn(&Figures, &Figures) -> bool| {
+        1 + medians.iter().enumerate().filter(|(i, f)| *i != 1 && better(f, &medians[1])).count()
+    };
+    let by_rate = place(|f, h| f.msgs_s > h.msgs_s);
+    let by_cpu = place(|f, h| f.cpu_per_m < h.cpu_per_m);
+    println!(
+        "\n{} ranks {by_rate} of {} by msgs/s and {by_cpu} of {} by server CPU per message.",
+        servers[1].0,
+        servers.len(),
+        servers.len()
+    );
 }
 
 fn echo_once(c: &mut TcpStream, msg: &[u8]) -> bool {
@@ -202,7 +246,7 @@ fn idle(conns: usize, hold: Duration) -> Result<()> {
     println!("\n### (d) {conns} idle connections held {}s, then each echoes once\n", hold.as_secs());
     println!("| server | connected | server CPU while idle | RSS per connection | answered after idle |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    for (name, host) in servers(None)? {
+    for (name, host) in servers(None, None)? {
         let pid = host.child.id();
         let rss0 = rss_kib(pid)?;
         let mut socks = Vec::with_capacity(conns);
@@ -234,7 +278,7 @@ fn connects(duration: Duration) -> Result<()> {
     println!("| server | connections/s | failed | server CPU ms per 1000 connections |");
     println!("| --- | ---: | ---: | ---: |");
     let mut rates = Vec::new();
-    for (name, host) in servers(None)? {
+    for (name, host) in servers(None, None)? {
         let pid = host.child.id();
         let (ok, failed, stop) =
             (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));

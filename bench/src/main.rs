@@ -1,6 +1,6 @@
 //! hio-host benchmarks, run against the real `hio-host` binary.
 //!
-//!   hio-bench echo [--scenarios a,b,c,d,e,m] [--seconds 5] [--rounds 3] [--compare HIO_HOST_BINARY]
+//!   hio-bench echo [--scenarios a,b,c,d,e,m] [--seconds 5] [--rounds 3] [--compare HIO_HOST_BINARY] [--no-peers]
 //!   hio-bench swap [--conns 100,1000,10000] [--swaps 30]
 //!   hio-bench swap-memory [--swaps 1000] [--conns 100]
 //!   hio-bench upgrade [--conns 100,1000,10000] [--upgrades 10]
@@ -13,8 +13,10 @@
 //!   hio-bench native-echo [--listen ADDR] [--tls-cert PEM --tls-key PEM]
 //!                                            (the baseline server itself)
 //!
-//! echo: the same scenarios against a minimal native mio echo server and
-//! against `hio-host run echo.wasm`, side by side; see BENCHMARKS.md.
+//! echo: the same scenarios against a minimal native mio echo server,
+//! `hio-host run echo.wasm`, and (a)-(c) also hio 0.6.10's own Python
+//! server and HAProxy 2.6's Lua echo (`--no-peers`: without them), side by
+//! side; see BENCHMARKS.md.
 //! `--compare` puts another build's `hio-host` in the baseline's place (a
 //! before/after of a change, in alternating rounds); scenario m is (b)
 //! with and without the admin endpoint scraped 10 times a second.
@@ -36,6 +38,7 @@ use anyhow::{Context, Result, bail};
 mod echo;
 mod load;
 mod native;
+mod peers;
 mod tls;
 mod upgrade;
 mod workers;
@@ -61,7 +64,8 @@ fn main() -> Result<()> {
             let seconds: f64 = flag("--seconds").unwrap_or_else(|| "5".into()).parse()?;
             let rounds: usize = flag("--rounds").unwrap_or_else(|| "3".into()).parse()?;
             let compare = flag("--compare").map(PathBuf::from);
-            echo::run(&scenarios, seconds, rounds, compare.as_deref())
+            let peers = !args.iter().any(|a| a == "--no-peers");
+            echo::run(&scenarios, &echo::Options { seconds, rounds, compare: compare.as_deref(), peers })
         }
         Some("swap") => {
             let conns = counts(flag("--conns"))?;
@@ -177,6 +181,15 @@ impl Host {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["native-echo", "--listen", "127.0.0.1:0"]);
         Host::start(cmd)
+    }
+
+    /// A peer server that prints nothing useful: ready once `addr` accepts.
+    fn start_when_listening(mut cmd: Command, addr: SocketAddr) -> Result<Host> {
+        let child = cmd.stderr(Stdio::null()).spawn().with_context(|| format!("run {cmd:?}"))?;
+        let (_, log) = mpsc::channel();
+        let host = Host { child, addr, log };
+        peers::wait_listening(addr)?;
+        Ok(host)
     }
 
     fn start(mut cmd: Command) -> Result<Host> {

@@ -60,14 +60,10 @@ pub fn build_this_crate() -> PathBuf {
 /// (`TARGET/wasm/NAME.wasm`, as `hio-host build` does); returns its path.
 pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     let toolchain = hio_build::Toolchain::find()?;
-    let target = hio_build::target_directory(dir)?;
-    // Not in cargo's own target directory: the `cargo test` running us holds its lock.
-    let spec = hio_build::Build {
-        dir: dir.to_path_buf(),
-        target_dir: Some(target.join("hio-test")),
-        out: Some(target.join("wasm")),
-    };
-    let mut built = hio_build::build(&spec, &toolchain)?;
+    eprintln!("hio-test: building {} into a component (as `hio-host build` does)", dir.display());
+    // In TARGET/hio-wasm, shared with `hio-host build`, and not where the
+    // `cargo test` running us holds its lock.
+    let mut built = hio_build::build(&hio_build::Build::new(dir), &toolchain)?;
     anyhow::ensure!(
         built.len() == 1,
         "{} builds {} components; name one with TestHost::start",
@@ -166,6 +162,7 @@ impl TestHost {
     /// Hot-swap to `guest` (a new build of the same policy, or another);
     /// returns the report. Panics when the host refuses it (the old guest
     /// then keeps serving), with why.
+    #[track_caller]
     pub fn swap(&self, guest: impl AsRef<Path>) -> SwapReport {
         match self.try_swap(guest) {
             Ok(report) => report,
@@ -268,6 +265,7 @@ impl Write for Wire {
 
 impl Peer {
     /// Connect to `addr`. Panics if it cannot.
+    #[track_caller]
     pub fn connect(addr: SocketAddr) -> Peer {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         stream.set_read_timeout(Some(PATIENCE)).expect("a read timeout");
@@ -288,52 +286,74 @@ impl Peer {
     }
 
     /// Send `bytes` (all of them).
+    #[track_caller]
     pub fn send(&mut self, bytes: &[u8]) {
         self.wire.write_all(bytes).and_then(|_| self.wire.flush()).unwrap_or_else(|e| panic!("cannot send: {e}"));
     }
 
     /// Expect exactly `want` next, within [`PATIENCE`].
+    #[track_caller]
     pub fn expect(&mut self, want: &[u8]) {
-        let got = self.recv(want.len());
-        assert!(got == want, "expected {:?}, got {:?}", String::from_utf8_lossy(want), String::from_utf8_lossy(&got));
+        match self.read_exactly(want.len()) {
+            Ok(got) if got == want => {}
+            Ok(got) => panic!("expected {:?}, got {:?}", lossy(want), lossy(&got)),
+            Err((got, why)) => panic!("expected {:?}, got {:?}, then {why}", lossy(want), lossy(&got)),
+        }
     }
 
-    /// Receive exactly `n` bytes. Panics on an end or a reset first.
+    /// Receive exactly `n` bytes. Panics on an end, a reset or
+    /// [`PATIENCE`] passing first.
+    #[track_caller]
     pub fn recv(&mut self, n: usize) -> Vec<u8> {
+        self.read_exactly(n).unwrap_or_else(|(got, why)| panic!("wanted {n} bytes, got {:?}, then {why}", lossy(&got)))
+    }
+
+    /// `n` bytes, or those that came and why no more did.
+    fn read_exactly(&mut self, n: usize) -> Result<Vec<u8>, (Vec<u8>, String)> {
         let mut got = vec![0; n];
         let mut have = 0;
         while have < n {
             match self.wire.read(&mut got[have..]) {
-                Ok(0) => panic!("the connection ended after {have} of {n} bytes: {:?}", lossy(&got[..have])),
+                Ok(0) => return Err((got[..have].to_vec(), "the connection ended".into())),
                 Ok(k) => have += k,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => panic!("no {n} bytes ({have} came: {:?}): {e}", lossy(&got[..have])),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err((got[..have].to_vec(), format!("nothing more for {PATIENCE:?}")));
+                }
+                Err(e) => return Err((got[..have].to_vec(), format!("the connection failed: {e}"))),
             }
         }
-        got
+        Ok(got)
     }
 
     /// Receive up to and including the next `\n`, as text.
+    #[track_caller]
     pub fn recv_line(&mut self) -> String {
         let mut line = Vec::new();
         while !line.ends_with(b"\n") {
-            line.extend(self.recv(1));
+            match self.read_exactly(1) {
+                Ok(b) => line.extend(b),
+                Err((_, why)) => panic!("wanted a line, got {:?}, then {why}", lossy(&line)),
+            }
         }
         String::from_utf8_lossy(&line).into_owned()
     }
 
     /// Expect the host to end the connection cleanly (FIN) with nothing
     /// more before it.
+    #[track_caller]
     pub fn expect_closed(&mut self) {
         assert_eq!(self.end(), End::Closed(Vec::new()), "expected a clean end");
     }
 
     /// Expect the host to reset the connection.
+    #[track_caller]
     pub fn expect_reset(&mut self) {
         assert!(matches!(self.end(), End::Reset(_)), "expected a reset");
     }
 
     /// Read until the connection ends: how it ended, and what came first.
+    #[track_caller]
     pub fn end(&mut self) -> End {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
@@ -343,7 +363,10 @@ impl Peer {
                 Ok(k) => got.extend_from_slice(&buf[..k]),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return End::Reset(got),
-                Err(e) => panic!("the connection did not end ({} bytes came: {:?}): {e}", got.len(), lossy(&got)),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("the connection did not end within {PATIENCE:?} (after {:?})", lossy(&got))
+                }
+                Err(e) => panic!("the connection failed after {:?}: {e}", lossy(&got)),
             }
         }
     }

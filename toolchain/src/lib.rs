@@ -88,10 +88,12 @@ pub fn status(cmd: &mut Command) -> Result<()> {
 pub struct Build {
     /// The crate or workspace (its `Cargo.toml`'s directory).
     pub dir: PathBuf,
-    /// Cargo's target directory; default: the crate's own (`cargo metadata`).
+    /// Cargo's target directory for the wasm build; default: `hio-wasm/` in
+    /// the crate's own (`cargo metadata`), apart from cargo's native builds
+    /// so a `cargo test` holding their lock can build the guest meanwhile.
     pub target_dir: Option<PathBuf>,
-    /// Where components go (`NAME.wasm`, the package name);
-    /// default: `wasm/` in the target directory.
+    /// Where components go (`NAME.wasm`, the package name); default:
+    /// `wasm/` in the crate's target directory.
     pub out: Option<PathBuf>,
 }
 
@@ -108,28 +110,22 @@ impl Build {
 /// export the `hio:tcp` world's functions).
 pub fn build(spec: &Build, toolchain: &Toolchain) -> Result<Vec<PathBuf>> {
     let meta = metadata(&spec.dir)?;
-    let target_dir = match &spec.target_dir {
-        Some(t) => t.clone(),
-        None => PathBuf::from(meta["target_directory"].as_str().context("cargo metadata: no target directory")?),
-    };
+    let crate_target = PathBuf::from(meta["target_directory"].as_str().context("cargo metadata: no target directory")?);
+    let target_dir = spec.target_dir.clone().unwrap_or_else(|| crate_target.join("hio-wasm"));
     let guests = cdylibs(&meta);
     if guests.is_empty() {
         bail!("{} has no cdylib package: a guest crate has `[lib] crate-type = [\"cdylib\"]`", spec.dir.display());
     }
     let mut cmd = toolchain.cargo_build();
     cmd.current_dir(&spec.dir).arg("--workspace").env("CARGO_TARGET_DIR", &target_dir);
-    status(&mut cmd)?;
+    let st = cmd.status().context("cannot run cargo")?;
+    if !st.success() {
+        bail!("cargo build for {} failed ({st}); cargo's errors are above", toolchain::WASM_TARGET);
+    }
     let built = target_dir.join(toolchain::WASM_TARGET).join("release");
-    let out = spec.out.clone().unwrap_or_else(|| target_dir.join("wasm"));
+    let out = spec.out.clone().unwrap_or_else(|| crate_target.join("wasm"));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     guests.iter().map(|name| componentize(&built, name, &out)).collect()
-}
-
-/// Cargo's target directory for the crate or workspace at `dir`
-/// (`CARGO_TARGET_DIR` and config included).
-pub fn target_directory(dir: &Path) -> Result<PathBuf> {
-    let meta = metadata(dir)?;
-    Ok(PathBuf::from(meta["target_directory"].as_str().context("cargo metadata: no target directory")?))
 }
 
 /// The names of the `cdylib` packages in a workspace's metadata.

@@ -61,17 +61,24 @@ pub fn new(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Created> {
     }
     let name = match name {
         Some(n) => n.to_string(),
-        None => dir.file_name().and_then(|n| n.to_str()).context("name the guest with --name")?.to_string(),
+        None => {
+            let n = dir.file_name().and_then(|n| n.to_str()).context("name the guest with --name")?;
+            check_name(n).map_err(|e| anyhow::anyhow!("{e}: name the guest with --name"))?;
+            n.to_string()
+        }
     };
     check_name(&name)?;
-    let ((hio_guest, hio_test, sdk), files) = match lang {
+    let ((hio_guest, hio_test, sdk, docs), files) = match lang {
         Lang::Rust => (dependencies(), RUST),
-        Lang::Python => ((String::new(), String::new(), String::new()), PYTHON),
-        Lang::Js => ((String::new(), String::new(), String::new()), JS),
+        Lang::Python => (Default::default(), PYTHON),
+        Lang::Js => (Default::default(), JS),
     };
     for (path, template) in files {
-        let text =
-            template.replace("{{name}}", &name).replace("{{hio_guest}}", &hio_guest).replace("{{hio_test}}", &hio_test);
+        let text = template
+            .replace("{{name}}", &name)
+            .replace("{{hio_guest}}", &hio_guest)
+            .replace("{{hio_test}}", &hio_test)
+            .replace("{{docs}}", &docs);
         let dest = dir.join(path);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -81,18 +88,82 @@ pub fn new(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Created> {
     Ok(Created { dir: dir.to_path_buf(), name, files: files.iter().map(|(p, _)| *p).collect(), sdk })
 }
 
-/// A Cargo package name: ASCII letters, digits, `-` and `_`, starting with a letter.
+/// A package name as `cargo new` would take it without a warning: lower-case
+/// ASCII letters, digits, `-` and `_`, starting with a letter, and not a
+/// Rust keyword or a standard crate's name (the crate would shadow it).
 fn check_name(name: &str) -> Result<()> {
-    let ok = name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    const RESERVED: &[&str] = &[
+        "as",
+        "async",
+        "await",
+        "break",
+        "const",
+        "continue",
+        "crate",
+        "dyn",
+        "else",
+        "enum",
+        "extern",
+        "false",
+        "fn",
+        "for",
+        "if",
+        "impl",
+        "in",
+        "let",
+        "loop",
+        "match",
+        "mod",
+        "move",
+        "mut",
+        "pub",
+        "ref",
+        "return",
+        "self",
+        "static",
+        "struct",
+        "super",
+        "trait",
+        "true",
+        "type",
+        "unsafe",
+        "use",
+        "where",
+        "while",
+        "abstract",
+        "become",
+        "box",
+        "do",
+        "final",
+        "gen",
+        "macro",
+        "override",
+        "priv",
+        "try",
+        "typeof",
+        "unsized",
+        "virtual",
+        "yield",
+        "std",
+        "core",
+        "alloc",
+        "test",
+        "proc_macro",
+    ];
+    let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !ok {
-        bail!("{name:?} is not a package name (ASCII letters, digits, - and _, starting with a letter): use --name");
+        bail!("{name:?} is not a package name (lower-case ASCII letters, digits, - and _, starting with a letter)");
+    }
+    if RESERVED.contains(&name.replace('-', "_").as_str()) {
+        bail!("{name:?} is a Rust keyword or a standard crate's name: pick another");
     }
     Ok(())
 }
 
-/// The `hio-guest` and `hio-test` dependency lines, and where they point.
-fn dependencies() -> (String, String, String) {
+/// The `hio-guest` and `hio-test` dependency lines, where they point, and
+/// how to read their docs.
+fn dependencies() -> (String, String, String, String) {
     let version = env!("CARGO_PKG_VERSION");
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf);
     match checkout.filter(|c| c.join("guest/sdk/Cargo.toml").is_file() && c.join("harness/Cargo.toml").is_file()) {
@@ -100,8 +171,18 @@ fn dependencies() -> (String, String, String) {
             format!("hio-guest = {{ version = \"{version}\", path = {:?} }}", c.join("guest/sdk")),
             format!("hio-test = {{ version = \"{version}\", path = {:?} }}", c.join("harness")),
             format!("the checkout at {}", c.display()),
+            format!(
+                "in the checkout at {}: `cargo doc --no-deps -p hio-test --open` and \
+                 `(cd guest && cargo doc --no-deps -p hio-guest --open)`",
+                c.display()
+            ),
         ),
-        None => (format!("hio-guest = \"{version}\""), format!("hio-test = \"{version}\""), "crates.io".to_string()),
+        None => (
+            format!("hio-guest = \"{version}\""),
+            format!("hio-test = \"{version}\""),
+            "crates.io".to_string(),
+            "[hio-guest](https://docs.rs/hio-guest), [hio-test](https://docs.rs/hio-test)".to_string(),
+        ),
     }
 }
 
@@ -114,7 +195,7 @@ mod tests {
         for good in ["policy", "my-policy", "p2_x"] {
             assert!(check_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "2fast", "my policy", "-x", "é"] {
+        for bad in ["", "2fast", "my policy", "-x", "é", "Caps", "fn", "std"] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }

@@ -165,8 +165,15 @@ impl Runtime {
 
     fn compile(&self, path: &Path) -> Result<(Component, cache::Origin)> {
         let bytes = read_guest(path).with_context(|| format!("cannot read guest {}", path.display()))?;
-        cache::component(&self.engine, &bytes, self.cache.as_deref())
-            .map_err(|e| anyhow!("{} is not a valid wasm component: {e:#}", path.display()))
+        cache::component(&self.engine, &bytes, self.cache.as_deref()).map_err(|e| {
+            // A core module where a component was meant: say where the component is.
+            let hint = if format!("{e:#}").contains("parse a wasm module with a component parser") {
+                " (a core wasm module: `hio-host build` makes the component, TARGET/wasm/NAME.wasm)"
+            } else {
+                ""
+            };
+            anyhow!("{} is not a valid wasm component{hint}: {e:#}", path.display())
+        })
     }
 
     /// Whether the linker can give `component` everything it imports and
@@ -194,7 +201,11 @@ impl Runtime {
             .map(|i| format!("imports {i}, which this host does not provide"))
             .collect();
         if !exports.iter().any(|e| iface(e) == GUEST_EXPORT) {
-            problems.push(format!("does not export {GUEST_EXPORT}@{} (start, service, save)", wit_version()));
+            problems.push(format!(
+                "does not export {GUEST_EXPORT}@{} (start, service, save); a Rust guest exports it with \
+                 `hio_guest::export_service!(YourService)`",
+                wit_version()
+            ));
         }
         if problems.is_empty()
             && let Err(e) = self.fit(&component)
