@@ -43,15 +43,18 @@ pub fn haproxy_lua(size: usize) -> Result<Host> {
     std::fs::write(
         &config,
         format!(
-            "global\n  nbthread 1\n  lua-load {} {size}\n\ndefaults\n  mode tcp\n  timeout client 60s\n  \
+            "global\n  nbthread 1\n  lua-load {}\n\ndefaults\n  mode tcp\n  timeout client 60s\n  \
              timeout connect 5s\n  timeout server 60s\n\nfrontend echo\n  bind {addr}\n  \
              tcp-request content use-service lua.echo\n",
             root().join("bench/haproxy/echo.lua").display()
         ),
     )?;
     let mut cmd = Command::new(haproxy);
-    cmd.arg("-db").arg("-f").arg(&config);
-    Host::start_when_listening(cmd, addr)
+    cmd.arg("-db").arg("-f").arg(&config).env("HIO_ECHO_SIZE", size.to_string());
+    let host = Host::start_when_listening(cmd, addr);
+    // Read at start; nothing is left to keep.
+    let _ = std::fs::remove_dir_all(&dir);
+    host
 }
 
 /// Wait until something accepts at `addr`.
