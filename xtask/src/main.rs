@@ -71,6 +71,10 @@ fn run(args: &[String]) -> Result<()> {
         }
         "bench" => {
             build_all(&root)?;
+            // The peers the echo scenarios run beside hio-host: hio's own
+            // server (from the venv) and HAProxy.
+            ensure_test_peers()?;
+            python_env(&root)?;
             let bench = root.join("target/release/hio-bench");
             if rest.is_empty() {
                 status(Command::new(&bench).arg("echo"))?;
