@@ -71,6 +71,9 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
             let id = ev.token().0;
             let Some(c) = conns.get_mut(&id) else { continue };
             let mut dead = false;
+            // As the host: after a short read on an event with no end
+            // pending, the socket is drained (no read just for EAGAIN).
+            let short_read_drains = ev.is_readable() && !ev.is_read_closed() && !ev.is_error();
             // Send what waited, then read and echo while the socket takes it.
             if !c.pending.is_empty() {
                 match c.sock.write(&c.pending) {
@@ -84,12 +87,17 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
             while !dead && c.pending.is_empty() {
                 match c.sock.read(&mut buf) {
                     Ok(0) => dead = true,
-                    Ok(n) => match c.sock.write(&buf[..n]) {
-                        Ok(w) if w == n => {}
-                        Ok(w) => c.pending.extend_from_slice(&buf[w..n]),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => c.pending.extend_from_slice(&buf[..n]),
-                        Err(_) => dead = true,
-                    },
+                    Ok(n) => {
+                        match c.sock.write(&buf[..n]) {
+                            Ok(w) if w == n => {}
+                            Ok(w) => c.pending.extend_from_slice(&buf[w..n]),
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => c.pending.extend_from_slice(&buf[..n]),
+                            Err(_) => dead = true,
+                        }
+                        if short_read_drains && n < buf.len() {
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(_) => dead = true,
                 }

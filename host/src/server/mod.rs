@@ -437,6 +437,7 @@ impl Server {
                 Token(t) => self.touched.push(Readiness {
                     id: t as u64,
                     readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    short_read_drains: ev.is_readable() && !ev.is_read_closed() && !ev.is_error(),
                     writable: ev.is_writable(),
                 }),
             }

@@ -48,6 +48,9 @@ pub const FIRST_CONN_TOKEN: u64 = 16;
 pub struct Readiness {
     pub id: u64,
     pub readable: bool,
+    /// Readable, and the event says no end or error is pending: a read
+    /// shorter than asked for drained the socket (see `Conn::read`).
+    pub short_read_drains: bool,
     pub writable: bool,
 }
 
@@ -332,7 +335,7 @@ impl HostState {
 
     /// Readiness on connections: read into their host buffers, send what is queued.
     pub fn serve_io(&mut self, touched: &[Readiness], scratch: &mut [u8]) {
-        for &Readiness { id, readable, writable } in touched {
+        for &Readiness { id, readable, short_read_drains, writable } in touched {
             let Some(c) = self.conns.get_mut(&id) else { continue };
             let was_cutoff = c.cutoff();
             let (mut news, mut proxy) = (false, None);
@@ -347,7 +350,7 @@ impl HostState {
             }
             if readable {
                 let was_handshaking = c.handshaking();
-                let got = c.read(scratch, self.wirelog.as_mut());
+                let got = c.read(scratch, self.wirelog.as_mut(), short_read_drains);
                 self.stats.bytes_received.add(got.bytes as u64);
                 if got.tls_changed && was_handshaking {
                     count_handshake(&self.stats, c, self.now);
@@ -421,7 +424,7 @@ impl HostState {
                 continue;
             }
             c.clear_read_pause();
-            c.read(scratch, self.wirelog.as_mut());
+            c.read(scratch, self.wirelog.as_mut(), false);
             let (news, flush) = (c.has_news(), c.needs_flush());
             self.after_io(id, news, flush);
         }
@@ -442,7 +445,7 @@ impl HostState {
             let mut news = false;
             if c.wants_read_resume() {
                 c.clear_read_pause();
-                c.read(scratch, self.wirelog.as_mut());
+                c.read(scratch, self.wirelog.as_mut(), false);
                 news = c.has_news();
             }
             news |= c.cutoff() && !was_cutoff;
@@ -549,7 +552,7 @@ mod tests {
         let mut scratch = vec![0; 64 << 10];
         let start = Instant::now();
         while core.conns[&a].pending() < RX_HIGH_WATER as u64 && start.elapsed() < Duration::from_secs(5) {
-            core.conns.get_mut(&a).unwrap().read(&mut scratch, None);
+            core.conns.get_mut(&a).unwrap().read(&mut scratch, None, false);
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(core.conns[&a].pending(), RX_HIGH_WATER as u64);

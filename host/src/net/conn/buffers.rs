@@ -41,11 +41,6 @@ impl RxBuf {
         &self.bytes
     }
 
-    /// Spare capacity, for a read straight into it.
-    pub fn spare(&self) -> usize {
-        self.bytes.capacity() - self.bytes.len()
-    }
-
     /// Bytes lent to the guest and not yet consumed.
     pub fn handed(&self) -> usize {
         self.handed
@@ -94,16 +89,29 @@ impl RxBuf {
         &self.bytes[self.bytes.len() - n..]
     }
 
-    /// One read from `sock` into the capacity the buffer already has, at
-    /// most `max` bytes.
-    pub fn recv_from(&mut self, sock: &TcpStream, max: usize) -> io::Result<usize> {
+    /// One read from `sock` of at most `max` bytes: straight into the
+    /// capacity the buffer already has, and what does not fit into
+    /// `scratch`, then appended (one system call; one copy fewer for what
+    /// fits). Returns how many came and how many were asked for.
+    pub fn recv_from(&mut self, sock: &TcpStream, max: usize, scratch: &mut [u8]) -> io::Result<(usize, usize)> {
+        use socket2::MaybeUninitSlice;
         let len = self.bytes.len();
         let spare = self.bytes.spare_capacity_mut();
-        let take = spare.len().min(max);
-        let n = socket2::SockRef::from(sock).recv(&mut spare[..take])?;
-        // SAFETY: recv initialised the first n bytes of the spare capacity.
-        unsafe { self.bytes.set_len(len + n) };
-        Ok(n)
+        let direct = spare.len().min(max);
+        let overflow = (max - direct).min(scratch.len());
+        // SAFETY: viewing initialised bytes as maybe-uninitialised is sound;
+        // recv only writes into them.
+        let scratch = unsafe { &mut *(&mut scratch[..overflow] as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        let mut bufs = [MaybeUninitSlice::new(&mut spare[..direct]), MaybeUninitSlice::new(scratch)];
+        let (n, _) = socket2::SockRef::from(sock).recv_vectored(&mut bufs)?;
+        // SAFETY: recv initialised the first min(n, direct) bytes of the spare capacity.
+        unsafe { self.bytes.set_len(len + n.min(direct)) };
+        if n > direct {
+            // SAFETY: recv initialised the first n - direct bytes of scratch.
+            let more = unsafe { std::slice::from_raw_parts(scratch.as_ptr().cast::<u8>(), n - direct) };
+            self.bytes.extend_from_slice(more);
+        }
+        Ok((n, direct + overflow))
     }
 }
 
@@ -175,6 +183,40 @@ fn release(buf: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connected pair of sockets on loopback, the server end as mio's.
+    fn pair() -> (std::net::TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, TcpStream::from_std(server))
+    }
+
+    #[test]
+    fn one_read_fills_the_spare_capacity_then_the_scratch() {
+        use std::io::Write;
+        let (mut peer, sock) = pair();
+        let sent: Vec<u8> = (0..100u8).collect();
+        peer.write_all(&sent).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut rx = RxBuf { bytes: Vec::with_capacity(16), handed: 0 };
+        rx.extend(b"old");
+        let mut scratch = [0u8; 64];
+        // 13 bytes of spare room, then 64 of scratch: 77 asked, 77 come.
+        assert_eq!(rx.recv_from(&sock, usize::MAX, &mut scratch).unwrap(), (77, 77));
+        // A short read: the 23 left, of 64 asked (the buffer grew, its spare
+        // room is what the extend left).
+        let (n, asked) = rx.recv_from(&sock, usize::MAX, &mut scratch).unwrap();
+        assert!(n == 23 && asked > n, "{n} of {asked}");
+        assert_eq!(&rx.bytes()[..3], b"old");
+        assert_eq!(&rx.bytes()[3..], &sent[..]);
+        // `max` bounds the read.
+        peer.write_all(b"abcdef").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(rx.recv_from(&sock, 2, &mut scratch).unwrap(), (2, 2));
+        assert_eq!(rx.tail(2), b"ab");
+    }
 
     #[test]
     fn lent_bytes_stay_until_consumed_and_rewind_lends_them_again() {

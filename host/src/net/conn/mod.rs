@@ -34,10 +34,6 @@ use crate::net::backpressure::{self, Budget, Share};
 use crate::net::proxy::{self, Header};
 use crate::net::wirelog::WireLog;
 
-/// Spare room in rx worth reading into directly rather than through the
-/// loop's scratch buffer (a kept, emptied rx buffer has this much).
-const DIRECT_READ: usize = 4 << 10;
-
 /// What a read pass found worth telling the guest.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReadOutcome {
@@ -201,7 +197,14 @@ impl Conn {
     /// too much unconsumed. `scratch` is the loop's shared read buffer: bytes
     /// are copied into rx only as far as they arrived. Once the guest
     /// closed it, what arrives is read and dropped.
-    pub fn read(&mut self, scratch: &mut [u8], wl: Option<&mut WireLog>) -> ReadOutcome {
+    ///
+    /// `short_read_drains`: the call answers an edge-triggered readiness
+    /// event that reported no pending end or error, so a read shorter than
+    /// asked for emptied the socket's receive queue (anything arriving later
+    /// raises a new event) and the read that would only say EAGAIN is
+    /// skipped, as nginx's `ngx_unix_recv` does. Otherwise it reads until
+    /// EAGAIN (an end already pending is seen at once).
+    pub fn read(&mut self, scratch: &mut [u8], wl: Option<&mut WireLog>, short_read_drains: bool) -> ReadOutcome {
         if matches!(self.read, ReadSide::Ended | ReadSide::Shut) {
             return ReadOutcome::default();
         }
@@ -219,7 +222,7 @@ impl Conn {
             None
         };
         let mut out = match self.transport {
-            Transport::Plain => self.read_plain(scratch, wl),
+            Transport::Plain => self.read_plain(scratch, wl, short_read_drains),
             Transport::Tls(_) => self.read_tls(scratch, wl),
         };
         out.proxy = proxy;
@@ -244,7 +247,7 @@ impl Conn {
         }
     }
 
-    fn read_plain(&mut self, scratch: &mut [u8], mut wl: Option<&mut WireLog>) -> ReadOutcome {
+    fn read_plain(&mut self, scratch: &mut [u8], mut wl: Option<&mut WireLog>, short_read_drains: bool) -> ReadOutcome {
         let mut out = ReadOutcome::default();
         loop {
             // Never past the mark, so rx never outgrows it.
@@ -252,20 +255,17 @@ impl Conn {
             if room == 0 {
                 return self.paused(out);
             }
-            let got = if self.rx.spare() >= DIRECT_READ {
-                // Straight into rx's spare capacity: one copy fewer.
-                self.rx.recv_from(&self.sock, room)
-            } else {
-                let room = room.min(scratch.len());
-                self.sock.read(&mut scratch[..room]).inspect(|&n| self.rx.extend(&scratch[..n]))
-            };
+            let got = self.rx.recv_from(&self.sock, room, scratch);
             match got {
-                Ok(0) => return self.ended(out),
-                Ok(n) => {
+                Ok((0, _)) => return self.ended(out),
+                Ok((n, asked)) => {
                     if let Some(wl) = wl.as_deref_mut() {
                         wl.rx(self.peer, self.rx.tail(n));
                     }
                     out.bytes += n;
+                    if short_read_drains && n < asked {
+                        return out;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return out,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -493,7 +493,7 @@ mod tests {
         let start = Instant::now();
         let mut total = ReadOutcome::default();
         while c.pending() < want && !c.cutoff() {
-            let o = c.read(scratch, None);
+            let o = c.read(scratch, None, false);
             total.bytes += o.bytes;
             total.new_cutoff |= o.new_cutoff;
             assert!(start.elapsed() < Duration::from_secs(5), "bytes never arrived");
@@ -569,7 +569,7 @@ mod tests {
         c.queue(vec![1u8; TX_HIGH_WATER]);
         peer.write_all(b"more").unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(c.read(&mut scratch, None).bytes, 0, "no reading while replies pile up");
+        assert_eq!(c.read(&mut scratch, None, false).bytes, 0, "no reading while replies pile up");
         assert!(!c.wants_read_resume());
         let mut sink = vec![0u8; TX_HIGH_WATER];
         let reader = std::thread::spawn(move || {
@@ -610,7 +610,7 @@ mod tests {
         read_until(&mut c, &mut scratch, RX_HIGH_WATER as u64);
         // More is waiting in the kernel, but the host holds at most the mark (plus one read).
         assert!(c.pending() < (RX_HIGH_WATER + scratch.len()) as u64);
-        assert!(c.read(&mut scratch, None).bytes == 0 && !c.wants_read_resume());
+        assert!(c.read(&mut scratch, None, false).bytes == 0 && !c.wants_read_resume());
         let (data, _) = c.hand(usize::MAX);
         c.consume(data.len() as u64);
         assert!(c.wants_read_resume());
@@ -618,7 +618,7 @@ mod tests {
         let mut seen = data.len();
         let start = Instant::now();
         while seen < total {
-            c.read(&mut scratch, None);
+            c.read(&mut scratch, None, false);
             let (d, _) = c.hand(usize::MAX);
             seen += d.len();
             c.consume(d.len() as u64);
@@ -644,7 +644,11 @@ mod tests {
         peer_b.write_all(&more).unwrap();
         read_until(&mut b, &mut scratch, FLOOR as u64);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(b.read(&mut scratch, None).bytes, 0, "no reading past the floor while the server is at its bound");
+        assert_eq!(
+            b.read(&mut scratch, None, false).bytes,
+            0,
+            "no reading past the floor while the server is at its bound"
+        );
         assert_eq!(b.pending(), FLOOR as u64);
         assert!(b.waits_for_budget() && !b.wants_read_resume());
         assert!(!b.has_room(150_000), "queuing past twice the bound is refused");
@@ -673,7 +677,7 @@ mod tests {
         peer.shutdown(Shutdown::Write).unwrap();
         let start = Instant::now();
         while !c.cutoff() {
-            assert_eq!(c.read(&mut scratch, None).bytes, 0, "nothing joins rx once closed");
+            assert_eq!(c.read(&mut scratch, None, false).bytes, 0, "nothing joins rx once closed");
             assert!(start.elapsed() < Duration::from_secs(5));
         }
         assert_eq!(c.pending(), 0);
