@@ -127,17 +127,32 @@ pub fn run(scenarios: &str, o: &Options) -> Result<()> {
     let warmup = Duration::from_secs(1);
     let rounds = o.rounds.max(1);
     let (a, b, c) = ((1, 64, 1), (100, 1024, 4), (1, 64 * 1024, 4));
-    let servers = |(_, size, _): (usize, usize, usize)| servers(o.compare, o.peers.then_some(size));
+    let lineup = |(_, size, _): (usize, usize, usize)| servers(o.compare, o.peers.then_some(size));
     for s in scenarios.split(',') {
-        let traffic = |title, shape, all| traffic(title, shape, warmup, duration, rounds, all);
+        let traffic = |title: &str, shape, all| traffic(title, shape, warmup, duration, rounds, all);
         match s {
-            "a" => traffic("(a) latency: 1 connection, 64 B, 1 in flight", a, servers(a)?)?,
-            "b" => traffic("(b) throughput: 100 connections, 1 KiB, 4 in flight", b, servers(b)?)?,
-            "c" => traffic("(c) bandwidth: 1 connection, 64 KiB, 4 in flight", c, servers(c)?)?,
+            "a" => _ = traffic("(a) latency: 1 connection, 64 B, 1 in flight", a, lineup(a)?)?,
+            "b" => _ = traffic("(b) throughput: 100 connections, 1 KiB, 4 in flight", b, lineup(b)?)?,
+            "c" => _ = traffic("(c) bandwidth: 1 connection, 64 KiB, 4 in flight", c, lineup(c)?)?,
             "d" => idle(10_000, Duration::from_secs(10))?,
             "e" => connects(Duration::from_secs_f64(o.seconds.min(3.0)))?,
-            "m" => traffic("(m) metrics' cost: (b) with the admin endpoint scraped", b, scraped()?)?,
-            other => bail!("unknown scenario {other:?}: a, b, c, d, e or m"),
+            "m" => _ = traffic("(m) metrics' cost: (b) with the admin endpoint scraped", b, scraped()?)?,
+            "g" => {
+                let mut curve = Vec::new();
+                for n in [100, 1_000, 10_000] {
+                    let title = format!("(g) (b) at {n} connections, 1 KiB, 4 in flight each");
+                    curve.push((n, traffic(&title, (n, 1024, 4), servers(o.compare, None)?)?));
+                }
+                println!("\n### (g) server CPU per message as connections grow\n");
+                println!("| connections | server CPU per message, hio-host / native |");
+                println!("| ---: | ---: |");
+                for (n, ratio) in &curve {
+                    println!("| {n} | {ratio:.2}x |");
+                }
+                let (lo, hi) = curve.iter().fold((f64::MAX, 0f64), |(lo, hi), (_, r)| (lo.min(*r), hi.max(*r)));
+                println!("\nFrom lowest to highest: {:.0} % apart.", (hi / lo - 1.0) * 100.0);
+            }
+            other => bail!("unknown scenario {other:?}: a, b, c, d, e, g or m"),
         }
     }
     Ok(())
@@ -146,6 +161,7 @@ pub fn run(scenarios: &str, o: &Options) -> Result<()> {
 /// Native and hio-host take turns, `rounds` times, so drift in the machine
 /// (the other core's load, the kernel's state) falls on both alike; the
 /// table gives each server's medians and the median of the rounds' ratios.
+/// Returns the second server's median ratio of CPU per message to the first's.
 fn traffic(
     title: &str,
     (conns, size, inflight): (usize, usize, usize),
@@ -153,7 +169,7 @@ fn traffic(
     duration: Duration,
     rounds: usize,
     servers: Servers,
-) -> Result<()> {
+) -> Result<f64> {
     let mut figures: Vec<Vec<Figures>> = servers.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (i, (_, host)) in servers.iter().enumerate() {
@@ -216,7 +232,7 @@ fn traffic(
     if servers.len() > 2 {
         rank(&servers, &figures);
     }
-    Ok(())
+    Ok(median(ratios(1, |f| f.cpu_per_m)))
 }
 
 /// Where the second server (hio-host) stands among all by throughput and by

@@ -1,6 +1,6 @@
 //! hio-host benchmarks, run against the real `hio-host` binary.
 //!
-//!   hio-bench echo [--scenarios a,b,c,d,e,m] [--seconds 5] [--rounds 3] [--compare HIO_HOST_BINARY] [--no-peers]
+//!   hio-bench echo [--scenarios a,b,c,d,e,g,m] [--seconds 5] [--rounds 3] [--compare HIO_HOST_BINARY] [--no-peers]
 //!   hio-bench swap [--conns 100,1000,10000] [--swaps 30]
 //!   hio-bench swap-memory [--swaps 1000] [--conns 100]
 //!   hio-bench upgrade [--conns 100,1000,10000] [--upgrades 10]
@@ -16,7 +16,8 @@
 //! echo: the same scenarios against a minimal native mio echo server,
 //! `hio-host run echo.wasm`, and (a)-(c) also hio 0.6.10's own Python
 //! server and HAProxy 2.6's Lua echo (`--no-peers`: without them), side by
-//! side; see BENCHMARKS.md.
+//! side; see BENCHMARKS.md. Scenario g is (b) at 100, 1,000 and 10,000
+//! connections (the cost curve).
 //! `--compare` puts another build's `hio-host` in the baseline's place (a
 //! before/after of a change, in alternating rounds); scenario m is (b)
 //! with and without the admin endpoint scraped 10 times a second.
