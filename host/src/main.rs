@@ -260,14 +260,17 @@ fn print_config(args: &RunArgs, matches: &ArgMatches, from_file: &BTreeSet<Strin
 }
 
 fn new(path: &std::path::Path, name: Option<&str>, lang: hio_build::Lang) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     let made = hio_build::scaffold::new(path, name, lang)?;
     let from = if made.sdk.is_empty() { String::new() } else { format!(" (hio-guest and hio-test from {})", made.sdk) };
-    println!("created guest {} in {}{from}", made.name, made.dir.display());
+    let mut out = format!("created guest {} in {}{from}\n", made.name, made.dir.display());
     for file in &made.files {
-        println!("  {file}");
+        writeln!(out, "  {file}")?;
     }
     let test = if lang == hio_build::Lang::Rust { "cargo test && " } else { "" };
-    println!("next: cd {} && {test}hio-host build", made.dir.display());
+    writeln!(out, "next: cd '{}' && {test}hio-host build", made.dir.display())?;
+    // A closed stdout (`| head`) is not an error of the scaffold's.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
     Ok(())
 }
 

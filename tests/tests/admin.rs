@@ -222,3 +222,58 @@ fn tls_handshakes_are_counted_by_outcome() {
     assert!(sample(&s, "hio_tls_handshake_seconds_sum", None) < 5.0);
     assert!(silent.closed_by_server(Duration::from_secs(10)));
 }
+
+/// Hostile admin clients hold only themselves: one that pipelines requests
+/// and never reads its answers, one that sends an endless request line.
+#[test]
+fn hostile_admin_clients_do_not_hold_health_checks() {
+    use std::io::{Read, Write};
+    let (_host, admin) = admin_host("echo", &[]);
+    let mut greedy = std::net::TcpStream::connect(admin).unwrap();
+    greedy.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    for _ in 0..3000 {
+        if greedy.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+            break; // its buffers are full: it holds only itself
+        }
+    }
+    let mut endless = std::net::TcpStream::connect(admin).unwrap();
+    endless.write_all(b"GET /readyz?").unwrap();
+    let chunk = vec![b'a'; 64 << 10];
+    let mut refused = false;
+    for _ in 0..64 {
+        if endless.write_all(&chunk).is_err() {
+            refused = true;
+            break;
+        }
+    }
+    endless.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    let _ = endless.read_to_end(&mut answer);
+    assert!(
+        refused || answer.starts_with(b"HTTP/1.1 431"),
+        "a 4 MiB request line was taken: {:?}",
+        String::from_utf8_lossy(&answer[..answer.len().min(80)])
+    );
+    let start = std::time::Instant::now();
+    assert_eq!(curl(admin, "GET", "/readyz", None), (200, "ok\n".into()));
+    assert!(start.elapsed() < Duration::from_secs(5), "readyz took {:?}", start.elapsed());
+}
+
+/// Out of descriptors, the endpoint stops accepting for a while, then
+/// serves again (it used to die with its accepting thread).
+#[test]
+fn the_admin_endpoint_survives_running_out_of_descriptors() {
+    let host = HostProcess::spawn_under(
+        &["prlimit", "--nofile=200:200"],
+        &[],
+        &guest("echo"),
+        &["--admin", "127.0.0.1:0", "--max-conns", "1000"],
+    );
+    let admin = host.admin.expect("ADMIN= in the ready line");
+    let flood: Vec<_> = (0..300).filter_map(|_| std::net::TcpStream::connect(host.addr()).ok()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = curl(admin, "GET", "/readyz", None); // may well fail now
+    drop(flood);
+    eventually("readyz to answer again", || curl(admin, "GET", "/readyz", None) == (200, "ok\n".into()));
+    host.connect().echo(b"still serving");
+}

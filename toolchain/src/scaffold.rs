@@ -62,12 +62,20 @@ pub fn new(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Created> {
     let name = match name {
         Some(n) => n.to_string(),
         None => {
-            let n = dir.file_name().and_then(|n| n.to_str()).context("name the guest with --name")?;
+            // `hio-host new .` is named after the directory it stands in.
+            let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+            let n = absolute.file_name().and_then(|n| n.to_str()).context("name the guest with --name")?;
             check_name(n).map_err(|e| anyhow::anyhow!("{e}: name the guest with --name"))?;
             n.to_string()
         }
     };
     check_name(&name)?;
+    let dir_name = std::path::absolute(dir).ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if lang != Lang::Rust && dir_name.as_deref() != Some(name.as_str()) {
+        bail!(
+            "a {lang:?} guest's component is named after its directory: make the directory {name:?} instead of --name"
+        );
+    }
     let ((hio_guest, hio_test, sdk, docs), files) = match lang {
         Lang::Rust => (dependencies(), RUST),
         Lang::Python => (Default::default(), PYTHON),
@@ -147,6 +155,10 @@ fn check_name(name: &str) -> Result<()> {
         "std",
         "core",
         "alloc",
+        "hio_guest",
+        "hio_test",
+        "hio_host",
+        "hio_build",
         "test",
         "proc_macro",
     ];
@@ -195,7 +207,7 @@ mod tests {
         for good in ["policy", "my-policy", "p2_x"] {
             assert!(check_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "2fast", "my policy", "-x", "é", "Caps", "fn", "std"] {
+        for bad in ["", "2fast", "my policy", "-x", "é", "Caps", "fn", "std", "hio-guest"] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }

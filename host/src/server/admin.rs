@@ -1,7 +1,12 @@
-//! The admin endpoint (`--admin HOST:PORT`, off by default): HTTP/1.1 on a
-//! thread of its own (`tiny_http`) that reads only what the event loops
-//! publish ([`Stats`]: relaxed atomics), so a slow or hostile scraper
-//! never holds a loop, and a loop never waits for it.
+//! The admin endpoint (`--admin HOST:PORT`, off by default): HTTP/1.1
+//! (`hyper`) on a thread of its own with a small async runtime, reading only
+//! what the event loops publish ([`Stats`]: relaxed atomics), so a slow or
+//! hostile client never holds a loop, and a loop never waits for it. Each
+//! connection is a task, not a thread: one that never reads its answers or
+//! sends its request a byte at a time holds only itself, for at most
+//! [`CONNECTION_LIFETIME`]; at most [`MAX_CONNECTIONS`] are served at once
+//! (more are closed at accept), requests' heads are bounded
+//! ([`MAX_HEAD`]), and running out of descriptors only pauses accepting.
 //!
 //! - `GET /livez`: 200 while every loop turns (made a pass within
 //!   [`LIVE_WITHIN`]); 503 naming the one that does not.
@@ -13,7 +18,8 @@
 //! - `GET /metrics`: the counters in the OpenMetrics text format
 //!   (`prometheus-client`), labelled by worker.
 //! - `POST /swap` (body: a guest path, or empty for the current file): a
-//!   hot swap of every worker, as SIGHUP does; JSON with each outcome.
+//!   hot swap of every worker, as SIGHUP does; JSON with each outcome. One
+//!   at a time: another while one is under way is a 409.
 //!
 //! A program embedding the host serves it for its own servers: take
 //! [`crate::Server::watched`] from each before `run`, then call [`serve`].
@@ -23,7 +29,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -31,7 +40,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
-use tiny_http::{Header, Method, Request, Response};
 
 use crate::guest::swap::{SwapOutcome, Swapper};
 use crate::stats::{Histogram, Stats};
@@ -44,6 +52,16 @@ pub const LIVE_WITHIN: Duration = Duration::from_secs(10);
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long `POST /swap` waits for the loops' answers.
 const SWAP_WAIT: Duration = Duration::from_secs(120);
+/// Connections served at once; more are closed as they are accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The longest one connection is kept, whatever it does.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// The time a request's head may take to arrive.
+const HEAD_WITHIN: Duration = Duration::from_secs(5);
+/// The largest request head (request line and headers), in bytes.
+pub const MAX_HEAD: usize = 16 << 10;
+/// The largest `POST /swap` body (a path), in bytes.
+const MAX_SWAP_BODY: usize = 4096;
 
 /// One worker as the endpoint sees it.
 #[derive(Clone)]
@@ -54,51 +72,101 @@ pub struct Watched {
     pub swapper: Swapper,
 }
 
+/// What the endpoint serves from: the workers, their metrics, and the one
+/// swap that may be under way.
+struct Admin {
+    workers: Vec<Watched>,
+    registry: Registry,
+    swapping: tokio::sync::Mutex<()>,
+}
+
 /// Serve the endpoint at `addr` (port 0 picks a free one) for `workers`
 /// (labelled 0, 1... in that order) on a thread of its own, which lives as
 /// long as the process; returns where it listens. Errors: the address
 /// cannot be bound.
 pub fn serve(addr: SocketAddr, workers: Vec<Watched>) -> Result<SocketAddr> {
-    let server = tiny_http::Server::http(addr).map_err(|e| anyhow!("cannot serve --admin on {addr}: {e}"))?;
-    let bound = server.server_addr().to_ip().ok_or_else(|| anyhow!("--admin is not an IP address"))?;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot serve --admin on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Metrics(workers.clone())));
+    let admin = Arc::new(Admin { workers, registry, swapping: tokio::sync::Mutex::new(()) });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("hio-admin".into()).spawn(move || {
-        for mut request in server.incoming_requests() {
-            if request.method() == &Method::Post && request.url() == "/swap" {
-                // A swap takes as long as compiling the guest: health checks
-                // must not wait behind it.
-                let workers = workers.clone();
-                std::thread::spawn(move || {
-                    let response = swap(&mut request, &workers);
-                    reply(request, response);
-                });
-                continue;
+        runtime.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => accept_loop(listener, admin).await,
+                Err(e) => tracing::error!("admin endpoint: cannot listen: {e}"),
             }
-            let response = answer(&mut request, &workers, &registry);
-            reply(request, response);
-        }
+        })
     })?;
     tracing::info!(admin = %bound, "admin endpoint: /livez /readyz /status /metrics, POST /swap");
     Ok(bound)
 }
 
-type Answer = Response<std::io::Cursor<Vec<u8>>>;
-
-fn reply(request: Request, response: Answer) {
-    if let Err(e) = request.respond(response) {
-        tracing::debug!("admin endpoint: cannot answer: {e}");
+async fn accept_loop(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, most likely: the connection waits in
+                // the backlog; look again shortly rather than give up.
+                tracing::debug!("admin endpoint: cannot accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let admin = admin.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(request, &admin).await.into_response()) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_WITHIN)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                tracing::debug!("admin endpoint: connection ended: {e}");
+            }
+            drop(slot);
+        });
     }
 }
 
-fn answer(request: &mut Request, workers: &[Watched], registry: &Registry) -> Answer {
-    let path = request.url().split('?').next().unwrap_or_default().to_string();
-    match (request.method(), path.as_str()) {
-        (Method::Get, "/livez") => plain(verdict(workers, live)),
-        (Method::Get, "/readyz") => plain(verdict(workers, ready)),
-        (Method::Get, "/status") => json(200, &status(workers)),
-        (Method::Get, "/metrics") => metrics(registry),
-        (Method::Post, "/swap") => swap(request, workers),
+/// An answer: status, content type, body.
+struct Reply(u16, &'static str, Vec<u8>);
+
+impl Reply {
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let Reply(code, content_type, body) = self;
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+            response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        }
+        response
+    }
+}
+
+async fn answer(request: Request<Incoming>, admin: &Arc<Admin>) -> Reply {
+    let workers = &admin.workers;
+    match (request.method().clone(), request.uri().path()) {
+        (Method::GET, "/livez") => plain(verdict(workers, live)),
+        (Method::GET, "/readyz") => plain(verdict(workers, ready)),
+        (Method::GET, "/status") => {
+            let workers = workers.clone();
+            // Hashing the guest's file reads it: off the endpoint's thread.
+            match tokio::task::spawn_blocking(move || status(&workers)).await {
+                Ok(value) => json(200, &value),
+                Err(e) => text(500, &format!("cannot make the status: {e}\n")),
+            }
+        }
+        (Method::GET, "/metrics") => metrics(&admin.registry),
+        (Method::POST, "/swap") => swap(request, admin.clone()).await,
         (_, "/livez" | "/readyz" | "/status" | "/metrics" | "/swap") => text(405, "method not allowed\n"),
         _ => text(404, "not found: /livez /readyz /status /metrics, POST /swap\n"),
     }
@@ -126,24 +194,19 @@ fn ready(s: &Stats) -> Option<String> {
     (s.guest_up.get() == 0).then(|| "the guest is down (restarting after a failure)".into())
 }
 
-fn plain(verdict: Result<(), String>) -> Answer {
+fn plain(verdict: Result<(), String>) -> Reply {
     match verdict {
         Ok(()) => text(200, "ok\n"),
         Err(why) => text(503, &format!("{why}\n")),
     }
 }
 
-fn text(code: u16, body: &str) -> Answer {
-    respond(code, "text/plain; charset=utf-8", body.as_bytes().to_vec())
+fn text(code: u16, body: &str) -> Reply {
+    Reply(code, "text/plain; charset=utf-8", body.as_bytes().to_vec())
 }
 
-fn json(code: u16, value: &serde_json::Value) -> Answer {
-    respond(code, "application/json", format!("{value}\n").into_bytes())
-}
-
-fn respond(code: u16, content_type: &str, body: Vec<u8>) -> Answer {
-    let header = Header::from_bytes("Content-Type", content_type).expect("a valid header");
-    Response::from_data(body).with_status_code(code).with_header(header)
+fn json(code: u16, value: &serde_json::Value) -> Reply {
+    Reply(code, "application/json", format!("{value}\n").into_bytes())
 }
 
 fn status(workers: &[Watched]) -> serde_json::Value {
@@ -185,22 +248,38 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn metrics(registry: &Registry) -> Answer {
+fn metrics(registry: &Registry) -> Reply {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, registry) {
-        Ok(()) => respond(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body.into_bytes()),
+        Ok(()) => Reply(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body.into_bytes()),
         Err(e) => text(500, &format!("cannot encode the metrics: {e}\n")),
     }
 }
 
-fn swap(request: &mut Request, workers: &[Watched]) -> Answer {
-    use std::io::Read;
-    let mut body = String::new();
-    // A path is a few hundred bytes; more is not a request for this.
-    if let Err(e) = request.as_reader().take(4096).read_to_string(&mut body) {
-        return text(400, &format!("the body must be a guest's path in UTF-8 (or empty): {e}\n"));
-    }
+/// `POST /swap`: the body is a path (UTF-8, at most [`MAX_SWAP_BODY`]
+/// bytes) or empty; one swap at a time.
+async fn swap(request: Request<Incoming>, admin: Arc<Admin>) -> Reply {
+    let body = match Limited::new(request.into_body(), MAX_SWAP_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return text(413, &format!("the body must be a guest's path of at most {MAX_SWAP_BODY} bytes: {e}\n"));
+        }
+    };
+    let Ok(body) = String::from_utf8(body.to_vec()) else {
+        return text(400, "the body must be a guest's path in UTF-8 (or empty)\n");
+    };
+    let Ok(_one) = admin.swapping.try_lock() else {
+        return text(409, "a swap is under way; ask again once it is done\n");
+    };
     let path = Some(body.trim()).filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    let workers = admin.workers.clone();
+    match tokio::task::spawn_blocking(move || swap_all(path, &workers)).await {
+        Ok(reply) => reply,
+        Err(e) => text(500, &format!("the swap failed: {e}\n")),
+    }
+}
+
+fn swap_all(path: Option<std::path::PathBuf>, workers: &[Watched]) -> Reply {
     let asked: Vec<_> = workers.iter().map(|w| w.swapper.swap(path.clone())).collect();
     let outcomes: Vec<SwapOutcome> =
         asked.into_iter().map(|rx| rx.recv_timeout(SWAP_WAIT).unwrap_or_else(|_| Err("no answer".into()))).collect();
@@ -263,8 +342,9 @@ const SERIES: &[Series] = &[
     ),
     (
         "hio_connections_closed",
-        "Connections ended, by reason: clean (everything delivered, then FIN), proxy_header (closed before the \
-         guest met it); every other reason is a reset",
+        "Connections ended, by reason: clean (not reset by the host: the guest's close once everything was sent, \
+         or the peer's own end or reset), proxy_header (closed before the guest met it); every other reason is a \
+         reset by the host",
         true,
         "reason",
         &[

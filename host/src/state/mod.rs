@@ -424,7 +424,8 @@ impl HostState {
                 continue;
             }
             c.clear_read_pause();
-            c.read(scratch, self.wirelog.as_mut(), false);
+            let got = c.read(scratch, self.wirelog.as_mut(), false);
+            self.stats.bytes_received.add(got.bytes as u64);
             let (news, flush) = (c.has_news(), c.needs_flush());
             self.after_io(id, news, flush);
         }
@@ -445,7 +446,8 @@ impl HostState {
             let mut news = false;
             if c.wants_read_resume() {
                 c.clear_read_pause();
-                c.read(scratch, self.wirelog.as_mut(), false);
+                let got = c.read(scratch, self.wirelog.as_mut(), false);
+                self.stats.bytes_received.add(got.bytes as u64);
                 news = c.has_news();
             }
             news |= c.cutoff() && !was_cutoff;
