@@ -184,14 +184,15 @@ pub fn run(config: Config, workers: usize, process: Process) -> Result<()> {
 
 /// Listen for a successor. A process that cannot fails to start, unless it
 /// just took over: then serving matters more, and it serves on without.
+/// Returns the flag set once a successor took over.
 fn listen_for_successors(
     path: &Path,
     links: Vec<WorkerLink>,
     terms: Terms,
     took_over: bool,
-) -> Result<Option<JoinHandle<()>>> {
+) -> Result<Option<Arc<AtomicBool>>> {
     match serve_successors(path.to_path_buf(), links, terms) {
-        Ok(thread) => Ok(Some(thread)),
+        Ok(handed) => Ok(Some(handed)),
         Err(e) if took_over => {
             tracing::error!("serving on without an upgrade socket: {e:#}");
             Ok(None)
@@ -200,11 +201,12 @@ fn listen_for_successors(
     }
 }
 
-/// At exit, the upgrade socket goes, unless a successor took over (it
-/// listens there now, and the thread that handed over has ended).
-fn forget_upgrade_socket(path: Option<&Path>, successors: Option<JoinHandle<()>>) {
-    if let (Some(path), Some(thread)) = (path, successors)
-        && !thread.is_finished()
+/// At exit, the upgrade socket goes, unless a successor took over: it
+/// listens there now, and removing its socket would leave the next upgrade
+/// nothing to connect to.
+fn forget_upgrade_socket(path: Option<&Path>, handed: Option<Arc<AtomicBool>>) {
+    if let (Some(path), Some(handed)) = (path, handed)
+        && !handed.load(Ordering::Acquire)
     {
         let _ = std::fs::remove_file(path);
     }

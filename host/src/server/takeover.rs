@@ -29,6 +29,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
@@ -264,9 +265,11 @@ fn socket_there(path: &Path) -> Result<bool> {
 }
 
 /// Listen at `path` for a successor; hand each worker's share over when one
-/// comes. Returns once a successor has committed (the serving process then
-/// drains what stayed) or the listener fails.
-pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>, terms: Terms) -> Result<std::thread::JoinHandle<()>> {
+/// comes (the listening thread ends once a successor has committed: the
+/// serving process then drains what stayed). Returns a flag set once a
+/// successor took over, before any worker lets go: from then on the socket
+/// file at `path` is the successor's.
+pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>, terms: Terms) -> Result<Arc<AtomicBool>> {
     if socket_there(&path)? {
         // Left by a host that is gone (one that is not was refused at start).
         std::fs::remove_file(&path)?;
@@ -276,7 +279,9 @@ pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>, terms: Terms) -
     tracing::info!(path = %path.display(), "listening for a successor (hio-host run --takeover)");
     // Whoever may connect here may take every connection: the owner only.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let handle = std::thread::Builder::new().name("hio-successors".into()).spawn(move || {
+    let handed = Arc::new(AtomicBool::new(false));
+    let flag = handed.clone();
+    std::thread::Builder::new().name("hio-successors".into()).spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
             // SAFETY: getuid cannot fail and touches no memory.
@@ -288,7 +293,7 @@ pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>, terms: Terms) -
                     continue;
                 }
             }
-            match hand_over(stream, &workers, terms, &path) {
+            match hand_over(stream, &workers, terms, &path, &flag) {
                 Ok(false) => {}
                 Ok(true) => {
                     tracing::info!("taken over by a successor: what moved is gone from here; draining the rest");
@@ -298,7 +303,7 @@ pub fn serve_successors(path: PathBuf, workers: Vec<WorkerLink>, terms: Terms) -
             }
         }
     })?;
-    Ok(handle)
+    Ok(handed)
 }
 
 /// Time left before `deadline`, or an error once it passed.
@@ -311,7 +316,13 @@ fn left(deadline: Instant) -> Result<Duration> {
 }
 
 /// One successor's takeover, from this side: whether it took over.
-fn hand_over(mut stream: UnixStream, workers: &[WorkerLink], terms: Terms, path: &Path) -> Result<bool> {
+fn hand_over(
+    mut stream: UnixStream,
+    workers: &[WorkerLink],
+    terms: Terms,
+    path: &Path,
+    handed: &AtomicBool,
+) -> Result<bool> {
     stream.set_read_timeout(Some(HELLO_WAIT))?;
     stream.set_write_timeout(Some(HELLO_WAIT))?;
     let mut hello = [0u8; 16];
@@ -373,6 +384,7 @@ fn hand_over(mut stream: UnixStream, workers: &[WorkerLink], terms: Terms, path:
     // be gone in an instant.
     let confirmed = asked.and_then(|()| {
         // The successor listens here next.
+        handed.store(true, Ordering::Release);
         let _ = std::fs::remove_file(path);
         stream.write_all(b"D").context("cannot confirm the takeover")
     });
