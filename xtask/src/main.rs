@@ -180,27 +180,38 @@ fn python_env(root: &Path) -> Result<PathBuf> {
 }
 
 /// Python guests: guest/NAME/app.py becomes target/wasm/NAME.wasm with
-/// componentize-py (rebuilt when app.py or the WIT is newer).
+/// componentize-py from the venv in target/pyenv.
 fn build_python_guests(root: &Path, out: &Path) -> Result<()> {
-    let apps = apps_with(root, "app.py")?;
-    if apps.is_empty() {
-        return Ok(());
-    }
-    python_env(root)?;
-    let tool = root.join("target/pyenv/bin/componentize-py");
-    for dir in apps {
-        let name = dir.file_name().and_then(|n| n.to_str()).context("guest directory name")?.to_string();
-        let dest = out.join(format!("{name}.wasm"));
-        if !fresh(&dest, &[&dir.join("app.py"), &root.join("wit/hio.wit")]) {
-            hio_build::python::build(&tool, &dir, &root.join("wit"), &name, out)?;
-        }
-        eprintln!("xtask: guest component {}", dest.display());
-    }
-    Ok(())
+    build_apps(root, out, "app.py", || {
+        python_env(root)?;
+        let tool = root.join("target/pyenv/bin/componentize-py");
+        Ok(move |dir: &Path, wit: &Path, name: &str| hio_build::python::build(&tool, dir, wit, name, out))
+    })
 }
 
-/// Guest directories under guest/ holding `file` (app.py, app.js).
-fn apps_with(root: &Path, file: &str) -> Result<Vec<PathBuf>> {
+/// JavaScript guests: guest/NAME/app.js becomes target/wasm/NAME.wasm with
+/// componentize-js, installed into target/jsenv. Node.js and npm come from
+/// Debian when missing.
+fn build_js_guests(root: &Path, out: &Path) -> Result<()> {
+    build_apps(root, out, "app.js", || {
+        if !Path::new("/usr/bin/node").exists() && Command::new("node").arg("--version").output().is_err() {
+            eprintln!("xtask: installing Debian's nodejs npm for the JavaScript guests");
+            hio_build::toolchain::apt_install(&["nodejs", "npm"])?;
+        }
+        let script = hio_build::js::componentize_js(&root.join("target/jsenv"))?;
+        Ok(move |dir: &Path, wit: &Path, name: &str| hio_build::js::build(&script, dir, wit, name, out))
+    })
+}
+
+/// Every guest/NAME holding `file` becomes target/wasm/NAME.wasm, rebuilt
+/// when `file` or the WIT is newer; `tool` sets the builder up, only if
+/// there is something to build.
+fn build_apps<B: Fn(&Path, &Path, &str) -> Result<PathBuf>>(
+    root: &Path,
+    out: &Path,
+    file: &str,
+    tool: impl FnOnce() -> Result<B>,
+) -> Result<()> {
     let mut apps = Vec::new();
     for entry in std::fs::read_dir(root.join("guest"))? {
         let dir = entry?.path();
@@ -208,36 +219,25 @@ fn apps_with(root: &Path, file: &str) -> Result<Vec<PathBuf>> {
             apps.push(dir);
         }
     }
+    if apps.is_empty() {
+        return Ok(());
+    }
     apps.sort();
-    Ok(apps)
+    let build = tool()?;
+    let wit = root.join("wit");
+    for dir in apps {
+        let name = dir.file_name().and_then(|n| n.to_str()).context("guest directory name")?.to_string();
+        let dest = out.join(format!("{name}.wasm"));
+        if !fresh(&dest, &[&dir.join(file), &wit.join("hio.wit")]) {
+            build(&dir, &wit, &name)?;
+        }
+        eprintln!("xtask: guest component {}", dest.display());
+    }
+    Ok(())
 }
 
 /// Whether `built` is newer than every one of `sources`.
 fn fresh(built: &Path, sources: &[&Path]) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     modified(built).is_some_and(|b| sources.iter().all(|s| modified(s).is_some_and(|s| b > s)))
-}
-
-/// JavaScript guests: guest/NAME/app.js becomes target/wasm/NAME.wasm with
-/// componentize-js, installed into target/jsenv (rebuilt when app.js or the
-/// WIT is newer). Node.js and npm come from Debian when missing.
-fn build_js_guests(root: &Path, out: &Path) -> Result<()> {
-    let apps = apps_with(root, "app.js")?;
-    if apps.is_empty() {
-        return Ok(());
-    }
-    if !Path::new("/usr/bin/node").exists() && Command::new("node").arg("--version").output().is_err() {
-        eprintln!("xtask: installing Debian's nodejs npm for the JavaScript guests");
-        hio_build::toolchain::apt_install(&["nodejs", "npm"])?;
-    }
-    let script = hio_build::js::componentize_js(&root.join("target/jsenv"))?;
-    for dir in apps {
-        let name = dir.file_name().and_then(|n| n.to_str()).context("guest directory name")?.to_string();
-        let dest = out.join(format!("{name}.wasm"));
-        if !fresh(&dest, &[&dir.join("app.js"), &root.join("wit/hio.wit")]) {
-            hio_build::js::build(&script, &dir, &root.join("wit"), &name, out)?;
-        }
-        eprintln!("xtask: guest component {}", dest.display());
-    }
-    Ok(())
 }
