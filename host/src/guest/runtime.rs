@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -68,6 +69,15 @@ fn newer_patch(names: &[String], e: wasmtime::Error) -> anyhow::Error {
 fn wit_version() -> String {
     let (major, minor, patch) = WIT_VERSION;
     format!("{major}.{minor}.{patch}")
+}
+
+/// The least time instantiating a guest may take (see `Runtime::instantiate`).
+const INSTANTIATE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Epoch ticks a call may run for `limit`: rounded up, plus the tick
+/// already under way.
+fn ticks(limit: Duration) -> u64 {
+    limit.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
 }
 
 /// The largest guest file read (an interpreter's component is tens of MB):
@@ -135,10 +145,9 @@ impl Runtime {
         Ok(Runtime { engine, linker, limits, ticker, cache })
     }
 
-    /// Epoch ticks a call may run: the deadline, rounded up, plus the tick
-    /// already under way.
+    /// Epoch ticks a call may run: the deadline.
     fn deadline_ticks(&self) -> u64 {
-        self.limits.deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
+        ticks(self.limits.deadline)
     }
 
     /// Load and check a guest component from a file.
@@ -226,7 +235,10 @@ impl Runtime {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         let deadline = self.deadline_ticks();
-        store.set_epoch_deadline(deadline);
+        // Instantiating is mostly the engine's work (memories, tables), and
+        // on a loaded machine it has taken over 100 ms: it gets the deadline
+        // or INSTANTIATE_WITHIN, whichever is longer; `start` gets the deadline.
+        store.set_epoch_deadline(deadline.max(ticks(INSTANTIATE_WITHIN)));
         if let Some(fuel) = self.limits.fuel
             && let Err(e) = store.set_fuel(fuel)
         {
