@@ -79,6 +79,12 @@ fn backoff(n: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(1 << n.saturating_sub(1).min(16)).min(MAX_BACKOFF)
 }
 
+/// A guest instance started (the first, a restart, a swap's): it is up.
+fn guest_started(stats: &crate::stats::Stats) {
+    stats.guest_starts.add(1);
+    stats.guest_up.set(1);
+}
+
 /// The tyme a guest asked to be woken at, as the loop can use it: NaN and
 /// +inf mean never; anything else (-inf, a tyme long past, 1e300) is an
 /// ordinary tyme, so no value a guest returns can upset the loop.
@@ -115,9 +121,7 @@ impl Supervisor {
         swapper: Swapper,
     ) -> Result<Supervisor> {
         let generation = runtime.launch(&component, host, &config, snapshot).map_err(|f| f.error)?;
-        let stats = generation.host_ref().stats();
-        stats.guest_starts.add(1);
-        stats.guest_up.set(1);
+        guest_started(generation.host_ref().stats());
         Ok(Supervisor {
             runtime,
             component,
@@ -277,10 +281,8 @@ impl Supervisor {
         let Some((host, _)) = self.tenant.take() else { unreachable!("was down") };
         match self.runtime.launch(&self.component, host, &self.config, None) {
             Ok(generation) => {
-                let stats = generation.host_ref().stats();
-                stats.guest_starts.add(1);
-                stats.guest_restarts.add(1);
-                stats.guest_up.set(1);
+                guest_started(generation.host_ref().stats());
+                generation.host_ref().stats().guest_restarts.add(1);
                 self.tenant = Tenant::Up(generation);
                 tracing::warn!(attempt = self.restarts.in_a_row, "guest restarted; connections handed over");
                 self.next_wake = Some(f64::NEG_INFINITY);
@@ -342,8 +344,7 @@ impl Supervisor {
             Ok(r) => {
                 stats.swaps_ok.add(1);
                 stats.swap_pause.observe(r.pause.as_secs_f64());
-                stats.guest_starts.add(1);
-                stats.guest_up.set(1);
+                guest_started(&stats);
                 format!("swapped to {} ({} µs pause)", r.guest.display(), r.pause.as_micros())
             }
             Err(e) => {
