@@ -75,7 +75,8 @@ pub struct Stats {
     pub refused_descriptors: Counter,
     /// Bytes read from peers (plaintext, for TLS).
     pub bytes_received: Counter,
-    /// Bytes written to peers from the connections' queues (plaintext).
+    /// Bytes written to peers (plaintext): from the connections' queues, a
+    /// batch cycle's answers and the guest's `send`.
     pub bytes_sent: Counter,
     /// Guest instances started (first start, restarts, swaps).
     pub guest_starts: Counter,

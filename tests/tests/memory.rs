@@ -66,8 +66,9 @@ fn many_slow_readers_stay_within_the_server_wide_bound() {
     // about 100 MiB (measured: 99 MiB with a 1 GiB bound); a 4 MiB bound
     // holds it to a few MiB, plus what each connection may still hold at
     // the bound (`conn::FLOOR`, 4 KiB of bytes, about 8 KiB of buffers):
-    // measured 12 MiB before the floor, 14 MiB with it, guest memory and
-    // allocator slack included.
+    // measured 12 MiB before the floor, 14 MiB with it, 10 MiB once a
+    // guest call was lent 1 MiB at most instead of 4 (guest memory and
+    // allocator slack included).
     let host = HostProcess::spawn(&guest("echo"), &["--max-buffered-mib", "4"]);
     let grew = growth_mib(&host, || slow_readers(&host, 200, 1 << 20));
     eprintln!("200 slow readers: the host grew by {grew:.1} MiB");

@@ -118,3 +118,31 @@ fn many_poison_connections_at_once_cost_only_themselves() {
     }
     still_serves(&mut host, &mut bystanders[0]);
 }
+
+#[test]
+fn answers_in_a_batch_result_the_host_cannot_apply_fail_the_guest_not_the_host() {
+    // One byte past the room the host set aside, bytes past the end of the
+    // result, a connection the guest never held: each is the guest's fault,
+    // named in the log, and fails it as a trap does. Nothing is lost: the
+    // successor pulls the same bytes in `start` and answers them by a host
+    // call (this guest echoes what it does not know).
+    let cases = [
+        ("overroom\n", "beyond what it may (more than its room)"),
+        ("outofrange\n", "with bytes out of its result's range"),
+        ("stranger\n", "beyond what it may (it does not hold it open)"),
+    ];
+    for (command, said) in cases {
+        let mut host = HostProcess::spawn(&guest("rogue"), &[]);
+        let mut bystander = host.connect();
+        bystander.echo(b"before");
+        let mut bad = host.connect();
+        bad.echo(b"harmless");
+        bad.send(command.as_bytes());
+        assert_eq!(bad.recv_line(), command, "{}", host.log());
+        bystander.echo(b"after");
+        still_serves(&mut host, &mut bystander);
+        let log = host.log();
+        assert!(log.contains(said), "{command}: {said}\n{log}");
+        assert_eq!(log.matches("guest down; restarting it").count(), 1, "{log}");
+    }
+}

@@ -24,13 +24,14 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "server",
+        world: "batched-server",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "hio_guest::bindings",
     });
 }
 
+mod answers;
 mod ca;
 pub mod log;
 mod remoter;
@@ -205,6 +206,14 @@ macro_rules! export_service {
                 cycle: $crate::bindings::exports::hio::tcp::guest::Cycle,
             ) -> ::std::option::Option<f64> {
                 $crate::runtime::service(cycle)
+            }
+        }
+
+        impl $crate::bindings::exports::hio::tcp::batch::Guest for __HioGuest {
+            fn service(
+                cycle: $crate::bindings::exports::hio::tcp::batch::Cycle,
+            ) -> $crate::bindings::exports::hio::tcp::batch::Answers {
+                $crate::runtime::service_batch(cycle)
             }
         }
 

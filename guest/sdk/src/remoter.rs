@@ -46,6 +46,11 @@ pub struct Remoter {
     pub tls: Option<TlsInfo>,
     pub(crate) txed: bool,
     closed: bool,
+    /// Bytes of answers that may still be kept for this batch cycle's
+    /// result (the host's `room`); 0 outside a batch cycle.
+    pub(crate) room: u32,
+    /// Answers are kept for this cycle's result (see `answers`).
+    pub(crate) kept: bool,
 }
 
 impl Remoter {
@@ -64,6 +69,8 @@ impl Remoter {
             tls: None,
             txed: false,
             closed: false,
+            room: 0,
+            kept: false,
         }
     }
 
@@ -104,6 +111,35 @@ impl Remoter {
         } else {
             self.rxbs.extend_from_slice(&data);
         }
+    }
+
+    /// Bytes a batch cycle handed (a slice of its one buffer): they join rxbs.
+    pub(crate) fn arrived_from(&mut self, data: &[u8], cutoff: bool) {
+        self.cutoff |= cutoff;
+        if !data.is_empty() {
+            self.touch();
+            self.rxbs.extend_from_slice(data);
+        }
+    }
+
+    /// The batch cycle is over: what it did not keep goes by host calls.
+    pub(crate) fn cycle_over(&mut self) {
+        self.room = 0;
+        self.kept = false;
+    }
+
+    /// Send the answers kept for this cycle's result now, by host calls,
+    /// in order: anything done through [`Remoter::handle`] then comes after
+    /// them. (Every operation of this type does so itself when it must.)
+    pub fn send_kept(&mut self) -> Result<(), Error> {
+        if !self.kept {
+            return Ok(());
+        }
+        self.kept = false;
+        self.room = 0;
+        let handle = &self.handle;
+        crate::answers::take(self.id, |data, consume| handle.tx_consume(data, consume))?;
+        Ok(())
     }
 
     /// hio's `receive`: one read of up to bs bytes. `None` is nothing now,
@@ -173,7 +209,8 @@ impl Remoter {
             return Ok(());
         }
         if !self.closed {
-            self.handle.consume(count as u64)?;
+            self.answer(&[], count)?;
+            return Ok(());
         }
         self.drop_rxbs(count);
         Ok(())
@@ -192,6 +229,7 @@ impl Remoter {
     /// would block, or while queued bytes wait to go first).
     pub fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
         self.check_open()?;
+        self.send_kept()?;
         let n = self.handle.send(data)? as usize;
         if n > 0 {
             self.touch();
@@ -205,9 +243,7 @@ impl Remoter {
         if data.is_empty() {
             return Ok(());
         }
-        self.handle.tx(data)?;
-        self.answered(true, 0);
-        Ok(())
+        self.answer(data, 0)
     }
 
     /// `tx(data)` and `consume_rxbs(count)` as one step, in one crossing:
@@ -215,10 +251,7 @@ impl Remoter {
     /// neither loses nor repeats the answer; when refused, nothing changed.
     pub fn tx_consume(&mut self, data: &[u8], count: usize) -> Result<(), Error> {
         self.check_open()?;
-        let count = count.min(self.rxbs.len());
-        self.handle.tx_consume(data, count as u64)?;
-        self.answered(!data.is_empty(), count);
-        Ok(())
+        self.answer(data, count.min(self.rxbs.len()))
     }
 
     /// hio's EchoServer step: queue rxbs back to the peer and consume it.
@@ -227,9 +260,40 @@ impl Remoter {
             return Ok(());
         }
         self.check_open()?;
-        let count = self.rxbs.len();
-        self.handle.tx_consume(&self.rxbs, count as u64)?;
+        // Out of self while passed on, then back: its memory is kept.
+        let rxbs = std::mem::take(&mut self.rxbs);
+        let count = rxbs.len();
+        let passed = self.pass(&rxbs, count);
+        self.rxbs = rxbs;
+        passed?;
         self.answered(true, count);
+        Ok(())
+    }
+
+    /// Queue `data` and consume the first `count` bytes of rxbs: kept for
+    /// the batch cycle's result when it fits the room the host set aside,
+    /// else one host call (after the answers kept, to keep their order).
+    fn answer(&mut self, data: &[u8], count: usize) -> Result<(), Error> {
+        self.pass(data, count)?;
+        self.answered(!data.is_empty(), count);
+        Ok(())
+    }
+
+    /// `answer`, leaving rxbs alone.
+    fn pass(&mut self, data: &[u8], count: usize) -> Result<(), Error> {
+        let room = data.len() <= self.room as usize && (self.room > 0 || self.kept);
+        if room && crate::answers::fits(data.len()) {
+            crate::answers::keep(self.id, data, count as u64);
+            self.room -= data.len() as u32;
+            self.kept = true;
+        } else {
+            self.send_kept()?;
+            if data.is_empty() {
+                self.handle.consume(count as u64)?;
+            } else {
+                self.handle.tx_consume(data, count as u64)?;
+            }
+        }
         Ok(())
     }
 
@@ -245,20 +309,23 @@ impl Remoter {
     /// sends after every cycle and whenever the socket becomes writable.
     pub fn service_sends(&mut self) -> Result<u64, Error> {
         self.check_open()?;
+        self.send_kept()?;
         self.txed = false;
         Ok(self.handle.flush()?)
     }
 
     /// Bytes the peer has not yet taken: queued in the host, and in the
     /// kernel's send buffer (hio's txbs, and what the socket holds).
-    pub fn queued(&self) -> Result<u64, Error> {
+    pub fn queued(&mut self) -> Result<u64, Error> {
         self.check_open()?;
+        self.send_kept()?;
         Ok(self.handle.queued()?)
     }
 
     /// Shut down one or both directions of the socket (hio's `shutdown`).
     pub fn shutdown(&mut self, how: ShutdownHow) -> Result<(), Error> {
         self.check_open()?;
+        self.send_kept()?;
         Ok(self.handle.shutdown(how)?)
     }
 
@@ -277,8 +344,9 @@ impl Remoter {
         if self.closed {
             return Ok(());
         }
+        let kept = self.send_kept();
         self.closed = true;
-        Ok(self.handle.close()?)
+        kept.and(Ok(self.handle.close()?))
     }
 
     /// Whether this connection was closed.
@@ -286,8 +354,20 @@ impl Remoter {
         self.closed
     }
 
-    /// The raw host handle, for operations the SDK does not wrap.
+    /// The raw host handle, for operations the SDK does not wrap. What is
+    /// done through it happens at once, before answers kept for this
+    /// cycle's result: call [`Remoter::send_kept`] first where order matters.
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+}
+
+impl Drop for Remoter {
+    /// Answers kept for the cycle's result go before the handle closes the
+    /// connection.
+    fn drop(&mut self) {
+        if let Err(e) = self.send_kept() {
+            crate::log::warn(&format!("{}: answers could not be sent before it left: {e}", self.ca));
+        }
     }
 }

@@ -3,14 +3,16 @@
 
 use std::cell::RefCell;
 
+use crate::bindings::exports::hio::tcp::batch::{Answers, Cycle as BatchCycle};
 use crate::bindings::exports::hio::tcp::guest::{Config, Cycle, Snapshot};
 use crate::bindings::hio::tcp::acceptor::Listener;
 use crate::bindings::hio::tcp::remoter::Connection;
-use crate::{Server, Service, log, snapshot};
+use crate::{Server, Service, answers, log, snapshot};
 
 /// What the exported functions call, whatever the Service's type.
 trait Instance {
     fn service(&mut self, cycle: Cycle) -> Option<f64>;
+    fn service_batch(&mut self, cycle: BatchCycle) -> Answers;
     fn save(&self) -> snapshot::State;
 }
 
@@ -82,10 +84,11 @@ fn restore<S: Service>(service: &mut S, server: &mut Server<S::Conn>, state: sna
     }
 }
 
-impl<S: Service> Instance for App<S> {
-    fn service(&mut self, cycle: Cycle) -> Option<f64> {
+impl<S: Service> App<S> {
+    /// The policy's part of a cycle, once its news are in; returns the
+    /// tyme of the next cycle wanted.
+    fn recur(&mut self, began_draining: bool) -> Option<f64> {
         let App { server, service } = self;
-        let began_draining = server.begin_cycle(cycle.tyme, cycle.accepts, cycle.ready);
         service.recur(server);
         if began_draining {
             service.draining(server);
@@ -94,6 +97,22 @@ impl<S: Service> Instance for App<S> {
             service.removed(&ca, conn);
         }
         server.next_wake()
+    }
+}
+
+impl<S: Service> Instance for App<S> {
+    fn service(&mut self, cycle: Cycle) -> Option<f64> {
+        let began_draining = self.server.begin_cycle(cycle.tyme, cycle.accepts, cycle.ready);
+        self.recur(began_draining)
+    }
+
+    fn service_batch(&mut self, cycle: BatchCycle) -> Answers {
+        // The cycle's buffer goes as soon as its bytes are in rxbs.
+        let began_draining = self.server.begin_batch(cycle);
+        let wake = self.recur(began_draining);
+        self.server.end_batch();
+        let (answers, bytes) = answers::finish();
+        Answers { wake, answers, bytes }
     }
 
     fn save(&self) -> snapshot::State {
@@ -107,6 +126,11 @@ impl<S: Service> Instance for App<S> {
 
 pub fn service(cycle: Cycle) -> Option<f64> {
     APP.with_borrow_mut(|app| app.as_mut()?.service(cycle))
+}
+
+pub fn service_batch(cycle: BatchCycle) -> Answers {
+    let answers = APP.with_borrow_mut(|app| app.as_mut().map(|app| app.service_batch(cycle)));
+    answers.unwrap_or(Answers { wake: None, answers: Vec::new(), bytes: Vec::new() })
 }
 
 pub fn save() -> Snapshot {

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::bindings::exports::hio::tcp::batch::Cycle as BatchCycle;
 use crate::bindings::exports::hio::tcp::guest::Arrival;
 use crate::bindings::hio::tcp::acceptor::Listener;
 use crate::bindings::hio::tcp::remoter::{Connection, TlsState};
@@ -50,6 +51,8 @@ pub struct Server<C = ()> {
     tymers: TymerQueue,
     /// Ids of connections with news this cycle, each once (`listed`).
     ready: Vec<u64>,
+    /// Connections given room for answers this batch cycle.
+    roomed: Vec<u64>,
     listed: FxHashSet<u64>,
     /// The host said accepted connections are waiting (cycle.accepts).
     accepts: bool,
@@ -74,6 +77,7 @@ impl<C: Default> Server<C> {
             axes: VecDeque::new(),
             tymers: TymerQueue::default(),
             ready: Vec::new(),
+            roomed: Vec::new(),
             listed: FxHashSet::default(),
             accepts: true,
             connected: Vec::new(),
@@ -103,11 +107,44 @@ impl<C: Default> Server<C> {
     /// A cycle's news: each arrival's bytes join its connection's rxbs.
     /// Returns whether the host began draining since the last cycle.
     pub(crate) fn begin_cycle(&mut self, tyme: f64, accepts: bool, ready: Vec<Arrival>) -> bool {
-        self.tymist.set(tyme);
-        let began_draining = !self.draining && crate::bindings::hio::tcp::host::draining();
-        self.draining |= began_draining;
-        self.accepts = accepts;
+        let began_draining = self.begin(tyme, accepts, crate::bindings::hio::tcp::host::draining());
         for Arrival { id, data, cutoff } in ready {
+            if let Some(ix) = self.news_for(id) {
+                ix.arrived(data, cutoff);
+            }
+        }
+        began_draining
+    }
+
+    /// A batch cycle's news (WIT 0.2.2): each connection's slice of the
+    /// one buffer joins its rxbs, and its answers may be kept for the
+    /// cycle's result up to the room the host set aside.
+    pub(crate) fn begin_batch(&mut self, cycle: BatchCycle) -> bool {
+        let began_draining = self.begin(cycle.tyme, cycle.accepts, cycle.draining);
+        let BatchCycle { news, mut bytes, .. } = cycle;
+        // One connection's news: its bytes are the whole buffer, moved
+        // into rxbs rather than copied.
+        let whole = news.len() == 1;
+        let mut at = 0usize;
+        for news in &news {
+            let (from, to) = (at, at + news.len as usize);
+            at = to;
+            let Some(ix) = self.news_for(news.id) else { continue };
+            if whole {
+                ix.arrived(std::mem::take(&mut bytes), news.cutoff);
+            } else {
+                ix.arrived_from(bytes.get(from..to).unwrap_or_default(), news.cutoff);
+            }
+            ix.room = news.room;
+            self.roomed.push(news.id);
+        }
+        began_draining
+    }
+
+    /// The batch cycle is over: rooms are gone, answers not kept by now go
+    /// by host calls.
+    pub(crate) fn end_batch(&mut self) {
+        for id in std::mem::take(&mut self.roomed) {
             let ix = match self.ixes.get_mut(&id) {
                 Some(joined) => &mut joined.ix,
                 None => match self.cxes.get_mut(&id) {
@@ -115,10 +152,28 @@ impl<C: Default> Server<C> {
                     None => continue,
                 },
             };
-            ix.arrived(data, cutoff);
-            self.list(id);
+            ix.cycle_over();
         }
+    }
+
+    fn begin(&mut self, tyme: f64, accepts: bool, draining: bool) -> bool {
+        self.tymist.set(tyme);
+        let began_draining = !self.draining && draining;
+        self.draining |= began_draining;
+        self.accepts = accepts;
         began_draining
+    }
+
+    /// The connection named by a cycle's news, listed for this cycle.
+    fn news_for(&mut self, id: u64) -> Option<&mut Remoter> {
+        if !self.ixes.contains_key(&id) && !self.cxes.contains_key(&id) {
+            return None;
+        }
+        self.list(id);
+        match self.ixes.get_mut(&id) {
+            Some(joined) => Some(&mut joined.ix),
+            None => self.cxes.get_mut(&id),
+        }
     }
 
     fn list(&mut self, id: u64) {
@@ -344,7 +399,7 @@ impl<C: Default> Server<C> {
             self.by_ca.remove(&ix.ca);
         }
         let closed = if close { ix.close() } else { Ok(()) };
-        self.removed.push((ix.ca, conn));
+        self.removed.push((ix.ca.clone(), conn));
         closed
     }
 

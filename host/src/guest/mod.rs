@@ -9,7 +9,8 @@
 //! - `swap`: compiling a new guest off the loop, `--watch`
 //! - `cache`: compiled guests on disk
 //! - `ticker`: the epoch clock behind call deadlines
-//! - `acceptor`, `remoter`, `host`: the `hio:tcp` interfaces; `wasi`: WASI
+//! - `acceptor`, `remoter`, `host`: the `hio:tcp` interfaces, `batch` the
+//!   one a guest may export; `wasi`: WASI
 //!   with nothing granted; `log_limit`: what a guest may write to the log
 //!
 //! A guest's `listener` and `remoter` resources are keys (a connection's
@@ -17,6 +18,7 @@
 //! to one it has let go of answers `error::closed`, never a trap.
 
 mod acceptor;
+mod batch;
 pub mod cache;
 mod host;
 mod log_limit;
@@ -32,7 +34,7 @@ use std::net::SocketAddr;
 use wasmtime::component::{Resource, ResourceTable};
 
 use self::runtime::GuestLimiter;
-pub use self::runtime::{Check, Failed, Generation, Runtime};
+pub use self::runtime::{Check, CycleBuffers, Failed, Generation, Runtime};
 use crate::state::HostState;
 
 wasmtime::component::bindgen!({

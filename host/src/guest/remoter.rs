@@ -108,7 +108,9 @@ impl HostRemoter for StoreData {
     }
 
     fn send(&mut self, h: Resource<ConnRef>, data: Vec<u8>) -> Result<u32, Error> {
-        Ok(self.on_conn(&h, |c, wl| c.guest_send(&data, wl))?? as u32)
+        let sent = self.on_conn(&h, |c, wl| c.guest_send(&data, wl))??;
+        self.host.stats().bytes_sent.add(sent as u64);
+        Ok(sent as u32)
     }
 
     fn tx(&mut self, h: Resource<ConnRef>, data: Vec<u8>) -> Result<(), Error> {

@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Func, HasSelf, Linker, ResourceTable, TypedFunc};
 use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
+use super::batch::{Answers, BatchCycle, News};
 use super::ticker::{EPOCH_TICK, InCall, Ticker};
-use super::{Cycle, GuestConfig, ListenerRef, Server, ServerPre, Snapshot, StoreData, cache, log_limit, wasi};
+use super::{
+    Arrival, Cycle, GuestConfig, ListenerRef, Server, ServerPre, Snapshot, StoreData, batch, cache, log_limit, wasi,
+};
 use crate::config::Limits;
 use crate::state::HostState;
 
@@ -21,7 +24,7 @@ use crate::state::HostState;
 const PROVIDED: &[&str] = &["hio:tcp/types", "hio:tcp/host", "hio:tcp/acceptor", "hio:tcp/remoter"];
 const GUEST_EXPORT: &str = "hio:tcp/guest";
 /// The version of `wit/hio.wit` this host was built from.
-pub const WIT_VERSION: (u64, u64, u64) = (0, 2, 1);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 2, 2);
 
 /// A `hio:tcp` interface name's version (`hio:tcp/host@0.2.1` gives 0.2.1).
 fn hio_version(name: &str) -> Option<(u64, u64, u64)> {
@@ -69,6 +72,12 @@ fn newer_patch(names: &[String], e: wasmtime::Error) -> anyhow::Error {
 fn wit_version() -> String {
     let (major, minor, patch) = WIT_VERSION;
     format!("{major}.{minor}.{patch}")
+}
+
+/// A length the host keeps far below 4 GiB (a call's lending bound, a
+/// queue's cap), as WIT's u32.
+fn wit_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The least time instantiating a guest may take (see `Runtime::instantiate`).
@@ -246,12 +255,21 @@ impl Runtime {
             return Err(Box::new(Failed { error: anyhow!("cannot give the guest fuel: {e:#}"), host }));
         }
         let in_call = self.ticker.enter();
-        let instance = Server::instantiate(&mut store, component, &self.linker);
+        let instance = self.linker.instantiate(&mut store, component);
         drop(in_call);
-        match instance {
-            Ok(bindings) => {
-                Ok(Generation { store, bindings, deadline, limits: self.limits.clone(), ticker: self.ticker.clone() })
-            }
+        let bindings = instance.map_err(anyhow::Error::from).and_then(|instance| {
+            let bindings = Server::new(&mut store, &instance)?;
+            Ok((bindings, batch::find(&self.engine, component, &instance, &mut store)?))
+        });
+        match bindings {
+            Ok((bindings, batch)) => Ok(Generation {
+                store,
+                bindings,
+                batch,
+                deadline,
+                limits: self.limits.clone(),
+                ticker: self.ticker.clone(),
+            }),
             Err(e) => Err(Box::new(Failed {
                 error: anyhow!("guest does not fit the hio:tcp world: {e:#}"),
                 host: store.into_data().host,
@@ -321,10 +339,24 @@ impl ResourceLimiter for GuestLimiter {
     }
 }
 
+/// What a cycle's crossing is built in, kept between cycles for the
+/// memory: the arrivals of `guest.service`, or `batch.service`'s cycle.
+#[derive(Default)]
+pub struct CycleBuffers {
+    arrivals: Vec<Arrival>,
+    batch: BatchCycle,
+}
+
+/// The largest batch buffer kept between cycles: a burst's (up to the
+/// lending bound, 4 MiB) is given back.
+const KEEP_BATCH_BYTES: usize = 256 << 10;
+
 /// One running guest instance and its store.
 pub struct Generation {
     store: Store<StoreData>,
     bindings: Server,
+    /// The guest's `batch.service`, when it exports one (WIT 0.2.2).
+    batch: Option<Func>,
     deadline: u64,
     limits: Limits,
     ticker: Arc<Ticker>,
@@ -371,10 +403,72 @@ impl Generation {
         self.bindings.hio_tcp_guest().call_save(&mut self.store).map_err(|e| self.trapped("save", e))
     }
 
-    /// One guest cycle; returns the tyme the guest wants its next cycle at.
-    pub fn service(&mut self, cycle: &Cycle) -> Result<Option<f64>> {
-        let _in_call = self.arm()?;
-        self.bindings.hio_tcp_guest().call_service(&mut self.store, cycle).map_err(|e| self.trapped("service", e))
+    /// One guest cycle at `tyme`: the host's news lent, the guest called,
+    /// its answers applied. Returns the tyme the guest wants its next cycle at.
+    pub fn cycle(&mut self, tyme: f64, buffers: &mut CycleBuffers) -> Result<Option<f64>> {
+        match self.batch {
+            Some(func) => self.cycle_batch(func, tyme, &mut buffers.batch),
+            None => self.cycle_arrivals(tyme, &mut buffers.arrivals),
+        }
+    }
+
+    /// `guest.service`: one list per connection with news.
+    fn cycle_arrivals(&mut self, tyme: f64, arrivals: &mut Vec<Arrival>) -> Result<Option<f64>> {
+        let mut ready = std::mem::take(arrivals);
+        let host = self.host();
+        host.take_arrivals(|id, data, cutoff| ready.push(Arrival { id, data, cutoff }));
+        let cycle = Cycle { tyme, accepts: host.accepts_waiting(), ready };
+        let wake = {
+            let _in_call = self.arm()?;
+            self.bindings
+                .hio_tcp_guest()
+                .call_service(&mut self.store, &cycle)
+                .map_err(|e| self.trapped("service", e))?
+        };
+        let mut ready = cycle.ready;
+        self.host().guest_succeeded(ready.drain(..).map(|a| a.data));
+        *arrivals = ready;
+        Ok(wake)
+    }
+
+    /// `batch.service`: every connection's news in one buffer, the answers
+    /// in the result. The rooms set aside for answers are withdrawn
+    /// whatever happens.
+    fn cycle_batch(&mut self, func: Func, tyme: f64, cycle: &mut BatchCycle) -> Result<Option<f64>> {
+        let host = &mut self.store.data_mut().host;
+        let BatchCycle { news, bytes, .. } = cycle;
+        news.clear();
+        bytes.clear();
+        host.take_news(bytes, |id, len, cutoff, room| {
+            news.push(News { id, len: wit_u32(len), cutoff, room: wit_u32(room) })
+        });
+        (cycle.tyme, cycle.accepts, cycle.draining) = (tyme, host.accepts_waiting(), host.draining());
+        let served = self.call_batch(func, cycle);
+        let host = self.host();
+        for news in &cycle.news {
+            host.withdraw_room(news.id);
+        }
+        if cycle.bytes.capacity() > KEEP_BATCH_BYTES {
+            cycle.bytes = Vec::new();
+        }
+        let wake = served?;
+        host.guest_succeeded(std::iter::empty());
+        Ok(wake)
+    }
+
+    fn call_batch(&mut self, func: Func, cycle: &BatchCycle) -> Result<Option<f64>> {
+        let (answers,) = {
+            let _in_call = self.arm()?;
+            // SAFETY: `batch::find` checked this function has this type
+            // when the generation began (checking it each cycle costs 1 %).
+            let service = unsafe { TypedFunc::<(&BatchCycle,), (Answers,)>::new_unchecked(func) };
+            service.call(&mut self.store, (cycle,)).map_err(|e| self.trapped("service", e))?
+        };
+        let data = self.store.data_mut();
+        data.apply_answers(&answers).inspect_err(|_| {
+            data.host.stats().traps_other.add(1);
+        })?;
+        Ok(answers.wake)
     }
 
     /// Give the next call its full deadline and fuel, and keep the epoch

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use wasmtime::component::Component;
 
 use super::swap::{Loaded, SwapOutcome, SwapReport, Swapper};
-use super::{Arrival, Cycle, Failed, Generation, GuestConfig, Runtime, Snapshot};
+use super::{CycleBuffers, Failed, Generation, GuestConfig, Runtime, Snapshot};
 use crate::state::HostState;
 
 /// The first restart waits this long; each further one in a row twice as
@@ -104,8 +104,8 @@ pub struct Supervisor {
     last_cycle: Instant,
     /// Longest wait between cycles (hio's tock).
     tock: Duration,
-    /// The arrivals list, kept between cycles for its allocation.
-    arrivals: Vec<Arrival>,
+    /// What a cycle's crossing is built in, kept for its memory.
+    buffers: CycleBuffers,
     swapper: Swapper,
 }
 
@@ -132,7 +132,7 @@ impl Supervisor {
             next_wake: Some(f64::NEG_INFINITY),
             last_cycle: Instant::now(),
             tock,
-            arrivals: Vec::new(),
+            buffers: CycleBuffers::default(),
             swapper,
         })
     }
@@ -209,13 +209,10 @@ impl Supervisor {
         if !(due || since >= self.tock || new_accepts || !self.host_ref().quiet()) {
             return Ok(());
         }
-        let mut ready = std::mem::take(&mut self.arrivals);
-        self.host().take_arrivals(|id, data, cutoff| ready.push(Arrival { id, data, cutoff }));
-        let cycle = Cycle { tyme, accepts: self.host_ref().accepts_waiting(), ready };
         self.last_cycle = now;
         let Tenant::Up(generation) = &mut self.tenant else { unreachable!("checked above") };
         let called = Instant::now();
-        let served = generation.service(&cycle);
+        let served = generation.cycle(tyme, &mut self.buffers);
         let stats = self.host_ref().stats();
         stats.guest_call.observe(called.elapsed().as_secs_f64());
         stats.guest_cycles.add(1);
@@ -223,9 +220,6 @@ impl Supervisor {
             Ok(wake) => {
                 self.woken(usable_wake(wake), tyme);
                 self.restarts.in_a_row = 0;
-                let mut ready = cycle.ready;
-                self.host().guest_succeeded(ready.drain(..).map(|a| a.data));
-                self.arrivals = ready;
                 Ok(())
             }
             Err(e) => {

@@ -47,6 +47,15 @@ pub fn may_queue(queued: usize, more: usize, budget: &Budget) -> bool {
     after <= TX_CAP && (budget.fits(more) || after <= FLOOR)
 }
 
+/// What a guest may answer on a connection holding `queued` bytes in one
+/// batch cycle (WIT `batch.news.room`): what [`may_queue`] would let it
+/// queue, with the headroom under the server's ceiling shared among the
+/// `among` connections of the cycle, so the rooms together stay under it.
+pub fn answer_room(queued: usize, budget: &Budget, among: usize) -> usize {
+    let share = budget.headroom() / among.max(1);
+    TX_CAP.saturating_sub(queued).min(share.max(FLOOR.saturating_sub(queued)))
+}
+
 /// The bound on bytes the host holds across all of one server's
 /// connections, shared by them; each adds and removes what it holds
 /// (through its [`Share`]). Per-connection marks bound one peer; this
@@ -83,6 +92,11 @@ impl Budget {
     /// limit, which a guest that only answers what it reads never reaches.
     pub fn fits(&self, more: usize) -> bool {
         self.held.load(Ordering::Relaxed).saturating_add(more) <= self.limit.saturating_mul(2)
+    }
+
+    /// Bytes a guest may still queue before the hard ceiling (see `fits`).
+    pub fn headroom(&self) -> usize {
+        self.limit.saturating_mul(2).saturating_sub(self.held.load(Ordering::Relaxed))
     }
 
     /// Move one holder's share from `was` to `now` bytes.
@@ -130,6 +144,19 @@ impl Drop for Share {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_rooms_share_the_headroom_and_keep_the_floor() {
+        let b = Budget::new(100 << 10);
+        let mut held = Share::new(b.clone());
+        held.set(50 << 10);
+        // 150 KiB of headroom under the 200 KiB ceiling, among 3.
+        assert_eq!(answer_room(0, &b, 3), 50 << 10);
+        // Among many, each keeps at least what the floor lets any queue hold.
+        assert_eq!(answer_room(1 << 10, &b, 1000), FLOOR - (1 << 10));
+        // Never past the queue's cap.
+        assert_eq!(answer_room(TX_CAP - 10, &Budget::new(1 << 30), 1), 10);
+    }
 
     #[test]
     fn limits_and_ceiling() {

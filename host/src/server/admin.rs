@@ -358,7 +358,7 @@ const SERIES: &[Series] = &[
         ],
     ),
     ("hio_bytes_received", "Bytes read from peers", true, "", &[("", |s| s.bytes_received.get())]),
-    ("hio_bytes_sent", "Bytes written to peers from the queues", true, "", &[("", |s| s.bytes_sent.get())]),
+    ("hio_bytes_sent", "Bytes written to peers (plaintext)", true, "", &[("", |s| s.bytes_sent.get())]),
     ("hio_bytes_dropped", "Bytes dropped with resets", true, "", &[("", |s| s.bytes_dropped.get())]),
     ("hio_guest_up", "1 while the guest is up", false, "", &[("", |s| s.guest_up.get())]),
     ("hio_guest_starts", "Guest instances started", true, "", &[("", |s| s.guest_starts.get())]),

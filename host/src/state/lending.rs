@@ -6,6 +6,7 @@
 
 use super::HostState;
 use super::ending::GiveUp;
+use crate::net::backpressure;
 use crate::state::handing::Verdict;
 
 impl HostState {
@@ -25,19 +26,32 @@ impl HostState {
     /// bytes and whether the stream ended after them, or `None` if they must
     /// wait (the connection is then ready again, for the next cycle).
     pub fn lend(&mut self, id: u64, most: usize) -> Option<(Vec<u8>, bool)> {
+        let mut data = self.handing.buffer(self.conns.get(&id)?.unhanded_len().min(most));
+        match self.lend_into(id, most, &mut data) {
+            Some((_, cutoff)) => Some((data, cutoff)),
+            None => {
+                self.handing.recycle(data);
+                None
+            }
+        }
+    }
+
+    /// `lend`, appending the bytes to `out` (a batch cycle's one buffer):
+    /// how many were lent and whether the stream ended after them.
+    pub fn lend_into(&mut self, id: u64, most: usize, out: &mut Vec<u8>) -> Option<(usize, bool)> {
         let c = self.conns.get_mut(&id)?;
         let Some(max) = self.handing.allowance(id, c.has_news()) else {
             self.mark_ready(id);
             return None;
         };
-        let max = max.min(most);
-        let mut data = self.handing.buffer(c.unhanded_len().min(max));
-        let cutoff = c.hand_into(max, &mut data);
-        self.handing.handed(id, data.len(), cutoff);
+        let before = out.len();
+        let cutoff = c.hand_into(max.min(most), out);
+        let lent = out.len() - before;
+        self.handing.handed(id, lent, cutoff);
         if c.unhanded() {
             self.mark_ready(id);
         }
-        Some((data, cutoff))
+        Some((lent, cutoff))
     }
 
     /// A guest takes a connection over: it holds a handle to it from now
@@ -67,17 +81,57 @@ impl HostState {
     }
 
     /// The news for one guest cycle, each given to `arrive` as (id, bytes,
-    /// cutoff): every ready connection the guest holds, with its bytes not
-    /// yet lent, as far as this call may be lent them (the rest waits for
-    /// the next cycle), and every one the host reset, with a cutoff.
-    /// Connections the guest has not taken yet are left out: `accept` lends
-    /// them with their bytes.
+    /// cutoff): see `each_news`.
     pub fn take_arrivals(&mut self, mut arrive: impl FnMut(u64, Vec<u8>, bool)) {
+        self.each_news(|host, id, gone| match gone {
+            true => arrive(id, Vec::new(), true),
+            false => {
+                if let Some((data, cutoff)) = host.lend(id, usize::MAX) {
+                    arrive(id, data, cutoff);
+                }
+            }
+        });
+    }
+
+    /// The news for one batch cycle (WIT `batch.cycle`): each connection's
+    /// bytes appended to `bytes`, and `news` given (id, length, cutoff,
+    /// room), the room set aside for its answers until `withdraw_room`.
+    pub fn take_news(&mut self, bytes: &mut Vec<u8>, mut news: impl FnMut(u64, usize, bool, usize)) {
+        let among = self.ready.len() + self.gone.len();
+        self.each_news(|host, id, gone| {
+            if gone {
+                return news(id, 0, true, 0);
+            }
+            let Some((lent, cutoff)) = host.lend_into(id, usize::MAX, bytes) else { return };
+            let Some(c) = host.conns.get_mut(&id) else { return };
+            c.promised =
+                if c.accepts_tx() { backpressure::answer_room(c.queued() as usize, &host.budget, among) } else { 0 };
+            news(id, lent, cutoff, c.promised);
+        });
+    }
+
+    /// A batch cycle is over: the room set aside for `id`'s answers is gone.
+    pub fn withdraw_room(&mut self, id: u64) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.promised = 0;
+        }
+    }
+
+    /// The news for one guest cycle, each given to `visit` with whether
+    /// the connection is gone: every ready connection the guest holds (to
+    /// be lent its bytes, as far as this call may be lent them; the rest
+    /// waits for the next cycle), and every one the host reset (a cutoff).
+    /// Connections the guest has not taken yet are left out: `accept`
+    /// lends them with their bytes.
+    fn each_news(&mut self, mut visit: impl FnMut(&mut HostState, u64, bool)) {
         self.guest_call_begins();
         self.new_axes = false;
-        for id in self.gone.drain(..) {
-            arrive(id, Vec::new(), true);
+        let mut gone = std::mem::take(&mut self.gone);
+        for &id in &gone {
+            visit(self, id, true);
         }
+        gone.clear();
+        self.gone = gone;
         let mut ready = std::mem::take(&mut self.ready);
         for &id in &ready {
             let Some(c) = self.conns.get_mut(&id) else { continue };
@@ -85,9 +139,7 @@ impl HostState {
             if !c.adopted || c.closing {
                 continue;
             }
-            if let Some((data, cutoff)) = self.lend(id, usize::MAX) {
-                arrive(id, data, cutoff);
-            }
+            visit(self, id, false);
         }
         // Keep the list's allocation for the next cycle.
         if self.ready.is_empty() {

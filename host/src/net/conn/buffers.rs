@@ -158,6 +158,18 @@ impl TxQueue {
         self.bytes.extend_from_slice(&data);
     }
 
+    /// Queue a copy of `data` behind what waits.
+    pub fn push_slice(&mut self, data: &[u8]) {
+        if self.is_empty() {
+            self.bytes.clear();
+            self.off = 0;
+        } else if self.off > self.bytes.len() / 2 {
+            self.bytes.drain(..self.off);
+            self.off = 0;
+        }
+        self.bytes.extend_from_slice(data);
+    }
+
     /// The socket took `n` more bytes; an emptied queue gives its memory back.
     pub fn advance(&mut self, n: usize) {
         self.off += n;

@@ -93,20 +93,53 @@ impl Conn {
         self.account();
     }
 
+    fn queue_slice(&mut self, data: &[u8]) {
+        if self.write == WriteSide::Broken || data.is_empty() {
+            return;
+        }
+        self.tx.push_slice(data);
+        self.account();
+    }
+
     /// A guest queues `data` (an answer, maybe) and consumes the first
     /// `consumed` bytes it was lent, as one step: refused as a whole if the
     /// connection no longer takes output or its queue is at its cap.
     pub fn guest_tx(&mut self, data: Vec<u8>, consumed: u64) -> Result<(), Refused> {
-        if !self.accepts_tx() {
-            return Err(Refused::Closed);
-        }
-        if !self.has_room(data.len()) {
-            return Err(Refused::Full);
-        }
+        self.take_room(data.len())?;
         self.queue(data);
         if consumed > 0 {
             self.consume(consumed);
         }
+        Ok(())
+    }
+
+    /// A batch cycle's answer (WIT `batch.answer`): `guest_tx` from the
+    /// guest's result. On plain TCP it is written at once where the socket
+    /// takes it (no copy into the queue); the rest is queued, as is all of
+    /// it for TLS (whose records the flush makes). Returns bytes written.
+    pub fn guest_answer(&mut self, data: &[u8], consumed: u64, wl: Option<&mut WireLog>) -> Result<u64, Refused> {
+        self.take_room(data.len())?;
+        // A failed write has marked the connection broken: nothing can reach
+        // the peer, and `queue_slice` drops what is left, as a flush would.
+        let sent = if self.tls_state().is_none() { self.send_now(data, wl).unwrap_or(0) } else { 0 };
+        self.queue_slice(&data[sent..]);
+        if consumed > 0 {
+            self.consume(consumed);
+        }
+        Ok(sent as u64)
+    }
+
+    /// Whether the guest may queue `len` more bytes: the room set aside for
+    /// this batch cycle's answers first (taken from), else the queue's cap
+    /// and the server's bound.
+    fn take_room(&mut self, len: usize) -> Result<(), Refused> {
+        if !self.accepts_tx() {
+            return Err(Refused::Closed);
+        }
+        if len > self.promised && !self.has_room(len) {
+            return Err(Refused::Full);
+        }
+        self.promised = self.promised.saturating_sub(len);
         Ok(())
     }
 

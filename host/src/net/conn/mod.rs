@@ -106,6 +106,9 @@ pub struct Conn {
     pub awaiting_proxy: bool,
     /// The balancer's address, when a PROXY header named the client (`peer`).
     pub proxied_by: Option<SocketAddr>,
+    /// Room set aside for the guest's answers in the current batch cycle
+    /// (WIT `batch.news.room`), bytes; 0 outside one.
+    pub(crate) promised: usize,
 }
 
 /// Errors that hio maps to "cutoff" instead of raising.
@@ -147,6 +150,7 @@ impl Conn {
             held: false,
             awaiting_proxy: false,
             proxied_by: None,
+            promised: 0,
         }
     }
 

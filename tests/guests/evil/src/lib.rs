@@ -2,7 +2,10 @@
 //! "spin" loops forever; "hog" allocates memory without end; "flood" tries
 //! to queue 100 MiB to a peer that does not read, then reports on another
 //! connection ("report") how much the host took before saying full;
-//! "dump" queues 4 MiB and closes the connection at once;
+//! "dump" queues 4 MiB and closes the connection at once; "mixed" answers
+//! "<", 20,000 "m"s and ">" in one cycle (the first and last small enough
+//! to be kept for the cycle's result, the middle one too large: a host
+//! call between them);
 //! "forge" calls the host with a made-up remoter handle.
 
 use std::cell::RefCell;
@@ -65,6 +68,12 @@ impl Service for Evil {
                 ix.tx(&vec![b'a' + i; 1 << 20])?;
             }
             return ix.close();
+        }
+        if ix.rxbs.windows(5).any(|w| w == b"mixed") {
+            ix.clear_rxbs()?;
+            ix.tx(b"<")?;
+            ix.tx(&[b'm'; 20_000])?;
+            return ix.tx(b">");
         }
         if ix.rxbs.windows(6).any(|w| w == b"report") {
             ix.clear_rxbs()?;

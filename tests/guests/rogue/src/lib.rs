@@ -10,12 +10,18 @@
 //! - "hold\n": never closes this connection, not even once its peer is done;
 //! - any bytes containing "VENOM", wherever they reach it (a cycle's
 //!   arrivals, a connection handed by `accept-all` or `start`, or pulled
-//!   with `receive` during `start`): it panics.
+//!   with `receive` during `start`): it panics;
+//! - in a batch cycle (WIT 0.2.2 `batch`), "overroom\n", "outofrange\n" and
+//!   "stranger\n": its result answers that connection with one byte more than
+//!   its room, with bytes past the end of the result, or answers a
+//!   connection it never held. Everything else in a batch cycle is served
+//!   as in a `guest.service` cycle, by host calls.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
-use hio_guest::bindings::exports::hio::tcp::guest::{Config, Cycle, Guest, Snapshot};
+use hio_guest::bindings::exports::hio::tcp::batch::{Answer, Answers, Cycle as BatchCycle, Guest as BatchGuest};
+use hio_guest::bindings::exports::hio::tcp::guest::{Arrival, Config, Cycle, Guest, Snapshot};
 use hio_guest::bindings::hio::tcp::acceptor::Listener;
 use hio_guest::bindings::hio::tcp::host::{self, Level};
 use hio_guest::bindings::hio::tcp::remoter::{Connection, Remoter};
@@ -124,6 +130,32 @@ impl Guest for Export {
 
     fn save() -> Snapshot {
         Snapshot { format: String::new(), state: Vec::new() }
+    }
+}
+
+impl BatchGuest for Export {
+    fn service(cycle: BatchCycle) -> Answers {
+        let mut out = Answers { wake: None, answers: Vec::new(), bytes: Vec::new() };
+        let mut ready = Vec::new();
+        let mut at = 0;
+        for news in cycle.news {
+            let data = cycle.bytes[at..at + news.len as usize].to_vec();
+            at += news.len as usize;
+            let (start, consume) = (out.bytes.len() as u32, data.len() as u64);
+            let answer = match data.as_slice() {
+                b"overroom\n" => Answer { id: news.id, start, len: news.room + 1, consume },
+                b"outofrange\n" => Answer { id: news.id, start, len: u32::MAX, consume },
+                b"stranger\n" => Answer { id: news.id + 1_000_000, start, len: 1, consume },
+                _ => {
+                    ready.push(Arrival { id: news.id, data, cutoff: news.cutoff });
+                    continue;
+                }
+            };
+            out.bytes.resize(out.bytes.len() + news.room as usize + 1, b'x');
+            out.answers.push(answer);
+        }
+        out.wake = <Export as Guest>::service(Cycle { tyme: cycle.tyme, accepts: cycle.accepts, ready });
+        out
     }
 }
 

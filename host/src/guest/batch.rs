@@ -1,0 +1,119 @@
+//! `hio:tcp/batch` (WIT 0.2.2): a cycle in one crossing. Every
+//! connection's news goes in one buffer (one guest allocation per cycle,
+//! not one per arrival) and the answers come back in the call's result
+//! (no host call per connection), applied here once the call returned.
+//!
+//! The export is optional, so the host finds it by name when a guest
+//! starts; its types are declared here, not by `bindgen!` (which would make
+//! every guest export it), and checked against the guest's when found.
+
+use anyhow::{Result, anyhow};
+use wasmtime::component::{ComponentType, Func, Instance, Lift, Lower};
+use wasmtime::{AsContextMut, Engine};
+
+use super::StoreData;
+use super::hio::tcp::types::Error as WitError;
+
+/// WIT `batch.news`.
+#[derive(ComponentType, Lower, Clone, Copy, Debug)]
+#[component(record)]
+pub struct News {
+    pub id: u64,
+    pub len: u32,
+    pub cutoff: bool,
+    pub room: u32,
+}
+
+/// WIT `batch.cycle`; kept between cycles for its buffers' memory.
+#[derive(ComponentType, Lower, Default, Debug)]
+#[component(record)]
+pub struct BatchCycle {
+    pub tyme: f64,
+    pub accepts: bool,
+    pub draining: bool,
+    pub news: Vec<News>,
+    pub bytes: Vec<u8>,
+}
+
+/// WIT `batch.answer`.
+#[derive(ComponentType, Lift, Clone, Copy, Debug)]
+#[component(record)]
+pub struct Answer {
+    pub id: u64,
+    pub start: u32,
+    pub len: u32,
+    pub consume: u64,
+}
+
+/// WIT `batch.answers`.
+#[derive(ComponentType, Lift, Debug)]
+#[component(record)]
+pub struct Answers {
+    pub wake: Option<f64>,
+    pub answers: Vec<Answer>,
+    pub bytes: Vec<u8>,
+}
+
+/// The interface's name without its version.
+const BATCH: &str = "hio:tcp/batch";
+
+/// The guest's `batch.service`, if it exports one, checked to have this
+/// host's shape.
+pub fn find(
+    engine: &Engine,
+    component: &wasmtime::component::Component,
+    instance: &Instance,
+    mut store: impl AsContextMut<Data = StoreData>,
+) -> Result<Option<Func>> {
+    let ty = component.component_type();
+    let Some((name, _)) = ty.exports(engine).find(|(name, _)| name.split('@').next() == Some(BATCH)) else {
+        return Ok(None);
+    };
+    let func = instance
+        .get_export_index(&mut store, None, name)
+        .and_then(|iface| instance.get_export_index(&mut store, Some(&iface), "service"))
+        .and_then(|f| instance.get_func(&mut store, f))
+        .ok_or_else(|| anyhow!("it exports {name} without `service`"))?;
+    func.typed::<(&BatchCycle,), (Answers,)>(&store)
+        .map_err(|e| anyhow!("its {name}#service is not this host's: {e:#}"))?;
+    Ok(Some(func))
+}
+
+impl StoreData {
+    /// Apply a batch cycle's answers, in order. An answer the host cannot
+    /// apply is the guest's fault (the SDK never gives one): the answers
+    /// before it stand, and the guest fails as by a trap.
+    pub fn apply_answers(&mut self, answers: &Answers) -> Result<()> {
+        for a in &answers.answers {
+            let data = usize::try_from(a.start)
+                .ok()
+                .zip(usize::try_from(a.len).ok())
+                .and_then(|(start, len)| answers.bytes.get(start..start.checked_add(len)?))
+                .ok_or_else(|| anyhow!("guest answered connection {} with bytes out of its result's range", a.id))?;
+            self.answer(a.id, data, a.consume).map_err(|e| {
+                anyhow!(
+                    "guest answered connection {} beyond what it may ({}): nothing more applied",
+                    a.id,
+                    describe(&e)
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, id: u64, data: &[u8], consume: u64) -> Result<(), WitError> {
+        let (c, wl) = self.host.conn_mut(id).filter(|(c, _)| c.adopted && !c.closing).ok_or(WitError::Closed)?;
+        let sent = c.guest_answer(data, consume, wl)?;
+        self.host.stats().bytes_sent.add(sent);
+        self.host.mark_dirty(id);
+        Ok(())
+    }
+}
+
+fn describe(e: &WitError) -> &'static str {
+    match e {
+        WitError::Closed => "it does not hold it open",
+        WitError::Full => "more than its room",
+        WitError::Io(_) => "the socket failed",
+    }
+}
