@@ -186,10 +186,13 @@ impl Notifier {
         if now.saturating_sub(last.0) < STATUS_EVERY.as_millis() as u64 {
             return;
         }
+        // Looked at once per STATUS_EVERY, changed or not (formatting it
+        // every pass would allocate on the hot path).
+        last.0 = now;
         let status = self.status_text();
         if status != last.1 {
             send(&[NotifyState::Status(&status)]);
-            *last = (now, status);
+            last.1 = status;
         }
     }
 }

@@ -432,7 +432,8 @@ impl HostState {
     }
 
     fn settle_dirty(&mut self, registry: &Registry, scratch: &mut [u8]) {
-        for id in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
             let Some(c) = self.conns.get_mut(&id) else { continue };
             c.in_dirty = false;
             let was_cutoff = c.cutoff();
@@ -465,6 +466,11 @@ impl HostState {
             // Its own marks may have drained while the bound is reached.
             self.after_io(id, news, false);
             self.watch_output(id);
+        }
+        // Keep the list's allocation for the next pass.
+        if self.dirty.is_empty() {
+            dirty.clear();
+            self.dirty = dirty;
         }
     }
 }
