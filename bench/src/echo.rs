@@ -87,6 +87,26 @@ fn servers(compare: Option<&Path>, peers: Option<usize>) -> Result<Servers> {
     Ok(all)
 }
 
+/// The traffic of a scenario: connections, message size, messages in
+/// flight per connection, and whether they are lines for the `lines` guest.
+struct Shape(usize, usize, usize, bool);
+
+impl From<(usize, usize, usize)> for Shape {
+    fn from((conns, size, inflight): (usize, usize, usize)) -> Shape {
+        Shape(conns, size, inflight, false)
+    }
+}
+
+/// A native line server doing the `lines` guest's work (count, upper-case,
+/// keep partial lines), and hio-host with the `lines` guest.
+fn line_servers() -> Result<Servers> {
+    let lines = root().join("target/wasm/lines.wasm");
+    Ok(vec![
+        ("native mio lines".into(), Host::native_serving("native-lines")?),
+        ("hio-host lines.wasm".into(), Host::spawn(&lines)?),
+    ])
+}
+
 /// hio-host alone, and hio-host with its admin endpoint scraped 10 times a
 /// second (Prometheus scrapes every 15 s to 1 min): the metrics' cost.
 fn scraped() -> Result<Servers> {
@@ -129,19 +149,23 @@ pub fn run(scenarios: &str, o: &Options) -> Result<()> {
     let (a, b, c) = ((1, 64, 1), (100, 1024, 4), (1, 64 * 1024, 4));
     let lineup = |(_, size, _): (usize, usize, usize)| servers(o.compare, o.peers.then_some(size));
     for s in scenarios.split(',') {
-        let traffic = |title: &str, shape, all| traffic(title, shape, warmup, duration, rounds, all);
+        let traffic = |title: &str, shape: Shape, all| traffic(title, shape, warmup, duration, rounds, all);
         match s {
-            "a" => _ = traffic("(a) latency: 1 connection, 64 B, 1 in flight", a, lineup(a)?)?,
-            "b" => _ = traffic("(b) throughput: 100 connections, 1 KiB, 4 in flight", b, lineup(b)?)?,
-            "c" => _ = traffic("(c) bandwidth: 1 connection, 64 KiB, 4 in flight", c, lineup(c)?)?,
+            "a" => _ = traffic("(a) latency: 1 connection, 64 B, 1 in flight", a.into(), lineup(a)?)?,
+            "b" => _ = traffic("(b) throughput: 100 connections, 1 KiB, 4 in flight", b.into(), lineup(b)?)?,
+            "c" => _ = traffic("(c) bandwidth: 1 connection, 64 KiB, 4 in flight", c.into(), lineup(c)?)?,
             "d" => idle(10_000, Duration::from_secs(10))?,
             "e" => connects(Duration::from_secs_f64(o.seconds.min(3.0)))?,
-            "m" => _ = traffic("(m) metrics' cost: (b) with the admin endpoint scraped", b, scraped()?)?,
+            "m" => _ = traffic("(m) metrics' cost: (b) with the admin endpoint scraped", b.into(), scraped()?)?,
+            "l" => {
+                let title = "(l) a policy that works: the lines guest, 100 connections, 64 B lines, 4 in flight";
+                _ = traffic(title, Shape(100, 64, 4, true), line_servers()?)?;
+            }
             "g" => {
                 let mut curve = Vec::new();
                 for n in [100, 1_000, 10_000] {
                     let title = format!("(g) (b) at {n} connections, 1 KiB, 4 in flight each");
-                    curve.push((n, traffic(&title, (n, 1024, 4), servers(o.compare, None)?)?));
+                    curve.push((n, traffic(&title, (n, 1024, 4).into(), servers(o.compare, None)?)?));
                 }
                 println!("\n### (g) server CPU per message as connections grow\n");
                 println!("| connections | server CPU per message, hio-host / native |");
@@ -152,7 +176,7 @@ pub fn run(scenarios: &str, o: &Options) -> Result<()> {
                 let (lo, hi) = curve.iter().fold((f64::MAX, 0f64), |(lo, hi), (_, r)| (lo.min(*r), hi.max(*r)));
                 println!("\nFrom lowest to highest: {:.0} % apart.", (hi / lo - 1.0) * 100.0);
             }
-            other => bail!("unknown scenario {other:?}: a, b, c, d, e, g or m"),
+            other => bail!("unknown scenario {other:?}: a, b, c, d, e, g, l or m"),
         }
     }
     Ok(())
@@ -164,17 +188,18 @@ pub fn run(scenarios: &str, o: &Options) -> Result<()> {
 /// Returns the second server's median ratio of CPU per message to the first's.
 fn traffic(
     title: &str,
-    (conns, size, inflight): (usize, usize, usize),
+    shape: Shape,
     warmup: Duration,
     duration: Duration,
     rounds: usize,
     servers: Servers,
 ) -> Result<f64> {
+    let Shape(conns, size, inflight, lines) = shape;
     let mut figures: Vec<Vec<Figures>> = servers.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (i, (_, host)) in servers.iter().enumerate() {
             let pid = host.child.id();
-            let load = Load { conns, size, inflight, warmup, duration };
+            let load = Load { conns, size, inflight, warmup, duration, lines };
             let cpu0 = cpu_seconds(Some(pid));
             let out = load.run(host.addr)?;
             let server_cpu = cpu_seconds(Some(pid)) - cpu0;

@@ -1,9 +1,13 @@
-//! A mio load generator that checks every echoed byte.
+//! A mio load generator that checks every byte that comes back.
 //!
 //! Each connection sends a byte stream whose byte at offset i is a function
 //! of (connection, i), keeps up to `inflight` messages outstanding, and
 //! checks each byte that comes back against the stream. A message's latency
-//! is from its first byte written to its last byte echoed.
+//! is from its first byte written to its last byte answered.
+//!
+//! With `lines`, each message is one line of lower-case letters and the
+//! answer expected is the `lines` guest's: the line's number on its
+//! connection, a space, the line upper-cased.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -20,6 +24,8 @@ pub struct Load {
     pub inflight: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// Send lines and expect the `lines` guest's answers, not an echo.
+    pub lines: bool,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +63,9 @@ struct Conn {
     out: Vec<u8>,
     out_off: usize,
     dead: bool,
+    /// Lines sent, and the answers expected and not yet come (`lines`).
+    lines: u64,
+    expect: VecDeque<u8>,
 }
 
 /// This process's CPU seconds so far.
@@ -91,6 +100,8 @@ impl Load {
                 out: Vec::new(),
                 out_off: 0,
                 dead: false,
+                lines: 0,
+                expect: VecDeque::new(),
             });
         }
         let mut events = Events::with_capacity(1024);
@@ -134,7 +145,12 @@ impl Load {
                             }
                             Ok(n) => {
                                 for (k, &b) in buf[..n].iter().enumerate() {
-                                    if b != pattern(i, c.checked + k as u64) {
+                                    let want = if self.lines {
+                                        c.expect.pop_front()
+                                    } else {
+                                        Some(pattern(i, c.checked + k as u64))
+                                    };
+                                    if want != Some(b) {
                                         bail!("connection {i}: wrong byte at offset {}", c.checked + k as u64);
                                     }
                                 }
@@ -187,9 +203,20 @@ impl Load {
                 c.out_off = 0;
             }
             let base = c.sent;
-            c.out.extend((0..self.size as u64).map(|k| pattern(i, base + k)));
             c.sent += self.size as u64;
-            c.outstanding.push_back((now, c.sent));
+            if !self.lines {
+                c.out.extend((0..self.size as u64).map(|k| pattern(i, base + k)));
+                c.outstanding.push_back((now, c.sent));
+                continue;
+            }
+            let line = (0..self.size as u64 - 1).map(|k| b'a' + pattern(i, base + k) % 26);
+            c.out.extend(line.clone());
+            c.out.push(b'\n');
+            c.lines += 1;
+            c.expect.extend(format!("{} ", c.lines).bytes());
+            c.expect.extend(line.map(|b| b.to_ascii_uppercase()));
+            c.expect.push_back(b'\n');
+            c.outstanding.push_back((now, c.checked + c.expect.len() as u64));
         }
     }
 }

@@ -1,23 +1,27 @@
 //! hio-host benchmarks, run against the real `hio-host` binary.
 //!
-//!   hio-bench echo [--scenarios a,b,c,d,e,g,m] [--seconds 5] [--rounds 3] [--compare HIO_HOST_BINARY] [--no-peers]
+//!   hio-bench echo [--scenarios a,b,c,d,e,g,l,m] [--seconds 5] [--rounds 3] [--compare HIO_HOST_BINARY] [--no-peers]
 //!   hio-bench swap [--conns 100,1000,10000] [--swaps 30]
 //!   hio-bench swap-memory [--swaps 1000] [--conns 100]
 //!   hio-bench upgrade [--conns 100,1000,10000] [--upgrades 10]
 //!                                            (binary upgrade by --takeover: pauses)
 //!   hio-bench startup                        (launch to serving, first and cached)
-//!   hio-bench load --addr ADDR [--conns 100] [--size 1024] [--inflight 4] [--seconds 5]
-//!                                            (drive any echo server, e.g. while profiling it)
+//!   hio-bench load --addr ADDR [--conns 100] [--size 1024] [--inflight 4] [--seconds 5] [--lines]
+//!                                            (drive any echo server, or with --lines a lines
+//!                                            server, e.g. while profiling it)
 //!   hio-bench tls [--seconds 5]              (TLS echo and handshakes/s)
 //!   hio-bench workers [--seconds 5]          (--workers 1 vs 2: per-loop CPU and capacity)
 //!   hio-bench native-echo [--listen ADDR] [--tls-cert PEM --tls-key PEM]
 //!                                            (the baseline server itself)
+//!   hio-bench native-lines [--listen ADDR]   (the lines guest's policy in native code)
 //!
 //! echo: the same scenarios against a minimal native mio echo server,
 //! `hio-host run echo.wasm`, and (a)-(c) also hio 0.6.10's own Python
 //! server and HAProxy 2.6's Lua echo (`--no-peers`: without them), side by
 //! side; see BENCHMARKS.md. Scenario g is (b) at 100, 1,000 and 10,000
-//! connections (the cost curve).
+//! connections (the cost curve). Scenario l is a policy that works: the
+//! `lines` guest (count, upper-case, partial lines) against the same policy
+//! in a native mio server, 100 connections, 64 B lines, 4 in flight.
 //! `--compare` puts another build's `hio-host` in the baseline's place (a
 //! before/after of a change, in alternating rounds); scenario m is (b)
 //! with and without the admin endpoint scraped 10 times a second.
@@ -48,6 +52,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     match args.first().map(String::as_str) {
+        Some("native-lines") => native::serve_lines(flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into()).parse()?),
         Some("native-echo") => {
             let addr = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into()).parse()?;
             match (flag("--tls-cert"), flag("--tls-key")) {
@@ -61,7 +66,7 @@ fn main() -> Result<()> {
         Some("tls") => tls::run(flag("--seconds").unwrap_or_else(|| "5".into()).parse()?),
         Some("workers") => workers::run(flag("--seconds").unwrap_or_else(|| "5".into()).parse()?),
         Some("echo") => {
-            let scenarios = flag("--scenarios").unwrap_or_else(|| "a,b,c,d,e".into());
+            let scenarios = flag("--scenarios").unwrap_or_else(|| "a,b,c,d,e,l".into());
             let seconds: f64 = flag("--seconds").unwrap_or_else(|| "5".into()).parse()?;
             let rounds: usize = flag("--rounds").unwrap_or_else(|| "3".into()).parse()?;
             let compare = flag("--compare").map(PathBuf::from);
@@ -97,6 +102,7 @@ fn main() -> Result<()> {
                 inflight: num("--inflight", "4")?,
                 warmup: Duration::from_secs(1),
                 duration: Duration::from_secs(num("--seconds", "5")? as u64),
+                lines: args.iter().any(|a| a == "--lines"),
             };
             let out = load.run(addr)?;
             println!(
@@ -179,8 +185,13 @@ impl Host {
 
     /// The native baseline server (this binary's `native-echo`).
     fn native() -> Result<Host> {
+        Host::native_serving("native-echo")
+    }
+
+    /// A native baseline server of this binary: `native-echo` or `native-lines`.
+    fn native_serving(what: &str) -> Result<Host> {
         let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.args(["native-echo", "--listen", "127.0.0.1:0"]);
+        cmd.args([what, "--listen", "127.0.0.1:0"]);
         Host::start(cmd)
     }
 

@@ -109,6 +109,108 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
     }
 }
 
+/// One connection of the native line server.
+#[derive(Default)]
+struct LineConn {
+    /// Lines answered so far.
+    count: u64,
+    /// The partial line after the last newline read.
+    partial: Vec<u8>,
+    /// Answers the socket did not take yet.
+    pending: Vec<u8>,
+}
+
+impl LineConn {
+    /// Answer every whole line in `partial` + `data` the `lines` guest's way
+    /// ("N LINE" upper-cased; "quit" says bye and ends), appending to
+    /// `reply`; keep what follows the last newline. Returns whether to close.
+    fn answer(&mut self, data: &[u8], reply: &mut Vec<u8>) -> bool {
+        let joined;
+        let input = if self.partial.is_empty() {
+            data
+        } else {
+            self.partial.extend_from_slice(data);
+            joined = std::mem::take(&mut self.partial);
+            &joined[..]
+        };
+        let mut used = 0;
+        while let Some(end) = input[used..].iter().position(|&b| b == b'\n') {
+            let line = &input[used..used + end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            used += end + 1;
+            if line == b"quit" {
+                reply.extend_from_slice(b"bye\n");
+                return true;
+            }
+            self.count += 1;
+            let _ = write!(reply, "{} ", self.count);
+            reply.extend(line.iter().map(u8::to_ascii_uppercase));
+            reply.push(b'\n');
+        }
+        self.partial.extend_from_slice(&input[used..]);
+        false
+    }
+}
+
+/// The baseline for a policy that works: the echo loop, with the `lines`
+/// guest's policy in native code (count lines, upper-case them, keep
+/// partial lines).
+pub fn serve_lines(addr: SocketAddr) -> Result<()> {
+    let (mut poll, listener) = listen(addr, "native lines")?;
+    let mut conns: HashMap<usize, (TcpStream, LineConn)> = HashMap::new();
+    let mut next = 1usize;
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut reply = Vec::new();
+    loop {
+        wait(&mut poll, &mut events)?;
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                accept_all(&poll, &listener, &mut next, Interest::READABLE | Interest::WRITABLE, |id, sock| {
+                    conns.insert(id, (sock, LineConn::default()));
+                    Ok(())
+                })?;
+                continue;
+            }
+            let id = ev.token().0;
+            let Some((sock, c)) = conns.get_mut(&id) else { continue };
+            let mut dead = false;
+            let short_read_drains = ev.is_readable() && !ev.is_read_closed() && !ev.is_error();
+            if !c.pending.is_empty() {
+                match sock.write(&c.pending) {
+                    Ok(n) => {
+                        c.pending.drain(..n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => dead = true,
+                }
+            }
+            while !dead && c.pending.is_empty() {
+                match sock.read(&mut buf) {
+                    Ok(0) => dead = true,
+                    Ok(n) => {
+                        reply.clear();
+                        dead = c.answer(&buf[..n], &mut reply);
+                        match sock.write(&reply) {
+                            Ok(w) => c.pending.extend_from_slice(&reply[w..]),
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => c.pending.extend_from_slice(&reply),
+                            Err(_) => dead = true,
+                        }
+                        if short_read_drains && n < buf.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => dead = true,
+                }
+            }
+            if dead {
+                conns.remove(&id);
+            }
+        }
+    }
+}
+
 /// The TLS baseline: the same loop with a rustls session per connection
 /// (one context for all, as the host builds it), like rustls' tlsserver-mio.
 pub fn serve_tls(addr: SocketAddr, config: std::sync::Arc<rustls::ServerConfig>) -> Result<()> {

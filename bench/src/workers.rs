@@ -60,7 +60,7 @@ pub fn run(seconds: f64) -> Result<()> {
             host.expect("serving")?;
         }
         let pid = host.child.id();
-        let load = Load { conns: 100, size: 1024, inflight: 4, warmup, duration };
+        let load = Load { conns: 100, size: 1024, inflight: 4, warmup, duration, lines: false };
         // Warm-up runs inside `load.run`; sample threads around the whole run.
         let (cpu0, threads0) = (cpu_seconds(Some(pid)), loop_threads(pid)?);
         let start = std::time::Instant::now();

@@ -340,16 +340,14 @@ impl ResourceLimiter for GuestLimiter {
 }
 
 /// What a cycle's crossing is built in, kept between cycles for the
-/// memory: the arrivals of `guest.service`, or `batch.service`'s cycle.
+/// memory: the arrivals of `guest.service`, or `batch.service`'s cycle
+/// (its buffer holds at most what one call is lent, 1 MiB, so it is kept
+/// whole: given back, a 256 KiB cycle regrew it by doubling every time).
 #[derive(Default)]
 pub struct CycleBuffers {
     arrivals: Vec<Arrival>,
     batch: BatchCycle,
 }
-
-/// The largest batch buffer kept between cycles: a burst's (up to the
-/// lending bound, 4 MiB) is given back.
-const KEEP_BATCH_BYTES: usize = 256 << 10;
 
 /// One running guest instance and its store.
 pub struct Generation {
@@ -447,9 +445,6 @@ impl Generation {
         let host = self.host();
         for news in &cycle.news {
             host.withdraw_room(news.id);
-        }
-        if cycle.bytes.capacity() > KEEP_BATCH_BYTES {
-            cycle.bytes = Vec::new();
         }
         let wake = served?;
         host.guest_succeeded(std::iter::empty());

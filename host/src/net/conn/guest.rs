@@ -114,14 +114,14 @@ impl Conn {
     }
 
     /// A batch cycle's answer (WIT `batch.answer`): `guest_tx` from the
-    /// guest's result. On plain TCP it is written at once where the socket
-    /// takes it (no copy into the queue); the rest is queued, as is all of
-    /// it for TLS (whose records the flush makes). Returns bytes written.
+    /// guest's result, written at once where the socket (or, for TLS, the
+    /// session) takes it, with no copy into the queue; the rest is queued.
+    /// Returns the plaintext bytes written.
     pub fn guest_answer(&mut self, data: &[u8], consumed: u64, wl: Option<&mut WireLog>) -> Result<u64, Refused> {
         self.take_room(data.len())?;
         // A failed write has marked the connection broken: nothing can reach
         // the peer, and `queue_slice` drops what is left, as a flush would.
-        let sent = if self.tls_state().is_none() { self.send_now(data, wl).unwrap_or(0) } else { 0 };
+        let sent = self.send_now(data, wl).unwrap_or(0);
         self.queue_slice(&data[sent..]);
         if consumed > 0 {
             self.consume(consumed);
