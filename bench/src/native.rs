@@ -44,6 +44,31 @@ fn accept_all(
     Ok(())
 }
 
+/// Send what waited for the socket; false if it failed.
+fn send_pending(sock: &mut TcpStream, pending: &mut Vec<u8>) -> bool {
+    if pending.is_empty() {
+        return true;
+    }
+    match sock.write(pending) {
+        Ok(n) => {
+            pending.drain(..n);
+            true
+        }
+        Err(e) => e.kind() == ErrorKind::WouldBlock,
+    }
+}
+
+/// Write `data` at once, keeping in `pending` what the socket did not
+/// take; false if it failed.
+fn write_or_keep(sock: &mut TcpStream, data: &[u8], pending: &mut Vec<u8>) -> bool {
+    match sock.write(data) {
+        Ok(w) => pending.extend_from_slice(&data[w..]),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => pending.extend_from_slice(data),
+        Err(_) => return false,
+    }
+    true
+}
+
 /// Wait for events; a signal (a profiler attaching) is not an error.
 fn wait(poll: &mut Poll, events: &mut Events) -> Result<()> {
     match poll.poll(events, None) {
@@ -75,25 +100,12 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
             // pending, the socket is drained (no read just for EAGAIN).
             let short_read_drains = ev.is_readable() && !ev.is_read_closed() && !ev.is_error();
             // Send what waited, then read and echo while the socket takes it.
-            if !c.pending.is_empty() {
-                match c.sock.write(&c.pending) {
-                    Ok(n) => {
-                        c.pending.drain(..n);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(_) => dead = true,
-                }
-            }
+            dead |= !send_pending(&mut c.sock, &mut c.pending);
             while !dead && c.pending.is_empty() {
                 match c.sock.read(&mut buf) {
                     Ok(0) => dead = true,
                     Ok(n) => {
-                        match c.sock.write(&buf[..n]) {
-                            Ok(w) if w == n => {}
-                            Ok(w) => c.pending.extend_from_slice(&buf[w..n]),
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => c.pending.extend_from_slice(&buf[..n]),
-                            Err(_) => dead = true,
-                        }
+                        dead = !write_or_keep(&mut c.sock, &buf[..n], &mut c.pending);
                         if short_read_drains && n < buf.len() {
                             break;
                         }
@@ -176,26 +188,14 @@ pub fn serve_lines(addr: SocketAddr) -> Result<()> {
             let Some((sock, c)) = conns.get_mut(&id) else { continue };
             let mut dead = false;
             let short_read_drains = ev.is_readable() && !ev.is_read_closed() && !ev.is_error();
-            if !c.pending.is_empty() {
-                match sock.write(&c.pending) {
-                    Ok(n) => {
-                        c.pending.drain(..n);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(_) => dead = true,
-                }
-            }
+            dead |= !send_pending(sock, &mut c.pending);
             while !dead && c.pending.is_empty() {
                 match sock.read(&mut buf) {
                     Ok(0) => dead = true,
                     Ok(n) => {
                         reply.clear();
-                        dead = c.answer(&buf[..n], &mut reply);
-                        match sock.write(&reply) {
-                            Ok(w) => c.pending.extend_from_slice(&reply[w..]),
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => c.pending.extend_from_slice(&reply),
-                            Err(_) => dead = true,
-                        }
+                        let quit = c.answer(&buf[..n], &mut reply);
+                        dead = !write_or_keep(sock, &reply, &mut c.pending) || quit;
                         if short_read_drains && n < buf.len() {
                             break;
                         }

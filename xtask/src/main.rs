@@ -81,12 +81,12 @@ fn run(args: &[String]) -> Result<()> {
                 // under 6 minutes on two cores; BENCHMARKS.md gives the
                 // longer runs' commands.
                 let all: [&[&str]; 7] = [
-                    &["echo", "--seconds", "3"],
+                    &["echo", "--seconds", "2"],
                     &["tls", "--seconds", "3"],
                     &["workers", "--seconds", "3"],
                     &["startup"],
-                    &["swap", "--swaps", "20"],
-                    &["upgrade", "--upgrades", "5"],
+                    &["swap", "--swaps", "10"],
+                    &["upgrade", "--conns", "100,1000", "--upgrades", "5"],
                     &["swap-memory", "--swaps", "300"],
                 ];
                 for args in all {
