@@ -86,7 +86,7 @@ fn run(args: &[String]) -> Result<()> {
                     &["workers", "--seconds", "3"],
                     &["startup"],
                     &["swap", "--swaps", "10"],
-                    &["upgrade", "--conns", "100,1000", "--upgrades", "5"],
+                    &["upgrade", "--conns", "100,1000", "--upgrades", "3"],
                     &["swap-memory", "--swaps", "300"],
                 ];
                 for args in all {
