@@ -146,3 +146,32 @@ fn answers_in_a_batch_result_the_host_cannot_apply_fail_the_guest_not_the_host()
         assert_eq!(log.matches("guest down; restarting it").count(), 1, "{log}");
     }
 }
+
+#[test]
+fn a_result_of_many_answers_is_held_to_the_call_deadline() {
+    // Each answer is valid. Two million empty ones once held the loop,
+    // every connection, for over a second (each wrote nothing to the
+    // socket); now they cost next to nothing. Answers of one byte each do
+    // write: applying them counts against the call's deadline, and past it
+    // the rest is not applied and the guest fails. The answers applied
+    // stand, none twice; the line is answered again by the successor (it
+    // pulls it in `start` and echoes what it does not know).
+    let mut host = HostProcess::spawn(&guest("rogue"), &[]);
+    let mut bystander = host.connect();
+    bystander.echo(b"before");
+    let mut c = host.connect();
+    c.send(b"zeros 2000000\n");
+    assert_eq!(c.recv_line(), "zeros-ok\n", "{}", host.log());
+    c.send(b"ones 500000\n");
+    let mut got = Vec::new();
+    while !got.ends_with(b"ones 500000\n") {
+        got.extend_from_slice(&c.recv_exact(1));
+        assert!(got.len() <= 500_000 + 12, "more than every answer and the echo");
+    }
+    let applied = got.len() - 12;
+    assert!(got[..applied].iter().all(|&b| b == b'z'), "only the answers' bytes before the echo");
+    assert!(applied < 500_000, "all {applied} answers applied: no deadline hit\n{}", host.log());
+    bystander.echo(b"after");
+    still_serves(&mut host, &mut bystander);
+    assert!(host.log().contains("answers ran past its deadline"), "{}", host.log());
+}

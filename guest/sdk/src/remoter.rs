@@ -292,6 +292,8 @@ impl Remoter {
                 self.handle.consume(count as u64)?;
             } else {
                 self.handle.tx_consume(data, count as u64)?;
+                // The host took it from the room first, as it does.
+                self.room = self.room.saturating_sub(u32::try_from(data.len()).unwrap_or(u32::MAX));
             }
         }
         Ok(())

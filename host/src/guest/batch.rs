@@ -7,6 +7,8 @@
 //! starts; its types are declared here, not by `bindgen!` (which would make
 //! every guest export it), and checked against the guest's when found.
 
+use std::time::Instant;
+
 use anyhow::{Result, anyhow};
 use wasmtime::component::{ComponentType, Func, Instance, Lift, Lower};
 use wasmtime::{AsContextMut, Engine};
@@ -83,8 +85,18 @@ impl StoreData {
     /// Apply a batch cycle's answers, in order. An answer the host cannot
     /// apply is the guest's fault (the SDK never gives one): the answers
     /// before it stand, and the guest fails as by a trap.
-    pub fn apply_answers(&mut self, answers: &Answers) -> Result<()> {
-        for a in &answers.answers {
+    ///
+    /// Applying them counts against the call's deadline (`by`): a result of
+    /// millions of answers must not hold the loop longer than a guest call
+    /// may. Past it, the rest is not applied and the guest fails.
+    pub fn apply_answers(&mut self, answers: &Answers, by: Instant) -> Result<()> {
+        for (i, a) in answers.answers.iter().enumerate() {
+            if i % 1024 == 1023 && Instant::now() > by {
+                anyhow::bail!(
+                    "guest's {} answers ran past its deadline after {i} were applied: the rest not applied",
+                    answers.answers.len()
+                );
+            }
             let data = usize::try_from(a.start)
                 .ok()
                 .zip(usize::try_from(a.len).ok())

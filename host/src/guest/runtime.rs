@@ -452,6 +452,7 @@ impl Generation {
     }
 
     fn call_batch(&mut self, func: Func, cycle: &BatchCycle) -> Result<Option<f64>> {
+        let by = std::time::Instant::now() + self.limits.deadline;
         let (answers,) = {
             let _in_call = self.arm()?;
             // SAFETY: `batch::find` checked this function has this type
@@ -460,7 +461,7 @@ impl Generation {
             service.call(&mut self.store, (cycle,)).map_err(|e| self.trapped("service", e))?
         };
         let data = self.store.data_mut();
-        data.apply_answers(&answers).inspect_err(|_| {
+        data.apply_answers(&answers, by).inspect_err(|_| {
             data.host.stats().traps_other.add(1);
         })?;
         Ok(answers.wake)

@@ -119,14 +119,18 @@ impl Conn {
     /// Returns the plaintext bytes written.
     pub fn guest_answer(&mut self, data: &[u8], consumed: u64, wl: Option<&mut WireLog>) -> Result<u64, Refused> {
         self.take_room(data.len())?;
+        let mut written = 0;
         // A failed write has marked the connection broken: nothing can reach
         // the peer, and `queue_slice` drops what is left, as a flush would.
-        let sent = self.send_now(data, wl).unwrap_or(0);
-        self.queue_slice(&data[sent..]);
+        if !data.is_empty() {
+            let sent = self.send_now(data, wl).unwrap_or(0);
+            self.queue_slice(&data[sent..]);
+            written = sent as u64;
+        }
         if consumed > 0 {
             self.consume(consumed);
         }
-        Ok(sent as u64)
+        Ok(written)
     }
 
     /// Whether the guest may queue `len` more bytes: the room set aside for

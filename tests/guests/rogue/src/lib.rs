@@ -14,7 +14,9 @@
 //! - in a batch cycle (WIT 0.2.2 `batch`), "overroom\n", "outofrange\n" and
 //!   "stranger\n": its result answers that connection with one byte more than
 //!   its room, with bytes past the end of the result, or answers a
-//!   connection it never held. Everything else in a batch cycle is served
+//!   connection it never held; "zeros N\n": N empty answers (each valid),
+//!   then "zeros-ok\n"; "ones N\n": N answers of one "z" each, then
+//!   "ones-ok\n". Everything else in a batch cycle is served
 //!   as in a `guest.service` cycle, by host calls.
 
 use std::cell::RefCell;
@@ -142,6 +144,22 @@ impl BatchGuest for Export {
             let data = cycle.bytes[at..at + news.len as usize].to_vec();
             at += news.len as usize;
             let (start, consume) = (out.bytes.len() as u32, data.len() as u64);
+            let many = |prefix: &[u8]| {
+                data.strip_prefix(prefix).and_then(|n| String::from_utf8_lossy(n).trim().parse::<usize>().ok())
+            };
+            if let Some((n, len, ok)) = many(b"zeros ")
+                .map(|n| (n, 0, &b"zeros-ok\n"[..]))
+                .or(many(b"ones ").map(|n| (n, 1, &b"ones-ok\n"[..])))
+            {
+                let z = out.bytes.len() as u32;
+                out.bytes.push(b'z');
+                out.answers.reserve(n + 1);
+                out.answers.extend((0..n).map(|_| Answer { id: news.id, start: z, len, consume: 0 }));
+                let start = out.bytes.len() as u32;
+                out.bytes.extend_from_slice(ok);
+                out.answers.push(Answer { id: news.id, start, len: ok.len() as u32, consume: data.len() as u64 });
+                continue;
+            }
             let answer = match data.as_slice() {
                 b"overroom\n" => Answer { id: news.id, start, len: news.room + 1, consume },
                 b"outofrange\n" => Answer { id: news.id, start, len: u32::MAX, consume },
