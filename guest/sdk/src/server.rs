@@ -145,14 +145,9 @@ impl<C: Default> Server<C> {
     /// by host calls.
     pub(crate) fn end_batch(&mut self) {
         for id in std::mem::take(&mut self.roomed) {
-            let ix = match self.ixes.get_mut(&id) {
-                Some(joined) => &mut joined.ix,
-                None => match self.cxes.get_mut(&id) {
-                    Some(cx) => cx,
-                    None => continue,
-                },
-            };
-            ix.cycle_over();
+            if let Some(ix) = self.held(id) {
+                ix.cycle_over();
+            }
         }
     }
 
@@ -170,6 +165,11 @@ impl<C: Default> Server<C> {
             return None;
         }
         self.list(id);
+        self.held(id)
+    }
+
+    /// The connection `id`, in ixes or (handshaking) in cxes.
+    fn held(&mut self, id: u64) -> Option<&mut Remoter> {
         match self.ixes.get_mut(&id) {
             Some(joined) => Some(&mut joined.ix),
             None => self.cxes.get_mut(&id),

@@ -114,10 +114,8 @@ impl StoreData {
     }
 
     fn answer(&mut self, id: u64, data: &[u8], consume: u64) -> Result<(), WitError> {
-        let (c, wl) = self.host.conn_mut(id).filter(|(c, _)| c.adopted && !c.closing).ok_or(WitError::Closed)?;
-        let sent = c.guest_answer(data, consume, wl)?;
+        let sent = self.on_open(id, |c, wl| c.guest_answer(data, consume, wl))??;
         self.host.stats().bytes_sent.add(sent);
-        self.host.mark_dirty(id);
         Ok(())
     }
 }

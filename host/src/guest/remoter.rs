@@ -36,8 +36,19 @@ impl StoreData {
         handle: &Resource<ConnRef>,
         op: impl FnOnce(&mut Conn, Option<&mut WireLog>) -> T,
     ) -> Result<T, Error> {
-        let id = self.open_id(handle)?;
-        let (c, wl) = self.host.conn_mut(id).ok_or(Error::Closed)?;
+        let id = self.conn_ref(handle)?.id;
+        self.on_open(id, op)
+    }
+
+    /// Run `op` on connection `id` if the guest holds it open (it took it
+    /// and has not closed it), and mark it for the loop: a host call on a
+    /// handle, or an answer in a batch cycle's result.
+    pub(super) fn on_open<T>(
+        &mut self,
+        id: u64,
+        op: impl FnOnce(&mut Conn, Option<&mut WireLog>) -> T,
+    ) -> Result<T, Error> {
+        let (c, wl) = self.host.conn_mut(id).filter(|(c, _)| c.adopted && !c.closing).ok_or(Error::Closed)?;
         let out = op(c, wl);
         self.host.mark_dirty(id);
         Ok(out)
