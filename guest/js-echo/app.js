@@ -4,7 +4,7 @@
 // listener (or from `start`, after a hot swap or a crash) with their first
 // bytes; each cycle's arrivals carry the bytes that came since. Every answer
 // is queued and its bytes consumed in one `txConsume`.
-import { log } from 'hio:tcp/host@0.2.2';
+import { log } from 'hio:tcp/host@0.2.3';
 
 // u64 ids are BigInts; the remoter resources by id.
 const conns = new Map();

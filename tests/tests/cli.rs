@@ -107,14 +107,14 @@ fn check_says_whether_a_guest_fits() {
     let out = Command::new(host_binary()).args(["check", guest("echo").to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("exports: hio:tcp/batch@0.2.2, hio:tcp/guest@0.2.2"), "{text}");
+    assert!(text.contains("exports: hio:tcp/handover@0.2.3, hio:tcp/batch@0.2.3, hio:tcp/guest@0.2.3"), "{text}");
     assert!(text.contains("fits the hio:tcp/server world"), "{text}");
     let empty = std::env::temp_dir().join(format!("check-empty-{}.wasm", std::process::id()));
     std::fs::write(&empty, b"\0asm\x0d\x00\x01\x00").unwrap();
     let out = Command::new(host_binary()).args(["check", empty.to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
-    assert!(text.contains("problem: does not export hio:tcp/guest@0.2.2"), "{text}");
+    assert!(text.contains("problem: does not export hio:tcp/guest@0.2.3"), "{text}");
     std::fs::remove_file(empty).unwrap();
 }
 
@@ -342,8 +342,8 @@ fn json_logs_are_one_object_per_line_with_the_same_fields() {
 /// are length-prefixed strings: a version of the same length keeps it valid).
 fn echo_speaking(version: &str) -> std::path::PathBuf {
     let mut bytes = std::fs::read(guest("echo")).unwrap();
-    for iface in ["types", "host", "acceptor", "remoter", "guest", "batch"] {
-        let (from, to) = (format!("hio:tcp/{iface}@0.2.2"), format!("hio:tcp/{iface}@{version}"));
+    for iface in ["types", "host", "acceptor", "remoter", "guest", "batch", "handover"] {
+        let (from, to) = (format!("hio:tcp/{iface}@0.2.3"), format!("hio:tcp/{iface}@{version}"));
         assert_eq!(from.len(), to.len());
         let mut at = 0;
         while let Some(i) = bytes[at..].windows(from.len()).position(|w| w == from.as_bytes()) {

@@ -24,7 +24,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "batched-server",
+        world: "lazy-server",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "hio_guest::bindings",
@@ -100,8 +100,10 @@ pub trait Service: 'static {
     /// [`Service::restore_conn`]. `()` for none.
     type Conn: Default + 'static;
 
-    /// Build the policy when the guest starts (after the connections taken
-    /// over from a predecessor joined `server`'s ixes).
+    /// Build the policy when the guest starts (after the first connections
+    /// taken over from a predecessor joined `server`'s ixes; the rest join
+    /// in the next cycles, or at once when the policy asks for every
+    /// connection, e.g. by [`Server::ixes`]).
     fn new(server: &mut Server<Self::Conn>) -> Self;
 
     /// A connection has new bytes in `ix.rxbs`, or was cut off. Bytes left in
@@ -214,6 +216,15 @@ macro_rules! export_service {
                 cycle: $crate::bindings::exports::hio::tcp::batch::Cycle,
             ) -> $crate::bindings::exports::hio::tcp::batch::Answers {
                 $crate::runtime::service_batch(cycle)
+            }
+        }
+
+        impl $crate::bindings::exports::hio::tcp::handover::Guest for __HioGuest {
+            fn adopt(
+                connections: ::std::vec::Vec<$crate::bindings::hio::tcp::remoter::Connection>,
+                complete: bool,
+            ) {
+                $crate::runtime::adopt(connections, complete)
             }
         }
 

@@ -1,5 +1,6 @@
 //! The glue behind `export_service!`: one Server and one Service per guest
-//! instance, driven by the host's `start`, `service` and `save` calls.
+//! instance, driven by the host's `start`, `service`, `adopt` and `save`
+//! calls.
 
 use std::cell::RefCell;
 
@@ -13,6 +14,7 @@ use crate::{Server, Service, answers, log, snapshot};
 trait Instance {
     fn service(&mut self, cycle: Cycle) -> Option<f64>;
     fn service_batch(&mut self, cycle: BatchCycle) -> Answers;
+    fn adopt(&mut self, connections: Vec<Connection>, complete: bool);
     fn save(&self) -> snapshot::State;
 }
 
@@ -34,20 +36,16 @@ pub fn start<S: Service>(
     // A panic aborts the instance; say why in the host's log first.
     std::panic::set_hook(Box::new(|info| log::error(&format!("guest panicked: {info}"))));
     let mut server = Server::new(config.tymeout, config.bs, listener, crate::bindings::hio::tcp::host::tyme());
-    let adopted = connections.len();
-    for conn in connections {
-        server.adopt(conn);
-    }
-    let state = predecessor.and_then(decode);
-    if let Some(state) = &state {
-        server.restore_ixes(&state.ixes);
-    }
+    let mut state = predecessor.and_then(decode).unwrap_or_default();
+    // The policy reads its part of each connection's state once it is built.
+    let conns: Vec<(u64, Vec<u8>)> = state.ixes.iter_mut().filter_map(|ix| Some((ix.id, ix.conn.take()?))).collect();
+    let (saved, handed) = (state.ixes.len(), connections.len());
+    server.expect(std::mem::take(&mut state.ixes));
+    server.adopt(connections, false);
     let mut service = S::new(&mut server);
-    if let Some(state) = state {
-        restore(&mut service, &mut server, state);
-    }
-    if adopted > 0 {
-        log::info(&format!("took over {adopted} connections"));
+    restore(&mut service, &mut server, state, conns);
+    if saved > 0 || handed > 0 {
+        log::info(&format!("taking over {saved} saved connections, {handed} handed at start"));
     }
     APP.with_borrow_mut(|app| *app = Some(Box::new(App { server, service })));
     Ok(())
@@ -66,8 +64,14 @@ fn decode(snapshot: Snapshot) -> Option<snapshot::State> {
     state
 }
 
-/// The policy takes over its predecessor's state, then each connection's.
-fn restore<S: Service>(service: &mut S, server: &mut Server<S::Conn>, state: snapshot::State) {
+/// The policy takes over its predecessor's state, then each connection's
+/// (`conns`: id and saved bytes), handed over yet or not.
+fn restore<S: Service>(
+    service: &mut S,
+    server: &mut Server<S::Conn>,
+    state: snapshot::State,
+    conns: Vec<(u64, Vec<u8>)>,
+) {
     if state.kind.is_empty() {
         return;
     }
@@ -75,11 +79,12 @@ fn restore<S: Service>(service: &mut S, server: &mut Server<S::Conn>, state: sna
         log::warn(&format!("predecessor's policy state '{}' is not understood here: policy starts fresh", state.kind));
         return;
     }
-    for ix in state.ixes {
-        let (Some(saved), Some((remoter, conn))) = (ix.conn, server.ix_with_conn(ix.id)) else { continue };
-        match service.restore_conn(&saved) {
+    for (id, saved) in conns {
+        let restored = service.restore_conn(&saved);
+        let Some(conn) = server.conn_state(id) else { continue };
+        match restored {
             Some(restored) => *conn = restored,
-            None => log::warn(&format!("{}: predecessor's state for it is not understood: starts fresh", remoter.ca)),
+            None => log::warn(&format!("connection {id}: predecessor's state for it is not understood: starts fresh")),
         }
     }
 }
@@ -115,6 +120,10 @@ impl<S: Service> Instance for App<S> {
         Answers { wake, answers, bytes }
     }
 
+    fn adopt(&mut self, connections: Vec<Connection>, complete: bool) {
+        self.server.adopt(connections, complete);
+    }
+
     fn save(&self) -> snapshot::State {
         let App { server, service } = self;
         let kind = service.kind();
@@ -131,6 +140,10 @@ pub fn service(cycle: Cycle) -> Option<f64> {
 pub fn service_batch(cycle: BatchCycle) -> Answers {
     let answers = APP.with_borrow_mut(|app| app.as_mut().map(|app| app.service_batch(cycle)));
     answers.unwrap_or(Answers { wake: None, answers: Vec::new(), bytes: Vec::new() })
+}
+
+pub fn adopt(connections: Vec<Connection>, complete: bool) {
+    APP.with_borrow_mut(|app| app.as_mut().map(|app| app.adopt(connections, complete)));
 }
 
 pub fn save() -> Snapshot {

@@ -5,6 +5,11 @@
 //! in ixes carries the policy's per-connection state `C` beside its
 //! Remoter. Unlike hio, a cycle looks only at connections the host named as
 //! ready and at tymers that came due, so idle connections cost nothing.
+//!
+//! After a swap or a restart the host hands connections over a few hundred
+//! at a time (WIT `handover`): until the last comes, what the predecessor
+//! saved of each waits in `owed`, and anything that needs every connection
+//! at once (`ixes`, a ca not found, `close`...) takes the rest first.
 
 use std::collections::VecDeque;
 
@@ -24,6 +29,39 @@ use crate::{Ca, Error, Remoter, Tymist, log};
 struct Joined<C> {
     ix: Remoter,
     conn: C,
+}
+
+/// A hand-over under way: what the predecessor saved of each connection
+/// not handed yet, and the policy's state made of it.
+struct Owed<C> {
+    /// Where each connection's entry is in `saved`, by id.
+    at: FxHashMap<u64, usize>,
+    saved: Vec<Option<(IxState, C)>>,
+}
+
+impl<C> Owed<C> {
+    fn new(saved: Vec<IxState>, conn: impl Fn() -> C) -> Owed<C> {
+        let at = saved.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+        Owed { at, saved: saved.into_iter().map(|s| Some((s, conn()))).collect() }
+    }
+
+    fn take(&mut self, id: u64) -> Option<(IxState, C)> {
+        let i = self.at.remove(&id)?;
+        self.saved.get_mut(i)?.take()
+    }
+
+    fn conn(&mut self, id: u64) -> Option<&mut C> {
+        let i = *self.at.get(&id)?;
+        self.saved.get_mut(i)?.as_mut().map(|(_, c)| c)
+    }
+
+    fn holds(&self, id: u64) -> bool {
+        self.at.contains_key(&id)
+    }
+
+    fn left(&self) -> impl Iterator<Item = &(IxState, C)> {
+        self.saved.iter().flatten()
+    }
 }
 
 /// hio's Server, with `C` the policy's per-connection state
@@ -60,6 +98,9 @@ pub struct Server<C = ()> {
     removed: Vec<(Ca, C)>,
     /// The host is draining (`host.draining`); once true it stays true.
     draining: bool,
+    /// A hand-over under way: what the predecessor saved of the
+    /// connections not handed yet (`None` once the last came).
+    owed: Option<Owed<C>>,
 }
 
 impl<C: Default> Server<C> {
@@ -83,6 +124,7 @@ impl<C: Default> Server<C> {
             connected: Vec::new(),
             removed: Vec::new(),
             draining: false,
+            owed: Some(Owed { at: FxHashMap::default(), saved: Vec::new() }),
         }
     }
 
@@ -182,10 +224,60 @@ impl<C: Default> Server<C> {
         }
     }
 
-    /// Connections taken over from a previous guest: straight into ixes.
-    /// Their unconsumed bytes are handed again in the first cycle.
-    pub(crate) fn adopt(&mut self, conn: Connection) {
-        self.add_connection(conn, false);
+    /// What the predecessor saved of its connections: each one's
+    /// bookkeeping is taken up when the host hands it over.
+    pub(crate) fn expect(&mut self, saved: Vec<IxState>) {
+        // Sized once: grown by doubling while 10,000 connections were handed
+        // over, ixes was rehashed three times, each a pass of up to 2 ms.
+        // (Boxing the Remoters to keep entries small made `save` 4x slower.)
+        self.by_ca.reserve(saved.len());
+        self.ixes.reserve(saved.len());
+        self.owed = Some(Owed::new(saved, C::default));
+    }
+
+    /// The policy's state for connection `id`, handed over or still owed
+    /// (for restoring it).
+    pub(crate) fn conn_state(&mut self, id: u64) -> Option<&mut C> {
+        match self.ixes.get_mut(&id) {
+            Some(joined) => Some(&mut joined.conn),
+            None => self.owed.as_mut()?.conn(id),
+        }
+    }
+
+    /// Connections taken over from a previous guest: straight into ixes,
+    /// with what the predecessor saved of them. Their unconsumed bytes are
+    /// handed again in the next cycle. `complete`: the host hands no more;
+    /// saved state of any not handed belongs to connections that ended.
+    pub(crate) fn adopt(&mut self, conns: Vec<Connection>, complete: bool) {
+        for conn in conns {
+            let id = conn.id;
+            self.add_connection(conn, false);
+            let Some((s, conn)) = self.owed.as_mut().and_then(|o| o.take(id)) else { continue };
+            if let Some(joined) = self.ixes.get_mut(&id) {
+                joined.conn = conn;
+                joined.ix.tymer.start(Some(s.stop - s.start), Some(s.start));
+                joined.ix.refreshable = s.refreshable;
+                joined.ix.cutoff |= s.cutoff;
+                if self.tymeout > 0.0 {
+                    self.tymers.push(id, s.stop);
+                }
+            }
+        }
+        if complete {
+            self.owed = None;
+        }
+    }
+
+    /// Every connection the host still owes this guest, now: for whatever
+    /// needs them all.
+    fn take_over(&mut self) {
+        if self.owed.is_none() {
+            return;
+        }
+        match self.listener.take_over() {
+            Ok(all) => self.adopt(all, true),
+            Err(e) => log::error(&format!("taking over the rest of the connections failed: {}", Error::from(e))),
+        }
     }
 
     /// hio's `serviceAccepts`: take every connection the host accepted.
@@ -266,17 +358,33 @@ impl<C: Default> Server<C> {
     }
 
     /// The one way into ixes: the connection's state is made here.
+    /// A new connection from a ca already in ixes replaces the older one,
+    /// which is closed (the host's ids grow with time: a connection handed
+    /// over late may be the older one).
     fn admit(&mut self, ix: Remoter, new: bool) {
         let (id, ca) = (ix.id, ix.ca.clone());
-        if self.by_ca.contains_key(&ca) {
+        let older = match self.by_ca.get(&ca) {
+            Some(&other) if other < id => Some(other),
+            Some(_) => Some(id),
+            None => None,
+        };
+        if older.is_some() {
             log::warn(&format!("{ca} connected again; closing its old connection"));
-            let _ = self.remove_ix(&ca, true);
+        }
+        if let Some(other) = older.filter(|&o| o != id) {
+            let _ = self.remove(other, true);
         }
         if self.tymeout > 0.0 {
             self.tymers.push(id, ix.tymer.stop_tyme());
         }
-        self.by_ca.insert(ca, id);
+        if older != Some(id) {
+            self.by_ca.insert(ca, id);
+        }
         self.ixes.insert(id, Joined { ix, conn: C::default() });
+        if older == Some(id) {
+            let _ = self.remove(id, true);
+            return;
+        }
         self.list(id);
         if new {
             self.connected.push(id);
@@ -300,44 +408,69 @@ impl<C: Default> Server<C> {
         std::mem::take(&mut self.removed)
     }
 
-    /// The connection in ixes from this peer address.
-    pub fn ix(&self, ca: &Ca) -> Option<&Remoter> {
-        self.by_ca.get(ca).and_then(|id| self.ixes.get(id)).map(|j| &j.ix)
+    /// The id of the connection in ixes from `ca`. One not found may be
+    /// still to come by a hand-over: the rest are taken over first.
+    fn find_ca(&mut self, ca: &Ca) -> Option<u64> {
+        if !self.by_ca.contains_key(ca) {
+            self.take_over();
+        }
+        self.by_ca.get(ca).copied()
+    }
+
+    /// The connection `id` in ixes; one still owed by a hand-over is taken
+    /// over first (with the rest).
+    fn joined(&mut self, id: u64) -> Option<&mut Joined<C>> {
+        if self.owed.as_ref().is_some_and(|o| o.holds(id)) {
+            self.take_over();
+        }
+        self.ixes.get_mut(&id)
+    }
+
+    /// The connection in ixes from this peer address (one not found is
+    /// looked for again once a hand-over under way is complete).
+    pub fn ix(&mut self, ca: &Ca) -> Option<&Remoter> {
+        self.ix_mut(ca).map(|ix| &*ix)
     }
 
     /// The Remoter of `ca`, to change it.
     pub fn ix_mut(&mut self, ca: &Ca) -> Option<&mut Remoter> {
-        let id = self.by_ca.get(ca)?;
-        self.ixes.get_mut(id).map(|j| &mut j.ix)
+        let id = self.find_ca(ca)?;
+        self.ixes.get_mut(&id).map(|j| &mut j.ix)
     }
 
     /// The connection in ixes with this host id.
     pub fn ix_by_id(&mut self, id: u64) -> Option<&mut Remoter> {
-        self.ixes.get_mut(&id).map(|j| &mut j.ix)
+        self.joined(id).map(|j| &mut j.ix)
     }
 
     /// The connection in ixes with this host id, and the policy's state for it.
     pub fn ix_with_conn(&mut self, id: u64) -> Option<(&mut Remoter, &mut C)> {
-        self.ixes.get_mut(&id).map(|j| (&mut j.ix, &mut j.conn))
+        self.joined(id).map(|j| (&mut j.ix, &mut j.conn))
     }
 
-    /// Every connection in ixes, in no particular order.
-    pub fn ixes(&self) -> impl Iterator<Item = &Remoter> {
+    /// Every connection in ixes, in no particular order. During a hand-over
+    /// (after a swap or a restart) the connections not yet handed are taken
+    /// first, so none is missing; hence `&mut`.
+    pub fn ixes(&mut self) -> impl Iterator<Item = &Remoter> {
+        self.take_over();
         self.ixes.values().map(|j| &j.ix)
     }
 
-    /// Every connection in ixes with the policy's state for it.
+    /// Every connection in ixes with the policy's state for it (all of
+    /// them, as [`Server::ixes`]).
     pub fn ixes_mut(&mut self) -> impl Iterator<Item = (&mut Remoter, &mut C)> {
+        self.take_over();
         self.ixes.values_mut().map(|j| (&mut j.ix, &mut j.conn))
     }
 
     /// TLS connections still handshaking (hio's cxes).
-    pub fn cxes(&self) -> impl Iterator<Item = &Remoter> {
+    pub fn cxes(&mut self) -> impl Iterator<Item = &Remoter> {
+        self.take_over();
         self.cxes.values()
     }
 
-    fn id_of(&self, ca: &Ca) -> Result<u64, Error> {
-        self.by_ca.get(ca).copied().ok_or_else(|| Error::InvalidCa(ca.clone()))
+    fn id_of(&mut self, ca: &Ca) -> Result<u64, Error> {
+        self.find_ca(ca).ok_or_else(|| Error::InvalidCa(ca.clone()))
     }
 
     /// hio's ValueError for a ca that is not in ixes.
@@ -367,6 +500,7 @@ impl<C: Default> Server<C> {
 
     /// Close every connection in ixes.
     pub fn close_all_ix(&mut self) {
+        self.take_over();
         for joined in self.ixes.values_mut() {
             let _ = joined.ix.close();
         }
@@ -375,6 +509,7 @@ impl<C: Default> Server<C> {
     /// hio's `close`: every connection closes. The listen socket is the
     /// host's and stays open for the next guest.
     pub fn close(&mut self) {
+        self.take_over();
         for (_, mut cx) in self.cxes.drain() {
             let _ = cx.close();
         }
@@ -522,37 +657,24 @@ impl<C: Default> Server<C> {
     }
 
     /// Each connection's bookkeeping, for a successor, with what `save`
-    /// makes of its state.
+    /// makes of its state; those a hand-over has not brought yet as the
+    /// predecessor left them.
     pub(crate) fn save_ixes(&self, save: impl Fn(&C) -> Option<Vec<u8>>) -> Vec<IxState> {
-        self.ixes
-            .iter()
-            .map(|(&id, Joined { ix, conn })| IxState {
-                id,
-                start: ix.tymer.start_tyme(),
-                stop: ix.tymer.stop_tyme(),
-                refreshable: ix.refreshable,
-                cutoff: ix.cutoff,
-                conn: save(conn),
-            })
-            .collect()
-    }
-
-    /// Take over a predecessor's bookkeeping for the connections adopted
-    /// (their state is the policy's to restore).
-    pub(crate) fn restore_ixes(&mut self, saved: &[IxState]) {
-        for s in saved {
-            let Some(Joined { ix, .. }) = self.ixes.get_mut(&s.id) else { continue };
-            ix.tymer.start(Some(s.stop - s.start), Some(s.start));
-            ix.refreshable = s.refreshable;
-            ix.cutoff |= s.cutoff;
-            if self.tymeout > 0.0 {
-                self.tymers.push(s.id, s.stop);
-            }
-        }
+        let held = self.ixes.iter().map(|(&id, Joined { ix, conn })| IxState {
+            id,
+            start: ix.tymer.start_tyme(),
+            stop: ix.tymer.stop_tyme(),
+            refreshable: ix.refreshable,
+            cutoff: ix.cutoff,
+            conn: save(conn),
+        });
+        let owed = self.owed.iter().flat_map(Owed::left).map(|(s, conn)| IxState { conn: save(conn), ..s.clone() });
+        held.chain(owed).collect()
     }
 
     /// hio's `wind`: measure tyme on another Tymist from now on.
     pub fn wind(&mut self, tymist: Tymist) {
+        self.take_over();
         self.tymist = tymist;
         self.tymers = TymerQueue::default();
         for (&id, Joined { ix, .. }) in &mut self.ixes {

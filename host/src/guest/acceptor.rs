@@ -10,36 +10,36 @@ use super::{ListenerRef, StoreData, address};
 impl StoreData {
     /// Take the next accepted connection the guest has not been given.
     fn take_axe(&mut self) -> Result<Option<Connection>, Error> {
-        let Some(id) = self.host.take_axe() else { return Ok(None) };
+        let Some(id) = self.host_mut().take_axe() else { return Ok(None) };
         self.give_connection(id, true).map(Some).map_err(|e| Error::Io(e.to_string()))
     }
 }
 
 impl HostListener for StoreData {
     fn ha(&mut self, _: Resource<ListenerRef>) -> Address {
-        address(self.host.acceptor().ha)
+        address(self.host_mut().acceptor().ha)
     }
 
     fn eha(&mut self, _: Resource<ListenerRef>) -> Address {
-        address(self.host.acceptor().eha())
+        address(self.host_mut().acceptor().eha())
     }
 
     fn bs(&mut self, _: Resource<ListenerRef>) -> u32 {
-        self.host.acceptor().bs
+        self.host_mut().acceptor().bs
     }
 
     fn bl(&mut self, _: Resource<ListenerRef>) -> u32 {
-        self.host.acceptor().bl
+        self.host_mut().acceptor().bl
     }
 
     /// The host opens the listener before any guest runs; it is closed
     /// when the host begins to drain.
     fn opened(&mut self, _: Resource<ListenerRef>) -> bool {
-        self.host.acceptor().is_open()
+        self.host_mut().acceptor().is_open()
     }
 
     fn actual_buf_sizes(&mut self, _: Resource<ListenerRef>) -> Result<(u32, u32), Error> {
-        Ok(self.host.acceptor().actual_buf_sizes()?)
+        Ok(self.host_mut().acceptor().actual_buf_sizes()?)
     }
 
     fn accept(&mut self, _: Resource<ListenerRef>) -> Result<Option<Connection>, Error> {
@@ -47,11 +47,17 @@ impl HostListener for StoreData {
     }
 
     fn accept_all(&mut self, _: Resource<ListenerRef>) -> Result<Vec<Connection>, Error> {
-        let mut all = Vec::with_capacity(self.host.axes_len());
+        let mut all = Vec::with_capacity(self.host_mut().axes_len());
         while let Some(r) = self.take_axe()? {
             all.push(r);
         }
         Ok(all)
+    }
+
+    /// A lazy hand-over's rest, at once (WIT 0.2.3).
+    fn take_over(&mut self, _: Resource<ListenerRef>) -> Result<Vec<Connection>, Error> {
+        let owed = self.host_mut().take_owed();
+        owed.into_iter().map(|id| self.give_connection(id, false).map_err(|e| Error::Io(e.to_string()))).collect()
     }
 
     fn drop(&mut self, rep: Resource<ListenerRef>) -> wasmtime::Result<()> {

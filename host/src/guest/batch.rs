@@ -3,15 +3,13 @@
 //! not one per arrival) and the answers come back in the call's result
 //! (no host call per connection), applied here once the call returned.
 //!
-//! The export is optional, so the host finds it by name when a guest
-//! starts; its types are declared here, not by `bindgen!` (which would make
-//! every guest export it), and checked against the guest's when found.
+//! The export is optional (`optional::find`), so its types are declared
+//! here, not by `bindgen!`.
 
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
-use wasmtime::component::{ComponentType, Func, Instance, Lift, Lower};
-use wasmtime::{AsContextMut, Engine};
+use wasmtime::component::{ComponentType, Lift, Lower};
 
 use super::StoreData;
 use super::hio::tcp::types::Error as WitError;
@@ -56,31 +54,6 @@ pub struct Answers {
     pub bytes: Vec<u8>,
 }
 
-/// The interface's name without its version.
-const BATCH: &str = "hio:tcp/batch";
-
-/// The guest's `batch.service`, if it exports one, checked to have this
-/// host's shape.
-pub fn find(
-    engine: &Engine,
-    component: &wasmtime::component::Component,
-    instance: &Instance,
-    mut store: impl AsContextMut<Data = StoreData>,
-) -> Result<Option<Func>> {
-    let ty = component.component_type();
-    let Some((name, _)) = ty.exports(engine).find(|(name, _)| name.split('@').next() == Some(BATCH)) else {
-        return Ok(None);
-    };
-    let func = instance
-        .get_export_index(&mut store, None, name)
-        .and_then(|iface| instance.get_export_index(&mut store, Some(&iface), "service"))
-        .and_then(|f| instance.get_func(&mut store, f))
-        .ok_or_else(|| anyhow!("it exports {name} without `service`"))?;
-    func.typed::<(&BatchCycle,), (Answers,)>(&store)
-        .map_err(|e| anyhow!("its {name}#service is not this host's: {e:#}"))?;
-    Ok(Some(func))
-}
-
 impl StoreData {
     /// Apply a batch cycle's answers, in order. An answer the host cannot
     /// apply is the guest's fault (the SDK never gives one): the answers
@@ -115,7 +88,7 @@ impl StoreData {
 
     fn answer(&mut self, id: u64, data: &[u8], consume: u64) -> Result<(), WitError> {
         let sent = self.on_open(id, |c, wl| c.guest_answer(data, consume, wl))??;
-        self.host.stats().bytes_sent.add(sent);
+        self.host_mut().stats().bytes_sent.add(sent);
         Ok(())
     }
 }

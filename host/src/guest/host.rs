@@ -6,11 +6,11 @@ use super::log_limit::clean;
 
 impl Host for StoreData {
     fn tyme(&mut self) -> f64 {
-        self.host.tyme()
+        self.host_mut().tyme()
     }
 
     fn draining(&mut self) -> bool {
-        self.host.draining()
+        self.host_mut().draining()
     }
 
     /// Rate-limited and cleaned like the guest's stdout (see `log_limit`).

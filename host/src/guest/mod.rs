@@ -9,8 +9,8 @@
 //! - `swap`: compiling a new guest off the loop, `--watch`
 //! - `cache`: compiled guests on disk
 //! - `ticker`: the epoch clock behind call deadlines
-//! - `acceptor`, `remoter`, `host`: the `hio:tcp` interfaces, `batch` the
-//!   one a guest may export; `wasi`: WASI
+//! - `acceptor`, `remoter`, `host`: the `hio:tcp` interfaces, `batch` one
+//!   a guest may export (`optional` finds those); `wasi`: WASI
 //!   with nothing granted; `log_limit`: what a guest may write to the log
 //!
 //! A guest's `listener` and `remoter` resources are keys (a connection's
@@ -22,6 +22,7 @@ mod batch;
 pub mod cache;
 mod host;
 mod log_limit;
+mod optional;
 mod remoter;
 mod runtime;
 pub mod supervisor;
@@ -66,7 +67,9 @@ pub struct ListenerRef;
 /// state (which survives the guest).
 pub struct StoreData {
     pub table: ResourceTable,
-    pub host: HostState,
+    /// Taken only as the generation ends (`Generation::into_host`), so its
+    /// instance can be freed off the loop.
+    host: Option<HostState>,
     limiter: GuestLimiter,
     wasi: wasmtime_wasi::WasiCtx,
     /// The rate limit of the guest's `host.log` calls.
@@ -75,7 +78,31 @@ pub struct StoreData {
     outputs: [wasi::GuestOutput; 2],
 }
 
+/// Why the host state is always there: `StoreData::take_host` ends the
+/// store's use.
+const HOST_HELD: &str = "a store holds the host state until its generation ends";
+
 impl StoreData {
+    fn new(host: HostState, limiter: GuestLimiter) -> StoreData {
+        let ((wasi, outputs), log_limit) =
+            (wasi::context(host.stats()), log_limit::LogLimit::new("log", host.stats().clone()));
+        StoreData { table: ResourceTable::new(), host: Some(host), limiter, wasi, log_limit, outputs }
+    }
+
+    pub fn host_mut(&mut self) -> &mut HostState {
+        self.host.as_mut().expect(HOST_HELD)
+    }
+
+    pub fn host_ref(&self) -> &HostState {
+        self.host.as_ref().expect(HOST_HELD)
+    }
+
+    /// The host state, as the store's generation ends: nothing may use the
+    /// store after this but its drop.
+    fn take_host(&mut self) -> HostState {
+        self.host.take().expect(HOST_HELD)
+    }
+
     /// After a guest call: say how many log lines were dropped in a second
     /// that is over.
     fn report_dropped_logs(&mut self) {
@@ -94,9 +121,9 @@ impl StoreData {
     /// they come in the next cycle's arrivals).
     pub fn give_connection(&mut self, id: u64, lend: bool) -> wasmtime::Result<Connection> {
         let vanished = || wasmtime::format_err!("connection {id} vanished");
-        let c = self.host.conn(id).ok_or_else(vanished)?;
+        let c = self.host_mut().conn(id).ok_or_else(vanished)?;
         let (ha, ca, tls) = (c.local, c.peer, remoter::tls_state(c));
-        let (data, cutoff) = self.host.adopt(id, lend).ok_or_else(vanished)?;
+        let (data, cutoff) = self.host_mut().adopt(id, lend).ok_or_else(vanished)?;
         let remoter = self.table.push(ConnRef { id, ha, ca })?;
         Ok(Connection { remoter, id, ha: address(ha), ca: address(ca), tls, data, cutoff })
     }

@@ -48,16 +48,16 @@ impl StoreData {
         id: u64,
         op: impl FnOnce(&mut Conn, Option<&mut WireLog>) -> T,
     ) -> Result<T, Error> {
-        let (c, wl) = self.host.conn_mut(id).filter(|(c, _)| c.adopted && !c.closing).ok_or(Error::Closed)?;
+        let (c, wl) = self.host_mut().conn_mut(id).filter(|(c, _)| c.held_by_guest()).ok_or(Error::Closed)?;
         let out = op(c, wl);
-        self.host.mark_dirty(id);
+        self.host_mut().mark_dirty(id);
         Ok(out)
     }
 
     /// The id of the live connection behind a handle, unless the guest closed it.
     fn open_id(&self, handle: &Resource<ConnRef>) -> Result<u64, Error> {
         let id = self.conn_ref(handle)?.id;
-        self.host.conn(id).filter(|c| !c.closing).map(|_| id).ok_or(Error::Closed)
+        self.host_ref().conn(id).filter(|c| !c.closing).map(|_| id).ok_or(Error::Closed)
     }
 }
 
@@ -82,7 +82,7 @@ pub(super) fn tls_state(c: &Conn) -> TlsState {
 
 impl HostRemoter for StoreData {
     fn tls(&mut self, h: Resource<ConnRef>) -> TlsState {
-        let conn = self.conn_ref(&h).ok().and_then(|r| self.host.conn(r.id));
+        let conn = self.conn_ref(&h).ok().and_then(|r| self.host_ref().conn(r.id));
         conn.map_or_else(|| TlsState::Aborted("connection closed".into()), tls_state)
     }
 
@@ -106,7 +106,7 @@ impl HostRemoter for StoreData {
     /// so a crash after it is blamed on the right peer.
     fn receive(&mut self, h: Resource<ConnRef>, max: u32) -> Result<Receipt, Error> {
         let id = self.open_id(&h)?;
-        let (data, cutoff) = self.host.lend(id, max as usize).unwrap_or_default();
+        let (data, cutoff) = self.host_mut().lend(id, max as usize).unwrap_or_default();
         Ok(Receipt { data, cutoff })
     }
 
@@ -120,7 +120,7 @@ impl HostRemoter for StoreData {
 
     fn send(&mut self, h: Resource<ConnRef>, data: Vec<u8>) -> Result<u32, Error> {
         let sent = self.on_conn(&h, |c, wl| c.guest_send(&data, wl))??;
-        self.host.stats().bytes_sent.add(sent as u64);
+        self.host_mut().stats().bytes_sent.add(sent as u64);
         Ok(sent as u32)
     }
 

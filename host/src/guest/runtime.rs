@@ -8,23 +8,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use wasmtime::component::{Component, Func, HasSelf, Linker, ResourceTable, TypedFunc};
+use wasmtime::component::{Component, Func, HasSelf, Linker, TypedFunc};
 use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use super::batch::{Answers, BatchCycle, News};
+use super::hio::tcp::remoter::Connection;
 use super::ticker::{EPOCH_TICK, InCall, Ticker};
 use super::{
-    Arrival, Cycle, GuestConfig, ListenerRef, Server, ServerPre, Snapshot, StoreData, batch, cache, log_limit, wasi,
+    Arrival, Cycle, GuestConfig, ListenerRef, Server, ServerPre, Snapshot, StoreData, cache, log_limit, optional,
 };
 use crate::config::Limits;
-use crate::state::HostState;
+use crate::state::{HostState, handover};
 
 /// Interfaces this host gives guests (besides WASI 0.2, linked with nothing
 /// granted; `instantiate_pre` checks those), and the one it needs from them.
 const PROVIDED: &[&str] = &["hio:tcp/types", "hio:tcp/host", "hio:tcp/acceptor", "hio:tcp/remoter"];
 const GUEST_EXPORT: &str = "hio:tcp/guest";
 /// The version of `wit/hio.wit` this host was built from.
-pub const WIT_VERSION: (u64, u64, u64) = (0, 2, 2);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 2, 3);
 
 /// A `hio:tcp` interface name's version (`hio:tcp/host@0.2.1` gives 0.2.1).
 fn hio_version(name: &str) -> Option<(u64, u64, u64)> {
@@ -236,10 +237,7 @@ impl Runtime {
     /// Instantiate a component in a fresh store holding `host`. On failure
     /// the host state comes back in the error, so nothing the host holds is lost.
     pub fn instantiate(&self, component: &Component, host: HostState) -> Result<Generation, Box<Failed>> {
-        let limiter = GuestLimiter::new(self.limits.memory);
-        let ((wasi, outputs), log_limit) =
-            (wasi::context(host.stats()), log_limit::LogLimit::new("log", host.stats().clone()));
-        let data = StoreData { table: ResourceTable::new(), host, limiter, wasi, log_limit, outputs };
+        let data = StoreData::new(host, GuestLimiter::new(self.limits.memory));
         let mut store = Store::new(&self.engine, data);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
@@ -251,7 +249,7 @@ impl Runtime {
         if let Some(fuel) = self.limits.fuel
             && let Err(e) = store.set_fuel(fuel)
         {
-            let host = store.into_data().host;
+            let host = store.data_mut().take_host();
             return Err(Box::new(Failed { error: anyhow!("cannot give the guest fuel: {e:#}"), host }));
         }
         let in_call = self.ticker.enter();
@@ -259,20 +257,35 @@ impl Runtime {
         drop(in_call);
         let bindings = instance.map_err(anyhow::Error::from).and_then(|instance| {
             let bindings = Server::new(&mut store, &instance)?;
-            Ok((bindings, batch::find(&self.engine, component, &instance, &mut store)?))
+            let batch = optional::find::<(&BatchCycle,), (Answers,)>(
+                &self.engine,
+                component,
+                &instance,
+                &mut store,
+                ("hio:tcp/batch", "service"),
+            )?;
+            let handover = optional::find::<(&[Connection], bool), ()>(
+                &self.engine,
+                component,
+                &instance,
+                &mut store,
+                ("hio:tcp/handover", "adopt"),
+            )?;
+            Ok((bindings, batch, handover))
         });
         match bindings {
-            Ok((bindings, batch)) => Ok(Generation {
+            Ok((bindings, batch, handover)) => Ok(Generation {
                 store,
                 bindings,
                 batch,
+                handover,
                 deadline,
                 limits: self.limits.clone(),
                 ticker: self.ticker.clone(),
             }),
             Err(e) => Err(Box::new(Failed {
                 error: anyhow!("guest does not fit the hio:tcp world: {e:#}"),
-                host: store.into_data().host,
+                host: store.data_mut().take_host(),
             })),
         }
     }
@@ -349,12 +362,32 @@ pub struct CycleBuffers {
     batch: BatchCycle,
 }
 
+/// An instance that served its time, not yet freed. Freeing one (its
+/// memory, its handle table) took the loop 1 ms at a swap with 10,000
+/// connections, more with a bigger guest; freed on another thread while a
+/// new instance was being made, it slowed that as much (both wait on the
+/// process's memory map). So a swap frees the old one once its successor
+/// holds every connection, on a thread of its own.
+pub struct Retired(Store<StoreData>);
+
+impl Retired {
+    /// Free it on a thread of its own (here if none can be started).
+    pub fn free(self) {
+        let Retired(store) = self;
+        if let Err(e) = std::thread::Builder::new().name("hio-free".into()).spawn(move || drop(store)) {
+            tracing::debug!("cannot free the old guest off the loop: {e}");
+        }
+    }
+}
+
 /// One running guest instance and its store.
 pub struct Generation {
     store: Store<StoreData>,
     bindings: Server,
     /// The guest's `batch.service`, when it exports one (WIT 0.2.2).
     batch: Option<Func>,
+    /// The guest's `handover.adopt`, when it exports one (WIT 0.2.3).
+    handover: Option<Func>,
     deadline: u64,
     limits: Limits,
     ticker: Arc<Ticker>,
@@ -362,26 +395,34 @@ pub struct Generation {
 
 impl Generation {
     pub fn host(&mut self) -> &mut HostState {
-        &mut self.store.data_mut().host
+        self.store.data_mut().host_mut()
     }
 
     pub fn host_ref(&self) -> &HostState {
-        &self.store.data().host
+        self.store.data().host_ref()
     }
 
     /// End this generation, keeping the host's state.
     pub fn into_host(self) -> HostState {
-        self.store.into_data().host
+        self.retire().0
+    }
+
+    /// End this generation, keeping the host's state and the instance
+    /// apart, to be freed later (`Retired::free`).
+    pub fn retire(mut self) -> (HostState, Retired) {
+        (self.store.data_mut().take_host(), Retired(self.store))
     }
 
     /// Call the guest's `start`, handing it the listener and every live
-    /// connection. Their unconsumed bytes are lent again in the first
-    /// cycle, not here: a guest that cannot start is never a peer's fault.
+    /// connection (a guest that exports `handover`: the first of them, the
+    /// rest by `hand_over`). Their unconsumed bytes are lent again in the
+    /// first cycle, not here: a guest that cannot start is never a peer's
+    /// fault.
     pub fn start(&mut self, config: &GuestConfig, snapshot: Option<&Snapshot>) -> Result<()> {
         let data = self.store.data_mut();
-        let ids = data.host.adopted_ids();
-        data.host.guest_replaced();
-        data.host.guest_call_begins();
+        data.host_mut().guest_replaced();
+        let ids = data.host_mut().starting_ids(self.handover.is_some());
+        data.host_mut().guest_call_begins();
         let mut connections = Vec::with_capacity(ids.len());
         for id in ids {
             connections.push(data.give_connection(id, false)?);
@@ -404,10 +445,27 @@ impl Generation {
     /// One guest cycle at `tyme`: the host's news lent, the guest called,
     /// its answers applied. Returns the tyme the guest wants its next cycle at.
     pub fn cycle(&mut self, tyme: f64, buffers: &mut CycleBuffers) -> Result<Option<f64>> {
+        if let Some(adopt) = self.handover {
+            self.hand_over(adopt)?;
+        }
         match self.batch {
             Some(func) => self.cycle_batch(func, tyme, &mut buffers.batch),
             None => self.cycle_arrivals(tyme, &mut buffers.arrivals),
         }
+    }
+
+    /// One step of a lazy hand-over under way (`handover.adopt`), before a
+    /// cycle: the next connections the guest is owed, those with news
+    /// first, so the cycle can lend it their news.
+    fn hand_over(&mut self, adopt: Func) -> Result<()> {
+        let data = self.store.data_mut();
+        let Some((ids, complete)) = data.host_mut().next_owed(handover::PER_PASS) else { return Ok(()) };
+        let connections = ids.into_iter().map(|id| data.give_connection(id, false)).collect::<Result<Vec<_>, _>>()?;
+        let _in_call = self.arm()?;
+        // SAFETY: `optional::find` checked this function has this type
+        // when the generation began.
+        let adopt = unsafe { TypedFunc::<(&[Connection], bool), ()>::new_unchecked(adopt) };
+        adopt.call(&mut self.store, (&connections, complete)).map_err(|e| self.trapped("adopt", e))
     }
 
     /// `guest.service`: one list per connection with news.
@@ -433,7 +491,7 @@ impl Generation {
     /// in the result. The rooms set aside for answers are withdrawn
     /// whatever happens.
     fn cycle_batch(&mut self, func: Func, tyme: f64, cycle: &mut BatchCycle) -> Result<Option<f64>> {
-        let host = &mut self.store.data_mut().host;
+        let host = self.store.data_mut().host_mut();
         let BatchCycle { news, bytes, .. } = cycle;
         news.clear();
         bytes.clear();
@@ -455,14 +513,14 @@ impl Generation {
         let by = std::time::Instant::now() + self.limits.deadline;
         let (answers,) = {
             let _in_call = self.arm()?;
-            // SAFETY: `batch::find` checked this function has this type
+            // SAFETY: `optional::find` checked this function has this type
             // when the generation began (checking it each cycle costs 1 %).
             let service = unsafe { TypedFunc::<(&BatchCycle,), (Answers,)>::new_unchecked(func) };
             service.call(&mut self.store, (cycle,)).map_err(|e| self.trapped("service", e))?
         };
         let data = self.store.data_mut();
         data.apply_answers(&answers, by).inspect_err(|_| {
-            data.host.stats().traps_other.add(1);
+            data.host_mut().stats().traps_other.add(1);
         })?;
         Ok(answers.wake)
     }
@@ -481,7 +539,7 @@ impl Generation {
 
     /// Name the cause of a trap plainly; the full trace follows.
     fn trapped(&self, call: &str, e: wasmtime::Error) -> anyhow::Error {
-        let stats = self.store.data().host.stats();
+        let stats = self.store.data().host_ref().stats();
         let cause = match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
                 stats.traps_deadline.add(1);

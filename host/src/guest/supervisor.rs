@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use wasmtime::component::Component;
 
+use super::runtime::Retired;
 use super::swap::{Loaded, SwapOutcome, SwapReport, Swapper};
 use super::{CycleBuffers, Failed, Generation, GuestConfig, Runtime, Snapshot};
 use crate::state::HostState;
@@ -92,6 +93,15 @@ fn usable_wake(wake: Option<f64>) -> Option<f64> {
     wake.filter(|w| !w.is_nan() && *w != f64::INFINITY)
 }
 
+/// A lazy hand-over under way (WIT `handover`), measured for the log: how
+/// long until the last connection was handed, and the longest pass of the
+/// loop's guest work meanwhile (what the hand-over costs the peers).
+struct HandoverWatch {
+    began: Instant,
+    passes: u32,
+    longest: Duration,
+}
+
 /// The guest's lifecycle: see the module doc.
 pub struct Supervisor {
     runtime: Arc<Runtime>,
@@ -107,6 +117,10 @@ pub struct Supervisor {
     /// What a cycle's crossing is built in, kept for its memory.
     buffers: CycleBuffers,
     swapper: Swapper,
+    handover: Option<HandoverWatch>,
+    /// The instance a swap replaced, freed once its successor holds every
+    /// connection.
+    retired: Option<Retired>,
 }
 
 impl Supervisor {
@@ -122,19 +136,54 @@ impl Supervisor {
     ) -> Result<Supervisor> {
         let generation = runtime.launch(&component, host, &config, snapshot).map_err(|f| f.error)?;
         guest_started(generation.host_ref().stats());
-        Ok(Supervisor {
+        let mut supervisor = Supervisor {
             runtime,
             component,
             config,
-            tenant: Tenant::Up(generation),
+            tenant: Tenant::Moving,
             restarts: Restarts { in_a_row: 0, max: max_restarts },
-            // The first cycle runs at once so the guest can set its tymers.
-            next_wake: Some(f64::NEG_INFINITY),
+            next_wake: None,
             last_cycle: Instant::now(),
             tock,
             buffers: CycleBuffers::default(),
             swapper,
-        })
+            handover: None,
+            retired: None,
+        };
+        supervisor.serve(generation);
+        Ok(supervisor)
+    }
+
+    /// A guest instance started: it serves from now on, with a cycle at
+    /// once (so it can set its tymers), and its hand-over watched.
+    fn serve(&mut self, generation: Generation) {
+        let host = generation.host_ref();
+        let lazy = host.handing_over() && host.adopted_count() > 0;
+        self.handover = lazy.then(|| HandoverWatch { began: Instant::now(), passes: 0, longest: Duration::ZERO });
+        if !lazy {
+            self.free_retired();
+        }
+        self.tenant = Tenant::Up(generation);
+        self.next_wake = Some(f64::NEG_INFINITY);
+    }
+
+    /// A pass of guest work that took `took` is over: once the last
+    /// connection of a hand-over is handed, say what it cost.
+    fn watch_handover(&mut self, took: Duration) {
+        let Some(watch) = &mut self.handover else { return };
+        watch.passes += 1;
+        watch.longest = watch.longest.max(took);
+        if self.host_ref().handing_over() {
+            return;
+        }
+        let Some(watch) = self.handover.take() else { return };
+        self.free_retired();
+        tracing::info!(
+            passes = watch.passes,
+            longest_pass_us = watch.longest.as_micros() as u64,
+            took_us = watch.began.elapsed().as_micros() as u64,
+            "hand-over complete"
+        );
     }
 
     /// The host state, whoever holds it.
@@ -178,6 +227,9 @@ impl Supervisor {
         if let Tenant::Down { retry, .. } = &self.tenant {
             return t.min(retry.saturating_duration_since(now));
         }
+        if self.host_ref().handing_over() {
+            return Duration::ZERO;
+        }
         if let Some(wake) = self.next_wake {
             let clock = self.host_ref().clock();
             let tyme = clock.tyme_at(now);
@@ -206,18 +258,21 @@ impl Supervisor {
         let tyme = self.host_ref().clock().tyme_at(now);
         let since = now.saturating_duration_since(self.last_cycle);
         let due = self.next_wake.is_some_and(|w| w <= tyme) && since >= MIN_WAKE_INTERVAL;
-        if !(due || since >= self.tock || new_accepts || !self.host_ref().quiet()) {
+        let host = self.host_ref();
+        if !(due || since >= self.tock || new_accepts || !host.quiet() || host.handing_over()) {
             return Ok(());
         }
         self.last_cycle = now;
         let Tenant::Up(generation) = &mut self.tenant else { unreachable!("checked above") };
         let called = Instant::now();
         let served = generation.cycle(tyme, &mut self.buffers);
+        let took = called.elapsed();
         let stats = self.host_ref().stats();
-        stats.guest_call.observe(called.elapsed().as_secs_f64());
+        stats.guest_call.observe(took.as_secs_f64());
         stats.guest_cycles.add(1);
         match served {
             Ok(wake) => {
+                self.watch_handover(took);
                 self.woken(usable_wake(wake), tyme);
                 self.restarts.in_a_row = 0;
                 Ok(())
@@ -243,6 +298,12 @@ impl Supervisor {
                     MIN_WAKE_INTERVAL.as_millis()
                 );
             }
+        }
+    }
+
+    fn free_retired(&mut self) {
+        if let Some(old) = self.retired.take() {
+            old.free();
         }
     }
 
@@ -277,9 +338,8 @@ impl Supervisor {
             Ok(generation) => {
                 guest_started(generation.host_ref().stats());
                 generation.host_ref().stats().guest_restarts.add(1);
-                self.tenant = Tenant::Up(generation);
+                self.serve(generation);
                 tracing::warn!(attempt = self.restarts.in_a_row, "guest restarted; connections handed over");
-                self.next_wake = Some(f64::NEG_INFINITY);
                 Ok(())
             }
             Err(failed) => {
@@ -361,14 +421,22 @@ impl Supervisor {
             // A crashed guest has no state to give, and the new one may be its fix.
             _ => None,
         };
-        let Some((host, down)) = self.tenant.take() else { unreachable!("a tenant is always in place") };
+        let (host, down) = match std::mem::replace(&mut self.tenant, Tenant::Moving) {
+            Tenant::Up(old) => {
+                let (host, old) = old.retire();
+                self.free_retired();
+                self.retired = Some(old);
+                (host, None)
+            }
+            Tenant::Down { host, retry } => (*host, Some(retry)),
+            Tenant::Moving => unreachable!("a tenant is always in place"),
+        };
         let connections = host.adopted_count();
         match self.runtime.launch(&component, host, &self.config, snapshot.as_ref()) {
             Ok(generation) => {
-                self.tenant = Tenant::Up(generation);
+                self.serve(generation);
                 self.component = component;
                 self.swapper.set_current(path.to_path_buf());
-                self.next_wake = Some(f64::NEG_INFINITY);
                 if down.is_some() {
                     self.restarts.in_a_row = 0;
                 }
@@ -390,7 +458,7 @@ impl Supervisor {
     /// A swap failed: the old component takes its state back.
     fn take_back(&mut self, host: HostState, snapshot: Option<&super::Snapshot>) {
         match self.runtime.launch(&self.component, host, &self.config, snapshot) {
-            Ok(generation) => self.tenant = Tenant::Up(generation),
+            Ok(generation) => self.serve(generation),
             Err(again) => {
                 tracing::error!("the old guest could not take back its state: {:#}", again.error);
                 if let Err(e) = self.go_down(again.host, false) {

@@ -82,7 +82,7 @@ impl HostState {
             }
         }
         self.stats.bytes_dropped.add(unsent + unconsumed);
-        if c.adopted && !c.closing {
+        if c.held_by_guest() {
             self.gone.push(id);
         }
         c.reset();

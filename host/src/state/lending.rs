@@ -14,8 +14,7 @@ impl HostState {
     /// it is goes into the ready list, so its bytes are lent this call.
     pub fn guest_call_begins(&mut self) {
         let conns = &self.conns;
-        let turn =
-            self.handing.begin_call(|id| conns.get(&id).is_some_and(|c| c.adopted && !c.closing && c.has_news()));
+        let turn = self.handing.begin_call(|id| conns.get(&id).is_some_and(|c| c.held_by_guest() && c.has_news()));
         if let Some(id) = turn {
             self.mark_ready(id);
         }
@@ -61,6 +60,7 @@ impl HostState {
     pub fn adopt(&mut self, id: u64, lend: bool) -> Option<(Vec<u8>, bool)> {
         let c = self.conns.get_mut(&id)?;
         c.adopted = true;
+        c.owed = false;
         if lend {
             return Some(self.lend(id, usize::MAX).unwrap_or_default());
         }
@@ -75,8 +75,10 @@ impl HostState {
     /// reset in between were never this guest's.
     pub fn guest_replaced(&mut self) {
         self.gone.clear();
+        self.owed = None;
         for c in self.conns.values_mut() {
             c.rewind();
+            c.owed = false;
         }
     }
 
@@ -136,7 +138,7 @@ impl HostState {
         for &id in &ready {
             let Some(c) = self.conns.get_mut(&id) else { continue };
             c.in_ready = false;
-            if !c.adopted || c.closing {
+            if !c.held_by_guest() {
                 continue;
             }
             visit(self, id, false);

@@ -17,6 +17,7 @@ use rustc_hash::FxHashMap;
 
 mod ending;
 pub mod handing;
+pub mod handover;
 mod lending;
 mod takeover;
 
@@ -70,6 +71,9 @@ pub struct HostState {
     axes: VecDeque<u64>,
     /// Connections with news for the guest's next cycle.
     pub(crate) ready: Vec<u64>,
+    /// A lazy hand-over under way: the connections the running guest is
+    /// still owed, in id order (`handover`).
+    owed: Option<VecDeque<u64>>,
     /// Connections whose queue, shutdown or close the loop must act on.
     dirty: Vec<u64>,
     /// Connections whose reading waits only for the budget to drain,
@@ -119,6 +123,7 @@ impl HostState {
             conns: FxHashMap::default(),
             axes: VecDeque::new(),
             ready: Vec::new(),
+            owed: None,
             dirty: Vec::new(),
             starved: VecDeque::new(),
             gone: Vec::new(),

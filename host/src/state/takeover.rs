@@ -44,7 +44,7 @@ impl HostState {
             // The successor's descriptors keep the socket open; without
             // this, epoll would go on reporting its events here.
             let _ = registry.deregister(&mut c.sock);
-            if c.adopted {
+            if c.adopted && !c.owed {
                 self.gone.push(*id);
             }
         }

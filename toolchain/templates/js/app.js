@@ -7,7 +7,7 @@
 // used consumed in one `txConsume`, so a crash in between loses nothing.
 // WIT types here: u64 is a BigInt, list<u8> a Uint8Array, a result's error
 // is thrown (its value in `e.payload`), an option is a value or undefined.
-import { log } from 'hio:tcp/host@0.2.2';
+import { log } from 'hio:tcp/host@0.2.3';
 
 let theListener = null;
 // Per connection id: its remoter, bytes handed over and not consumed, lines answered.

@@ -41,6 +41,12 @@ impl Conn {
         n
     }
 
+    /// The guest now running holds it open: it was handed to it (not only
+    /// owed by a lazy hand-over) and not closed by it.
+    pub fn held_by_guest(&self) -> bool {
+        self.adopted && !self.owed && !self.closing
+    }
+
     /// A new guest takes over: everything unconsumed will be lent again.
     pub fn rewind(&mut self) {
         self.rx.rewind();

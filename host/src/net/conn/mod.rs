@@ -86,8 +86,12 @@ pub struct Conn {
     write: WriteSide,
     /// The guest closed it: finish sending, then release.
     pub closing: bool,
-    /// A guest holds a handle to it (it left the axes).
+    /// A guest holds a handle to it (it left the axes), or is owed one by
+    /// a lazy hand-over (`owed`).
     pub adopted: bool,
+    /// Adopted, but not yet handed to the guest now running (WIT
+    /// `handover`): its news waits until it is.
+    pub owed: bool,
     transport: Transport,
     /// This connection's part of the server-wide bound.
     share: Share,
@@ -140,6 +144,7 @@ impl Conn {
             write: WriteSide::Open,
             closing: false,
             adopted: false,
+            owed: false,
             transport: Transport::Plain,
             share: Share::new(budget),
             output: OutputWatch::default(),

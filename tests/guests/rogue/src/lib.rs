@@ -24,6 +24,7 @@ use std::collections::{HashMap, HashSet};
 
 use hio_guest::bindings::exports::hio::tcp::batch::{Answer, Answers, Cycle as BatchCycle, Guest as BatchGuest};
 use hio_guest::bindings::exports::hio::tcp::guest::{Arrival, Config, Cycle, Guest, Snapshot};
+use hio_guest::bindings::exports::hio::tcp::handover::Guest as HandoverGuest;
 use hio_guest::bindings::hio::tcp::acceptor::Listener;
 use hio_guest::bindings::hio::tcp::host::{self, Level};
 use hio_guest::bindings::hio::tcp::remoter::{Connection, Remoter};
@@ -174,6 +175,12 @@ impl BatchGuest for Export {
         }
         out.wake = <Export as Guest>::service(Cycle { tyme: cycle.tyme, accepts: cycle.accepts, ready });
         out
+    }
+}
+
+impl HandoverGuest for Export {
+    fn adopt(connections: Vec<Connection>, _: bool) {
+        ROGUE.with_borrow_mut(|r| connections.into_iter().for_each(|conn| r.take(conn, true)));
     }
 }
 
