@@ -26,10 +26,7 @@
 //! before/after of a change, in alternating rounds); scenario m is (b)
 //! with and without the admin endpoint scraped 10 times a second.
 //!
-//! swap: serve echo with N open connections, hot-swap the guest (SIGHUP
-//! after replacing the file, alternating echo and upper) K times, and report
-//! the serving loop's pause per swap as the host logs it; then check every
-//! connection still answers.
+//! swap: see `swap.rs` (the loop's pauses at a hot swap and its hand-over).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -44,6 +41,7 @@ mod echo;
 mod load;
 mod native;
 mod peers;
+mod swap;
 mod tls;
 mod upgrade;
 mod workers;
@@ -76,18 +74,7 @@ fn main() -> Result<()> {
         Some("swap") => {
             let conns = counts(flag("--conns"))?;
             let swaps: usize = flag("--swaps").unwrap_or_else(|| "30".into()).parse()?;
-            println!("| open connections | swaps | pause p50 | pause p99 | pause max |");
-            println!("| ---: | ---: | ---: | ---: | ---: |");
-            for n in conns {
-                let p = swap_pauses(n, swaps)?;
-                println!(
-                    "| {n} | {swaps} | {} | {} | {} |",
-                    us(pct(&p, 50.0)),
-                    us(pct(&p, 99.0)),
-                    us(*p.last().unwrap())
-                );
-            }
-            Ok(())
+            swap::run(&conns, swaps)
         }
         Some("startup") => startup(),
         Some("upgrade") => {
@@ -117,7 +104,7 @@ fn main() -> Result<()> {
         Some("swap-memory") => {
             let swaps: usize = flag("--swaps").unwrap_or_else(|| "1000".into()).parse()?;
             let conns: usize = flag("--conns").unwrap_or_else(|| "100".into()).parse()?;
-            let (before, after) = swap_memory(conns, swaps)?;
+            let (before, after) = swap::memory(conns, swaps)?;
             println!("| swaps | open connections | host RSS after 10 swaps | after {swaps} swaps | growth |");
             println!("| ---: | ---: | ---: | ---: | ---: |");
             println!(
@@ -306,67 +293,4 @@ pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")?
         .parse()
         .context("VmRSS number")
-}
-
-/// RSS after a warm-up of 10 swaps, and after `swaps` more.
-fn swap_memory(conns: usize, swaps: usize) -> Result<(u64, u64)> {
-    let mut before = 0;
-    let pauses = swap_run(conns, swaps + 10, |i, host| {
-        if i == 10 {
-            before = rss_kib(host.child.id())?;
-        }
-        Ok(())
-    })?;
-    Ok((before, pauses.1))
-}
-
-fn swap_pauses(conns: usize, swaps: usize) -> Result<Vec<u64>> {
-    Ok(swap_run(conns, swaps, |_, _| Ok(()))?.0)
-}
-
-/// Serve echo with `conns` connections, swap `swaps` times (calling `each`
-/// after every swap); returns the sorted pauses and the host's final RSS.
-fn swap_run(conns: usize, swaps: usize, mut each: impl FnMut(usize, &Host) -> Result<()>) -> Result<(Vec<u64>, u64)> {
-    let dir = std::env::temp_dir().join(format!("hio-bench-swap-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let guests = [root().join("target/wasm/echo.wasm"), root().join("target/wasm/upper.wasm")];
-    let live = dir.join("guest.wasm");
-    std::fs::copy(&guests[0], &live)?;
-    let host = Host::spawn(&live)?;
-    let mut clients = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        let mut c = TcpStream::connect(host.addr)?;
-        c.set_read_timeout(Some(Duration::from_secs(30)))?;
-        c.set_nodelay(true)?;
-        echo_once(&mut c, b"x")?;
-        clients.push(c);
-    }
-    let mut pauses = Vec::with_capacity(swaps);
-    for i in 0..swaps {
-        let tmp = dir.join("next.tmp");
-        std::fs::copy(&guests[(i + 1) % 2], &tmp)?;
-        std::fs::rename(&tmp, &live)?;
-        host.signal("-HUP")?;
-        let line = host.expect("swapped guest")?;
-        let pause = log_field(&line, "pause_us")?;
-        let handed = log_field(&line, "connections")? as usize;
-        if handed != conns {
-            bail!("swap {i} handed over {handed} connections, not {conns}");
-        }
-        pauses.push(pause);
-        each(i + 1, &host)?;
-    }
-    let rss = rss_kib(host.child.id())?;
-    // Every connection survived every swap and is served by the last guest.
-    let want: &[u8] = if swaps % 2 == 1 { b"Z" } else { b"z" };
-    for c in &mut clients {
-        let got = echo_once(c, b"z")?;
-        if got != want {
-            bail!("after the swaps a connection answered {got:?}, not {want:?}");
-        }
-    }
-    drop(host);
-    std::fs::remove_dir_all(dir)?;
-    pauses.sort_unstable();
-    Ok((pauses, rss))
 }
