@@ -359,32 +359,25 @@ impl<C: Default> Server<C> {
 
     /// The one way into ixes: the connection's state is made here.
     /// A new connection from a ca already in ixes replaces the older one,
-    /// which is closed (the host's ids grow with time: a connection handed
-    /// over late may be the older one).
-    fn admit(&mut self, ix: Remoter, new: bool) {
+    /// which is closed.
+    fn admit(&mut self, mut ix: Remoter, new: bool) {
         let (id, ca) = (ix.id, ix.ca.clone());
-        let older = match self.by_ca.get(&ca) {
-            Some(&other) if other < id => Some(other),
-            Some(_) => Some(id),
-            None => None,
-        };
-        if older.is_some() {
+        if let Some(&other) = self.by_ca.get(&ca) {
             log::warn(&format!("{ca} connected again; closing its old connection"));
-        }
-        if let Some(other) = older.filter(|&o| o != id) {
+            // The host's ids grow with time: one handed over late may be
+            // the older. It is closed without joining, so the policy, which
+            // has already met the newer one, hears of neither leaving.
+            if other > id {
+                let _ = ix.close();
+                return;
+            }
             let _ = self.remove(other, true);
         }
         if self.tymeout > 0.0 {
             self.tymers.push(id, ix.tymer.stop_tyme());
         }
-        if older != Some(id) {
-            self.by_ca.insert(ca, id);
-        }
+        self.by_ca.insert(ca, id);
         self.ixes.insert(id, Joined { ix, conn: C::default() });
-        if older == Some(id) {
-            let _ = self.remove(id, true);
-            return;
-        }
         self.list(id);
         if new {
             self.connected.push(id);
