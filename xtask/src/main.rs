@@ -87,7 +87,7 @@ fn run(args: &[String]) -> Result<()> {
                     &["startup"],
                     &["swap", "--swaps", "10"],
                     &["upgrade", "--conns", "100,1000", "--upgrades", "3"],
-                    &["swap-memory", "--swaps", "300"],
+                    &["swap-memory", "--swaps", "200"],
                 ];
                 for args in all {
                     let began = std::time::Instant::now();
