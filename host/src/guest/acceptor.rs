@@ -17,29 +17,29 @@ impl StoreData {
 
 impl HostListener for StoreData {
     fn ha(&mut self, _: Resource<ListenerRef>) -> Address {
-        address(self.host_mut().acceptor().ha)
+        address(self.host_ref().acceptor().ha)
     }
 
     fn eha(&mut self, _: Resource<ListenerRef>) -> Address {
-        address(self.host_mut().acceptor().eha())
+        address(self.host_ref().acceptor().eha())
     }
 
     fn bs(&mut self, _: Resource<ListenerRef>) -> u32 {
-        self.host_mut().acceptor().bs
+        self.host_ref().acceptor().bs
     }
 
     fn bl(&mut self, _: Resource<ListenerRef>) -> u32 {
-        self.host_mut().acceptor().bl
+        self.host_ref().acceptor().bl
     }
 
     /// The host opens the listener before any guest runs; it is closed
     /// when the host begins to drain.
     fn opened(&mut self, _: Resource<ListenerRef>) -> bool {
-        self.host_mut().acceptor().is_open()
+        self.host_ref().acceptor().is_open()
     }
 
     fn actual_buf_sizes(&mut self, _: Resource<ListenerRef>) -> Result<(u32, u32), Error> {
-        Ok(self.host_mut().acceptor().actual_buf_sizes()?)
+        Ok(self.host_ref().acceptor().actual_buf_sizes()?)
     }
 
     fn accept(&mut self, _: Resource<ListenerRef>) -> Result<Option<Connection>, Error> {
@@ -47,7 +47,7 @@ impl HostListener for StoreData {
     }
 
     fn accept_all(&mut self, _: Resource<ListenerRef>) -> Result<Vec<Connection>, Error> {
-        let mut all = Vec::with_capacity(self.host_mut().axes_len());
+        let mut all = Vec::with_capacity(self.host_ref().axes_len());
         while let Some(r) = self.take_axe()? {
             all.push(r);
         }

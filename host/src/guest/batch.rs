@@ -88,7 +88,7 @@ impl StoreData {
 
     fn answer(&mut self, id: u64, data: &[u8], consume: u64) -> Result<(), WitError> {
         let sent = self.on_open(id, |c, wl| c.guest_answer(data, consume, wl))??;
-        self.host_mut().stats().bytes_sent.add(sent);
+        self.host_ref().stats().bytes_sent.add(sent);
         Ok(())
     }
 }

@@ -6,11 +6,11 @@ use super::log_limit::clean;
 
 impl Host for StoreData {
     fn tyme(&mut self) -> f64 {
-        self.host_mut().tyme()
+        self.host_ref().tyme()
     }
 
     fn draining(&mut self) -> bool {
-        self.host_mut().draining()
+        self.host_ref().draining()
     }
 
     /// Rate-limited and cleaned like the guest's stdout (see `log_limit`).

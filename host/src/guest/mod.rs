@@ -121,7 +121,7 @@ impl StoreData {
     /// they come in the next cycle's arrivals).
     pub fn give_connection(&mut self, id: u64, lend: bool) -> wasmtime::Result<Connection> {
         let vanished = || wasmtime::format_err!("connection {id} vanished");
-        let c = self.host_mut().conn(id).ok_or_else(vanished)?;
+        let c = self.host_ref().conn(id).ok_or_else(vanished)?;
         let (ha, ca, tls) = (c.local, c.peer, remoter::tls_state(c));
         let (data, cutoff) = self.host_mut().adopt(id, lend).ok_or_else(vanished)?;
         let remoter = self.table.push(ConnRef { id, ha, ca })?;

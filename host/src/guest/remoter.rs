@@ -120,7 +120,7 @@ impl HostRemoter for StoreData {
 
     fn send(&mut self, h: Resource<ConnRef>, data: Vec<u8>) -> Result<u32, Error> {
         let sent = self.on_conn(&h, |c, wl| c.guest_send(&data, wl))??;
-        self.host_mut().stats().bytes_sent.add(sent as u64);
+        self.host_ref().stats().bytes_sent.add(sent as u64);
         Ok(sent as u32)
     }
 

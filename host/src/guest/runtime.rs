@@ -520,7 +520,7 @@ impl Generation {
         };
         let data = self.store.data_mut();
         data.apply_answers(&answers, by).inspect_err(|_| {
-            data.host_mut().stats().traps_other.add(1);
+            data.host_ref().stats().traps_other.add(1);
         })?;
         Ok(answers.wake)
     }
