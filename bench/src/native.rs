@@ -272,6 +272,11 @@ pub fn serve_tls(addr: SocketAddr, config: std::sync::Arc<rustls::ServerConfig>)
                 *interest = want;
             }
             if dead {
+                // RFC 8446 6.1: close_notify before closing the write side,
+                // as hio-host sends it (without it the baseline skipped a
+                // write per connection that a TLS server owes its peer).
+                tls.send_close_notify();
+                let _ = tls.write_tls(sock);
                 conns.remove(&id);
             }
         }
