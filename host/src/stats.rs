@@ -136,6 +136,9 @@ pub struct Stats {
     pub tls_handshake: Histogram,
     /// Hot swaps' pauses of the loop, in seconds.
     pub swap_pause: Histogram,
+    /// Per hand-over (WIT `handover`: after a swap, a restart or an
+    /// upgrade), its longest pass of guest work, in seconds.
+    pub handover_pass: Histogram,
     /// Guest calls' (`service`) durations, in seconds.
     pub guest_call: Histogram,
 }
@@ -186,6 +189,7 @@ impl Default for Stats {
             tls_failed_protocol: Counter::default(),
             tls_handshake: buckets(),
             swap_pause: buckets(),
+            handover_pass: buckets(),
             guest_call: buckets(),
         }
     }

@@ -71,6 +71,9 @@ fn metrics_count_what_happened() {
     assert_eq!(sample(&s, "hio_guest_starts_total", None), 2.0, "the first start and the swap");
     assert_eq!(sample(&s, "hio_connections_refused_total", Some(("reason", "cap"))), 0.0);
     assert_eq!(sample(&s, "hio_swap_pause_seconds_count", None), 1.0);
+    eventually("the hand-over after the swap to be counted", || {
+        sample(&metrics(admin), "hio_handover_pass_seconds_count", None) == 1.0
+    });
     assert!(sample(&s, "hio_guest_call_seconds_count", None) >= 3.0, "a cycle per echo at least");
     assert!(sample(&s, "hio_buffered_bytes_limit", None) >= (1 << 20) as f64);
     drop(clients.pop());

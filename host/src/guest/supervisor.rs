@@ -178,6 +178,7 @@ impl Supervisor {
         }
         let Some(watch) = self.handover.take() else { return };
         self.free_retired();
+        self.host_ref().stats().handover_pass.observe(watch.longest.as_secs_f64());
         tracing::info!(
             passes = watch.passes,
             longest_pass_us = watch.longest.as_micros() as u64,

@@ -436,8 +436,13 @@ impl Collector for Metrics {
                 }
             }
         }
-        let histograms: [HistogramSeries; 3] = [
+        let histograms: [HistogramSeries; 4] = [
             ("hio_swap_pause_seconds", "Hot swaps' pauses of the event loop", |s| &s.swap_pause),
+            (
+                "hio_handover_pass_seconds",
+                "Per hand-over of connections to a starting guest, its longest pass of the event loop",
+                |s| &s.handover_pass,
+            ),
             ("hio_guest_call_seconds", "Guest service calls' durations", |s| &s.guest_call),
             ("hio_tls_handshake_seconds", "TLS handshakes' durations, from accept to connected", |s| &s.tls_handshake),
         ];
