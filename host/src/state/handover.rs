@@ -103,3 +103,83 @@ impl HostState {
         picked
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use mio::Poll;
+
+    use super::*;
+    use crate::state::tests::{connect, core_with};
+
+    /// Connections 1..=n, each adopted by a guest; their peers.
+    fn adopted(core: &mut HostState, poll: &Poll, n: u64) -> Vec<std::net::TcpStream> {
+        (1..=n)
+            .map(|id| {
+                let peer = connect(core, poll, id);
+                core.conns.get_mut(&id).unwrap().adopted = true;
+                peer
+            })
+            .collect()
+    }
+
+    /// `id` has bytes the guest has not been lent.
+    fn give_news(core: &mut HostState, peer: &mut std::net::TcpStream, id: u64) {
+        peer.write_all(b"news").unwrap();
+        let mut scratch = vec![0; 1024];
+        let start = std::time::Instant::now();
+        while !core.conns[&id].has_news() && start.elapsed() < std::time::Duration::from_secs(5) {
+            core.conns.get_mut(&id).unwrap().read(&mut scratch, None, false);
+        }
+        assert!(core.conns[&id].has_news());
+    }
+
+    #[test]
+    fn start_hands_only_news_and_the_rest_comes_news_first_until_complete() {
+        let poll = Poll::new().unwrap();
+        let mut core = core_with(1 << 20);
+        let mut peers = adopted(&mut core, &poll, 5);
+        give_news(&mut core, &mut peers[2], 3);
+        assert_eq!(core.starting_ids(true), [3], "only the connection with news");
+        assert!(core.handing_over());
+        assert!(core.conns[&1].owed && !core.conns[&3].owed);
+        // News on an owed connection moves it to the front.
+        give_news(&mut core, &mut peers[4], 5);
+        core.mark_ready(5);
+        assert_eq!(core.next_owed(1), Some((vec![5], false)));
+        // One of them ends before it is handed: skipped, never handed.
+        core.conns.remove(&2);
+        let (mut rest, complete) = core.next_owed(PER_PASS).unwrap();
+        rest.sort_unstable();
+        assert_eq!((rest, complete), (vec![1, 4], true));
+        assert!(!core.handing_over());
+        assert_eq!(core.next_owed(PER_PASS), None, "no hand-over under way");
+        assert!(core.conns.values().all(|c| !c.owed));
+    }
+
+    #[test]
+    fn take_over_hands_the_rest_at_once_and_ends_the_hand_over() {
+        let poll = Poll::new().unwrap();
+        let mut core = core_with(1 << 20);
+        let _peers = adopted(&mut core, &poll, 4);
+        assert!(core.starting_ids(true).is_empty(), "no news: start hands nothing");
+        assert_eq!(core.next_owed(1).map(|(ids, complete)| (ids.len(), complete)), Some((1, false)));
+        assert_eq!(core.take_owed().len(), 3);
+        assert!(!core.handing_over());
+        assert!(core.take_owed().is_empty());
+    }
+
+    #[test]
+    fn a_guest_without_handover_is_handed_every_connection_in_id_order() {
+        let poll = Poll::new().unwrap();
+        let mut core = core_with(1 << 20);
+        let _peers = adopted(&mut core, &poll, 3);
+        assert_eq!(core.starting_ids(false), [1, 2, 3]);
+        assert!(!core.handing_over());
+        // A new guest while a hand-over is under way starts from scratch.
+        core.starting_ids(true);
+        core.guest_replaced();
+        assert!(!core.handing_over() && core.conns.values().all(|c| !c.owed));
+    }
+}

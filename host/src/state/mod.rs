@@ -514,14 +514,14 @@ mod tests {
     use super::*;
     use crate::net::backpressure::{FLOOR, RX_HIGH_WATER};
 
-    fn core_with(limit: usize) -> HostState {
+    pub(super) fn core_with(limit: usize) -> HostState {
         let acceptor = Acceptor::open("127.0.0.1:0".parse().unwrap(), 0, 16, false).unwrap();
         let limits = StallLimits { send_timeout: None, linger: Duration::from_secs(10) };
         HostState::new(acceptor, Clock::real(), None, Budget::new(limit), limits, None)
     }
 
     /// A connection registered under `id`, and its peer.
-    fn connect(core: &mut HostState, poll: &Poll, id: u64) -> StdStream {
+    pub(super) fn connect(core: &mut HostState, poll: &Poll, id: u64) -> StdStream {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = StdStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, ca) = l.accept().unwrap();
