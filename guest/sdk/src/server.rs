@@ -124,7 +124,7 @@ impl<C: Default> Server<C> {
             connected: Vec::new(),
             removed: Vec::new(),
             draining: false,
-            owed: Some(Owed { at: FxHashMap::default(), saved: Vec::new() }),
+            owed: Some(Owed::new(Vec::new(), C::default)),
         }
     }
 

@@ -67,7 +67,7 @@ pub struct ListenerRef;
 /// state (which survives the guest).
 pub struct StoreData {
     pub table: ResourceTable,
-    /// Taken only as the generation ends (`Generation::into_host`), so its
+    /// Taken only as the generation ends (`Generation::retire`), so its
     /// instance can be freed off the loop.
     host: Option<HostState>,
     limiter: GuestLimiter,

@@ -37,11 +37,16 @@ enum Tenant {
 }
 
 impl Tenant {
-    /// Take the host state out, leaving `Moving` until it is put back.
-    fn take(&mut self) -> Option<(HostState, Option<Instant>)> {
+    /// Take the host state out, leaving `Moving` until it is put back:
+    /// with the restart time of a guest that is down, or the instance of
+    /// one that was up (dropped with the tuple unless kept to be freed).
+    fn take(&mut self) -> Option<(HostState, Option<Instant>, Option<Retired>)> {
         match std::mem::replace(self, Tenant::Moving) {
-            Tenant::Up(g) => Some((g.into_host(), None)),
-            Tenant::Down { host, retry } => Some((*host, Some(retry))),
+            Tenant::Up(g) => {
+                let (host, old) = g.retire();
+                Some((host, None, Some(old)))
+            }
+            Tenant::Down { host, retry } => Some((*host, Some(retry), None)),
             Tenant::Moving => None,
         }
     }
@@ -157,8 +162,7 @@ impl Supervisor {
     /// A guest instance started: it serves from now on, with a cycle at
     /// once (so it can set its tymers), and its hand-over watched.
     fn serve(&mut self, generation: Generation) {
-        let host = generation.host_ref();
-        let lazy = host.handing_over() && host.adopted_count() > 0;
+        let lazy = generation.host_ref().handing_over_connections();
         self.handover = lazy.then(|| HandoverWatch { began: Instant::now(), passes: 0, longest: Duration::ZERO });
         if !lazy {
             self.free_retired();
@@ -212,7 +216,7 @@ impl Supervisor {
 
     /// The host state, for closing: the guest is gone after this.
     pub fn take_host(&mut self) -> Option<HostState> {
-        self.tenant.take().map(|(host, _)| host)
+        self.tenant.take().map(|(host, ..)| host)
     }
 
     /// Have the guest called in the next pass even if nothing is new for it
@@ -280,7 +284,7 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::error!("{e}");
-                let Some((mut host, _)) = self.tenant.take() else { unreachable!("was up") };
+                let Some((mut host, ..)) = self.tenant.take() else { unreachable!("was up") };
                 let culprit = host.guest_failed();
                 self.go_down(host, culprit)
             }
@@ -334,7 +338,7 @@ impl Supervisor {
     /// Start the current component afresh on the kept state and hand it
     /// every connection; nothing the host holds is lost.
     fn restart(&mut self) -> Result<()> {
-        let Some((host, _)) = self.tenant.take() else { unreachable!("was down") };
+        let Some((host, ..)) = self.tenant.take() else { unreachable!("was down") };
         match self.runtime.launch(&self.component, host, &self.config, None) {
             Ok(generation) => {
                 guest_started(generation.host_ref().stats());
@@ -360,7 +364,7 @@ impl Supervisor {
         if !matches!(self.tenant, Tenant::Up(_)) {
             return Ok(());
         }
-        let Some((host, _)) = self.tenant.take() else { return Ok(()) };
+        let Some((host, ..)) = self.tenant.take() else { return Ok(()) };
         tracing::warn!("guest made to fail on request (Swapper::crash_guest)");
         self.go_down(host, false)
     }
@@ -422,16 +426,11 @@ impl Supervisor {
             // A crashed guest has no state to give, and the new one may be its fix.
             _ => None,
         };
-        let (host, down) = match std::mem::replace(&mut self.tenant, Tenant::Moving) {
-            Tenant::Up(old) => {
-                let (host, old) = old.retire();
-                self.free_retired();
-                self.retired = Some(old);
-                (host, None)
-            }
-            Tenant::Down { host, retry } => (*host, Some(retry)),
-            Tenant::Moving => unreachable!("a tenant is always in place"),
-        };
+        let Some((host, down, old)) = self.tenant.take() else { unreachable!("a tenant is always in place") };
+        if old.is_some() {
+            self.free_retired();
+            self.retired = old;
+        }
         let connections = host.adopted_count();
         match self.runtime.launch(&component, host, &self.config, snapshot.as_ref()) {
             Ok(generation) => {

@@ -45,20 +45,23 @@ impl HostState {
         self.owed.is_some()
     }
 
+    /// Whether a hand-over under way has connections in it (counting those
+    /// `start` took), not only its closing `adopt` because there were none.
+    pub fn handing_over_connections(&self) -> bool {
+        self.owed.as_ref().is_some_and(|q| !q.is_empty())
+    }
+
     /// The next `most` connections of a hand-over under way (those with
     /// news first), and whether it is complete after them; `None` when no
     /// hand-over is under way.
     pub fn next_owed(&mut self, most: usize) -> Option<(Vec<u64>, bool)> {
-        self.owed.as_ref()?;
         let next = self.pick_owed(most);
+        let (queue, conns) = (self.owed.as_mut()?, &self.conns);
         // Entries handed early (they had news) or ended are skipped here.
-        let conns = &self.conns;
-        let complete = self.owed.as_mut().is_none_or(|q| {
-            while q.front().is_some_and(|id| !conns.get(id).is_some_and(|c| c.owed)) {
-                q.pop_front();
-            }
-            q.is_empty()
-        });
+        while queue.front().is_some_and(|id| !conns.get(id).is_some_and(|c| c.owed)) {
+            queue.pop_front();
+        }
+        let complete = queue.is_empty();
         if complete {
             self.owed = None;
         }
@@ -74,7 +77,8 @@ impl HostState {
     }
 
     /// Up to `most` owed connections: those the loop found ready first,
-    /// then in id order. Each is no longer owed from here on (it is handed).
+    /// then in the order `starting_ids` listed them (news first). Each is
+    /// no longer owed from here on (it is handed).
     fn pick_owed(&mut self, most: usize) -> Vec<u64> {
         let Some(queue) = self.owed.as_mut() else { return Vec::new() };
         let conns = &mut self.conns;
@@ -142,7 +146,7 @@ mod tests {
         let mut peers = adopted(&mut core, &poll, 5);
         give_news(&mut core, &mut peers[2], 3);
         assert_eq!(core.starting_ids(true), [3], "only the connection with news");
-        assert!(core.handing_over());
+        assert!(core.handing_over() && core.handing_over_connections());
         assert!(core.conns[&1].owed && !core.conns[&3].owed);
         // News on an owed connection moves it to the front.
         give_news(&mut core, &mut peers[4], 5);
@@ -177,6 +181,11 @@ mod tests {
         let _peers = adopted(&mut core, &poll, 3);
         assert_eq!(core.starting_ids(false), [1, 2, 3]);
         assert!(!core.handing_over());
+        // With no connection at all, the hand-over is only its closing call.
+        let mut empty = core_with(1 << 20);
+        assert!(empty.starting_ids(true).is_empty());
+        assert!(empty.handing_over() && !empty.handing_over_connections());
+        assert_eq!(empty.next_owed(PER_PASS), Some((Vec::new(), true)));
         // A new guest while a hand-over is under way starts from scratch.
         core.starting_ids(true);
         core.guest_replaced();
