@@ -69,7 +69,18 @@ pub(crate) fn take<E>(id: u64, mut send: impl FnMut(&[u8], u64) -> Result<(), E>
     })
 }
 
-/// Everything kept this cycle, for its result; empty again after.
+/// Everything kept this cycle, for its result; empty again after, with
+/// room for as much as this cycle kept.
+///
+/// The result's lists are the guest's to give away (the host frees them
+/// after the call), so each cycle needs new ones; sized like the last,
+/// they are one allocation each instead of a doubling and a copy per
+/// power of two (10 % of the guest's time in an echo at 1 KiB).
 pub(crate) fn finish() -> (Vec<Answer>, Vec<u8>) {
-    KEPT.with_borrow_mut(|kept| (std::mem::take(&mut kept.answers), std::mem::take(&mut kept.bytes)))
+    KEPT.with_borrow_mut(|kept| {
+        let next =
+            Kept { answers: Vec::with_capacity(kept.answers.len()), bytes: Vec::with_capacity(kept.bytes.len()) };
+        let Kept { answers, bytes } = std::mem::replace(kept, next);
+        (answers, bytes)
+    })
 }

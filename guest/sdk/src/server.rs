@@ -186,11 +186,15 @@ impl<C: Default> Server<C> {
     /// The batch cycle is over: rooms are gone, answers not kept by now go
     /// by host calls.
     pub(crate) fn end_batch(&mut self) {
-        for id in std::mem::take(&mut self.roomed) {
+        // Taken and put back: its memory serves every cycle.
+        let mut roomed = std::mem::take(&mut self.roomed);
+        for &id in &roomed {
             if let Some(ix) = self.held(id) {
                 ix.cycle_over();
             }
         }
+        roomed.clear();
+        self.roomed = roomed;
     }
 
     fn begin(&mut self, tyme: f64, accepts: bool, draining: bool) -> bool {
@@ -559,7 +563,10 @@ impl<C: Default> Server<C> {
     /// in ixes).
     pub fn service_receives_ready(&mut self) -> Vec<u64> {
         self.listed.clear();
-        std::mem::take(&mut self.ready)
+        // The caller keeps the list; the next one is sized like it, so it
+        // is one allocation a cycle, not one per power of two.
+        let next = Vec::with_capacity(self.ready.len());
+        std::mem::replace(&mut self.ready, next)
     }
 
     /// hio's `transmitIx`: queue bytes to one connection.
