@@ -231,7 +231,7 @@ impl HostState {
 
     /// The connections a new guest takes over, in id order.
     pub fn adopted_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.conns.iter().filter(|(_, c)| c.adopted && !c.closing).map(|(id, _)| *id).collect();
+        let mut ids: Vec<u64> = self.conns.iter().filter(|(_, c)| c.for_a_new_guest()).map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids
     }

@@ -44,7 +44,13 @@ impl Conn {
     /// The guest now running holds it open: it was handed to it (not only
     /// owed by a lazy hand-over) and not closed by it.
     pub fn held_by_guest(&self) -> bool {
-        self.adopted && !self.owed && !self.closing
+        self.for_a_new_guest() && !self.owed
+    }
+
+    /// A guest took it and has not closed it: a guest starting now is owed
+    /// it (a swap, a restart, a successor process).
+    pub fn for_a_new_guest(&self) -> bool {
+        self.adopted && !self.closing
     }
 
     /// A new guest takes over: everything unconsumed will be lent again.
