@@ -103,3 +103,18 @@ fn a_crash_during_a_hand_over_loses_no_connection_and_no_byte() {
     eventually("the guest restarts", || server.stats.guest_restarts.get() > restarts);
     each_answers(&mut peers, b"\n", "1 B\n");
 }
+
+#[test]
+fn a_burst_of_swaps_during_hand_overs_lands_every_swap() {
+    let server = TestServer::start("lines");
+    let mut peers = connect_all(server.addr);
+    each_answers(&mut peers, b"a\n", "1 A\n");
+    // Asked for all at once: most arrive while the last one's hand-over
+    // is under way, and the instances they replace wait to be freed.
+    let swaps: Vec<_> = (0..30).map(|_| server.swapper().swap(Some(guest("lines")))).collect();
+    for (i, reply) in swaps.into_iter().enumerate() {
+        let report = reply.recv_timeout(PATIENCE).expect("swap answered");
+        assert!(report.is_ok(), "swap {i} refused: {report:?}");
+    }
+    each_answers(&mut peers, b"b\n", "2 B\n");
+}
