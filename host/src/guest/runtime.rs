@@ -5,15 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use wasmtime::component::{Component, Func, HasSelf, Linker, TypedFunc};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder, Trap,
-};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use super::batch::{Answers, BatchCycle, News};
 use super::hio::tcp::remoter::Connection;
@@ -135,51 +131,6 @@ pub struct Failed {
     pub host: HostState,
 }
 
-/// What one guest's store may hold: its core instances, memories, tables
-/// and each table's elements.
-const PER_STORE_INSTANCES: usize = 16;
-const PER_STORE_MEMORIES: usize = 4;
-const PER_STORE_TABLES: usize = 16;
-const TABLE_ELEMENTS: usize = 1 << 20;
-
-/// Guest instances a worker's runtime holds at once, at most: the one
-/// serving, a swap's new one, the one it replaced until its hand-over is
-/// complete and one being freed (`Retired::free` frees one at a time off
-/// the loop), with room to spare: a burst of 30 swaps needed 5.
-const INSTANCE_SLOTS: u32 = 8;
-
-/// Bytes of a freed instance's linear memory kept mapped for the next one
-/// in its slot (its pages zeroed, not returned to the kernel).
-const KEEP_RESIDENT: usize = 16 << 20;
-
-/// Instances from a pool of slots, not fresh mappings: an instance that
-/// takes a slot a predecessor used finds its memory's pages in place. A
-/// swap at 10,000 connections took about 1,000 page faults in the new
-/// instance (its snapshot, its tables), each a trip into the kernel on the
-/// loop, and 30 with the pool; the longest hand-over pass halved (BENCHMARKS,
-/// stop 23). Each memory slot reserves address space for the largest memory
-/// a guest may grow to (`limits.memory`; at least 4 GiB, wasmtime's
-/// reservation for a 32-bit memory), never memory itself: 16 slots, 64 GiB
-/// of address space a worker. Instances that need more slots than these at
-/// once (guests of three or more memories each while a swap's instances
-/// are alive) fail as at any instantiation error: a swap is refused, a
-/// restart backs off.
-fn pool(limits: &Limits) -> PoolingAllocationConfig {
-    let slots = INSTANCE_SLOTS;
-    let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(slots)
-        .total_core_instances(slots * PER_STORE_INSTANCES as u32)
-        .total_memories(slots * 2)
-        .total_tables(slots * PER_STORE_TABLES as u32)
-        .table_elements(TABLE_ELEMENTS)
-        .max_memory_size(limits.memory)
-        .linear_memory_keep_resident(KEEP_RESIDENT.min(limits.memory))
-        // Reuse a slot another guest's instance used rather than a cold
-        // one: a swap's new guest is always a new module.
-        .max_unused_warm_slots(0);
-    pool
-}
-
 /// Engine and linker, made once per host and shared by every guest generation.
 pub struct Runtime {
     pub engine: Engine,
@@ -187,8 +138,6 @@ pub struct Runtime {
     limits: Limits,
     ticker: Arc<Ticker>,
     cache: Option<PathBuf>,
-    /// An instance is being freed on a thread of its own (`Retired::free`).
-    freeing: Arc<AtomicBool>,
 }
 
 impl Runtime {
@@ -197,14 +146,13 @@ impl Runtime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.consume_fuel(limits.fuel.is_some());
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&limits)));
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         Server::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |s| s)?;
         // For guests built against WASI (other languages): nothing granted.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         let ticker = Arc::new(Ticker::start(engine.clone())?);
-        Ok(Runtime { engine, linker, limits, ticker, cache, freeing: Arc::default() })
+        Ok(Runtime { engine, linker, limits, ticker, cache })
     }
 
     /// Epoch ticks a call may run: the deadline.
@@ -334,7 +282,6 @@ impl Runtime {
                 deadline,
                 limits: self.limits.clone(),
                 ticker: self.ticker.clone(),
-                freeing: self.freeing.clone(),
             }),
             Err(e) => Err(Box::new(Failed {
                 error: anyhow!("guest does not fit the hio:tcp world: {e:#}"),
@@ -371,10 +318,10 @@ impl GuestLimiter {
     fn new(memory: usize) -> GuestLimiter {
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory)
-            .memories(PER_STORE_MEMORIES)
-            .tables(PER_STORE_TABLES)
-            .table_elements(TABLE_ELEMENTS)
-            .instances(PER_STORE_INSTANCES)
+            .memories(4)
+            .tables(16)
+            .table_elements(1 << 20)
+            .instances(16)
             .trap_on_grow_failure(true)
             .build();
         GuestLimiter { limits, memory_hit: false }
@@ -421,29 +368,13 @@ pub struct CycleBuffers {
 /// new instance was being made, it slowed that as much (both wait on the
 /// process's memory map). So a swap frees the old one once its successor
 /// holds every connection, on a thread of its own.
-pub struct Retired {
-    store: Store<StoreData>,
-    freeing: Arc<AtomicBool>,
-}
+pub struct Retired(Store<StoreData>);
 
 impl Retired {
-    /// Free it on a thread of its own, or here while another is still being
-    /// freed there (or no thread can be started): in a burst of swaps the
-    /// instances waiting to be freed would otherwise pile up and take every
-    /// slot of the pool (`INSTANCE_SLOTS`), and a swap would be refused.
+    /// Free it on a thread of its own (here if none can be started).
     pub fn free(self) {
-        let Retired { store, freeing } = self;
-        if freeing.swap(true, Ordering::AcqRel) {
-            drop(store);
-            return;
-        }
-        let done = freeing.clone();
-        let spawned = std::thread::Builder::new().name("hio-free".into()).spawn(move || {
-            drop(store);
-            done.store(false, Ordering::Release);
-        });
-        if let Err(e) = spawned {
-            freeing.store(false, Ordering::Release);
+        let Retired(store) = self;
+        if let Err(e) = std::thread::Builder::new().name("hio-free".into()).spawn(move || drop(store)) {
             tracing::debug!("cannot free the old guest off the loop: {e}");
         }
     }
@@ -460,7 +391,6 @@ pub struct Generation {
     deadline: u64,
     limits: Limits,
     ticker: Arc<Ticker>,
-    freeing: Arc<AtomicBool>,
 }
 
 impl Generation {
@@ -480,7 +410,7 @@ impl Generation {
     /// End this generation, keeping the host's state and the instance
     /// apart, to be freed later (`Retired::free`).
     pub fn retire(mut self) -> (HostState, Retired) {
-        (self.store.data_mut().take_host(), Retired { store: self.store, freeing: self.freeing })
+        (self.store.data_mut().take_host(), Retired(self.store))
     }
 
     /// Call the guest's `start`, handing it the listener and every live
