@@ -287,7 +287,12 @@ pub fn peer_uid(stream: &UnixStream) -> Option<u32> {
 
 fn bind_error(ha: SocketAddr, e: io::Error) -> anyhow::Error {
     match e.kind() {
-        io::ErrorKind::AddrInUse => anyhow!("cannot listen on {ha}: another process is listening there ({e})"),
+        // A connection's local port blocks a bind too (a port in the
+        // ephemeral range, 32768-60999 by default on Linux, may be one).
+        io::ErrorKind::AddrInUse => anyhow!(
+            "cannot listen on {ha}: another process is listening there, or a connection on this machine holds \
+             the port as its own ({e})"
+        ),
         _ => anyhow!("cannot listen on {ha}: {e}"),
     }
 }
