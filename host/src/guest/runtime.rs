@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use wasmtime::component::{Component, Func, HasSelf, Linker, TypedFunc};
@@ -442,15 +442,14 @@ impl Generation {
         self.bindings.hio_tcp_guest().call_save(&mut self.store).map_err(|e| self.trapped("save", e))
     }
 
-    /// One guest cycle at `tyme`, `called` at that instant: the host's news
-    /// lent, the guest called, its answers applied (by `called` plus the
-    /// deadline). Returns the tyme the guest wants its next cycle at.
-    pub fn cycle(&mut self, tyme: f64, called: Instant, buffers: &mut CycleBuffers) -> Result<Option<f64>> {
+    /// One guest cycle at `tyme`: the host's news lent, the guest called,
+    /// its answers applied. Returns the tyme the guest wants its next cycle at.
+    pub fn cycle(&mut self, tyme: f64, buffers: &mut CycleBuffers) -> Result<Option<f64>> {
         if let Some(adopt) = self.handover {
             self.hand_over(adopt)?;
         }
         match self.batch {
-            Some(func) => self.cycle_batch(func, (tyme, called), &mut buffers.batch),
+            Some(func) => self.cycle_batch(func, tyme, &mut buffers.batch),
             None => self.cycle_arrivals(tyme, &mut buffers.arrivals),
         }
     }
@@ -491,12 +490,7 @@ impl Generation {
     /// `batch.service`: every connection's news in one buffer, the answers
     /// in the result. The rooms set aside for answers are withdrawn
     /// whatever happens.
-    fn cycle_batch(
-        &mut self,
-        func: Func,
-        (tyme, called): (f64, Instant),
-        cycle: &mut BatchCycle,
-    ) -> Result<Option<f64>> {
+    fn cycle_batch(&mut self, func: Func, tyme: f64, cycle: &mut BatchCycle) -> Result<Option<f64>> {
         let host = self.store.data_mut().host_mut();
         let BatchCycle { news, bytes, .. } = cycle;
         news.clear();
@@ -505,7 +499,7 @@ impl Generation {
             news.push(News { id, len: wit_u32(len), cutoff, room: wit_u32(room) })
         });
         (cycle.tyme, cycle.accepts, cycle.draining) = (tyme, host.accepts_waiting(), host.draining());
-        let served = self.call_batch(func, cycle, called + self.limits.deadline);
+        let served = self.call_batch(func, cycle);
         let host = self.host();
         for news in &cycle.news {
             host.withdraw_room(news.id);
@@ -515,9 +509,8 @@ impl Generation {
         Ok(wake)
     }
 
-    /// `by`: when applying the answers must be over (the cycle's deadline,
-    /// counted from when the supervisor called it).
-    fn call_batch(&mut self, func: Func, cycle: &BatchCycle, by: Instant) -> Result<Option<f64>> {
+    fn call_batch(&mut self, func: Func, cycle: &BatchCycle) -> Result<Option<f64>> {
+        let by = std::time::Instant::now() + self.limits.deadline;
         let (answers,) = {
             let _in_call = self.arm()?;
             // SAFETY: `optional::find` checked this function has this type

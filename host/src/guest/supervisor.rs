@@ -270,7 +270,7 @@ impl Supervisor {
         self.last_cycle = now;
         let Tenant::Up(generation) = &mut self.tenant else { unreachable!("checked above") };
         let called = Instant::now();
-        let served = generation.cycle(tyme, called, &mut self.buffers);
+        let served = generation.cycle(tyme, &mut self.buffers);
         let took = called.elapsed();
         let stats = self.host_ref().stats();
         stats.guest_call.observe(took.as_secs_f64());

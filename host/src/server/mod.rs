@@ -369,7 +369,7 @@ impl Server {
         self.guest.host().settle(self.poll.registry(), &mut self.scratch);
         self.publish();
         if let Some((notifier, worker)) = &self.control.notifier {
-            notifier.beat(*worker, self.host().connection_count(), now);
+            notifier.beat(*worker, self.host().connection_count());
         }
         Ok(())
     }

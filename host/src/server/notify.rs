@@ -100,14 +100,13 @@ impl Notifier {
         }
     }
 
-    /// A worker's pass, begun at `now`: feeds the watchdog when every
-    /// worker has made one since it was last fed (a stuck loop starves it),
-    /// and refreshes STATUS=.
-    pub fn beat(&self, worker: usize, connections: usize, now: Instant) {
+    /// A worker's pass: feeds the watchdog when every worker has made one
+    /// since it was last fed (a stuck loop starves it), and refreshes STATUS=.
+    pub fn beat(&self, worker: usize, connections: usize) {
         if self.handed_over.load(Ordering::Acquire) {
             return;
         }
-        let now = now.saturating_duration_since(self.start).as_millis() as u64;
+        let now = self.start.elapsed().as_millis() as u64;
         if let Some(beat) = self.beats.get(worker) {
             beat.store(now, Ordering::Relaxed);
         }
@@ -219,13 +218,13 @@ mod tests {
         let mut n = Notifier::new(2, None).unwrap();
         n.watchdog = Some(Duration::from_millis(1));
         n.start -= Duration::from_secs(10);
-        n.beat(0, 0, Instant::now());
+        n.beat(0, 0);
         assert_eq!(n.last_ping.load(Ordering::Relaxed), 0, "worker 1 has not beaten");
-        n.beat(1, 0, Instant::now());
+        n.beat(1, 0);
         let fed = n.last_ping.load(Ordering::Relaxed);
         assert!(fed > 0, "both beat");
         std::thread::sleep(Duration::from_millis(5));
-        n.beat(0, 0, Instant::now());
+        n.beat(0, 0);
         assert_eq!(n.last_ping.load(Ordering::Relaxed), fed, "worker 1 is stuck since");
     }
 }
