@@ -296,6 +296,8 @@ pub struct HostProcess {
     /// Where its admin endpoint listens (`--admin`), from the ready line.
     pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
+    /// Reads the host's stderr into `log` until the host closes it.
+    drained: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HostProcess {
@@ -352,7 +354,7 @@ impl HostProcess {
             .unwrap_or_else(|| panic!("no LISTEN= in the ready line {ready:?}"))
             .port();
         let admin = ready.split_whitespace().find_map(|w| w.strip_prefix("ADMIN=")?.parse().ok());
-        HostProcess { child, port, admin, log }
+        HostProcess { child, port, admin, log, drained: Some(drained) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -368,12 +370,16 @@ impl HostProcess {
         self.log.lock().expect("log lock").clone()
     }
 
-    /// Wait for the host to exit; fails the test if it is still running
-    /// after `within`.
+    /// Wait for the host to exit, and for its last log lines to be read
+    /// (a pipe still holds them after the exit); fails the test if it is
+    /// still running after `within`.
     pub fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.0.try_wait().expect("wait for the host") {
+                if let Some(drained) = self.drained.take() {
+                    eventually("the host's last log lines", || drained.is_finished());
+                }
                 return status;
             }
             assert!(start.elapsed() < within, "the host did not exit within {within:?}:\n{}", self.log());
